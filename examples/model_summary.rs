@@ -1,0 +1,83 @@
+//! Prints a ResNeXt's per-stage output shapes, its parameter count and forward GFLOPs per image.
+//!
+//! ```text
+//! cargo run --example model_summary -- resnext50_32x4d
+//! cargo run --example model_summary -- resnext50_32x4d --imagenet --classes 1000
+//! ```
+use anyhow::{Context, Result};
+use clap::Parser;
+use resnext::{ResNeXt, ResNeXtConfig, Stem};
+use tch::{nn, Device, Kind, Tensor};
+
+#[derive(Parser, Debug)]
+#[command(about = "Per-stage shapes, parameters and GFLOPs of a ResNeXt configuration")]
+struct Args {
+    /// Configuration name (resnext50_32x4d, resnext101_32x8d, resnext101_64x4d, resnext29_8x64d,
+    /// resnext29_16x64d, resnext29_32x4d, resnext29_2x64d, tiny).
+    #[arg(default_value = "resnext50_32x4d")]
+    model: String,
+    /// Use the ImageNet stem (7x7 conv stride 2 + max-pool) instead of the CIFAR stem.
+    #[arg(long)]
+    imagenet: bool,
+    /// Number of classes of the classifier.
+    #[arg(long, default_value_t = 10)]
+    classes: i64,
+    /// Input size (square); defaults to 32 for the CIFAR stem and 224 for the ImageNet stem.
+    #[arg(long)]
+    size: Option<i64>,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let mut config = ResNeXtConfig::from_name(&args.model, args.classes)?;
+    if args.imagenet {
+        config.stem = Stem::ImageNet;
+    }
+    let size = args.size.unwrap_or(match config.stem {
+        Stem::Cifar => 32,
+        Stem::ImageNet => 224,
+    });
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = ResNeXt::try_new(&vs.root(), &config)?;
+    let params: i64 = vs
+        .trainable_variables()
+        .iter()
+        .map(Tensor::numel)
+        .map(|n| n as i64)
+        .sum();
+
+    println!(
+        "{} ({:?} stem, {} classes), input 3x{size}x{size}",
+        config.name, config.stem, config.num_classes
+    );
+    println!("{:<8} {:>18} {:>10}", "part", "output [C, H, W]", "GFLOPs");
+    let parts = config.stage_shapes(size, size);
+    for part in &parts {
+        println!(
+            "{:<8} {:>18} {:>10.3}",
+            part.name,
+            format!("{:?}", part.shape),
+            part.flops as f64 / 1e9
+        );
+    }
+    println!("parameters: {params}");
+    println!(
+        "forward GFLOPs per image: {:.2} (multiply-add = 2 FLOPs)",
+        config.forward_flops(size, size) as f64 / 1e9
+    );
+
+    // Check the analytic shapes against a real forward pass.
+    let x = Tensor::zeros([1, 3, size, size], (Kind::Float, Device::Cpu));
+    let features = tch::no_grad(|| net.try_forward_features_t(&x, false))
+        .context("forward pass of the summary model")?;
+    for (part, feature) in parts.iter().zip(&features) {
+        let got = &feature.size()[1..];
+        anyhow::ensure!(
+            got == part.shape,
+            "{}: forward pass gives {got:?}, analytic shape {:?}",
+            part.name,
+            part.shape
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,243 @@
+//! Trains a ResNeXt on CIFAR-10 (the main job of this crate).
+//!
+//! ```text
+//! cargo run --release --example train_cifar10 -- --download                     # ResNeXt-50, 200 epochs
+//! cargo run --release --example train_cifar10 -- --model tiny --epochs 5        # a quick CPU run
+//! cargo run --release --example train_cifar10 -- --resume runs/tiny-seed1       # continue a run
+//! ```
+//!
+//! Settings come from the defaults, then `--config FILE` (JSON), then the flags given. Bad values
+//! exit with code 2 and a message listing what is valid; Ctrl-C saves a checkpoint at the next
+//! batch boundary and exits with code 130 (a second Ctrl-C exits at once).
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use resnext::data::{ensure_cifar10, Cifar10, DownloadOptions};
+use resnext::resnext::MODEL_NAMES;
+use resnext::trainer::{Outcome, ProgressMode, TrainConfig, TrainError, Trainer, SCHEDULE_NAMES};
+
+#[derive(Parser, Debug)]
+#[command(
+    about = "Train a ResNeXt on CIFAR-10",
+    after_help = "Settings: defaults < --config FILE < flags. Outputs go to the run directory \
+                  (--out): config.json, metrics.jsonl, curves.svg, summary.json, \
+                  checkpoint.safetensors, last.safetensors, best.safetensors."
+)]
+struct Args {
+    /// Root folder holding cifar-10-batches-bin/ (or the folder of the .bin files).
+    #[arg(long, default_value = "data")]
+    data_dir: PathBuf,
+    /// Download CIFAR-10 into --data-dir when it is not there (MD5 checked).
+    #[arg(long)]
+    download: bool,
+    /// Download from this URL, file:// URL or path instead of the official one.
+    #[arg(long, value_name = "URL", requires = "download")]
+    data_url: Option<String>,
+    /// Expected MD5 of the archive at --data-url.
+    #[arg(long, value_name = "HEX", requires = "download")]
+    data_md5: Option<String>,
+    /// Model configuration.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(MODEL_NAMES))]
+    model: Option<String>,
+    /// Number of epochs [default: 200].
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Training batch size [default: 128].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Base learning rate [default: 0.1].
+    #[arg(long, allow_negative_numbers = true)]
+    lr: Option<f64>,
+    /// SGD momentum [default: 0.9].
+    #[arg(long, allow_negative_numbers = true)]
+    momentum: Option<f64>,
+    /// Weight decay [default: 5e-4].
+    #[arg(long, allow_negative_numbers = true)]
+    weight_decay: Option<f64>,
+    /// Nesterov momentum.
+    #[arg(long)]
+    nesterov: bool,
+    /// Learning-rate schedule [default: cosine].
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(SCHEDULE_NAMES))]
+    schedule: Option<String>,
+    /// Epochs of linear warm-up [default: 0].
+    #[arg(long)]
+    warmup_epochs: Option<usize>,
+    /// Label smoothing of the loss, in [0, 1) [default: 0].
+    #[arg(long, allow_negative_numbers = true)]
+    label_smoothing: Option<f64>,
+    /// Seed of initialisation, shuffling and augmentation [default: 1].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// auto, cpu, cuda or cuda:N [default: auto = CUDA when available].
+    #[arg(long)]
+    device: Option<String>,
+    /// Run directory [default: runs/<model>-seed<seed>].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in this directory with the configuration saved there.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = [
+        "model", "epochs", "batch_size", "lr", "momentum", "weight_decay", "nesterov",
+        "schedule", "warmup_epochs", "label_smoothing", "seed", "out", "limit_train",
+        "limit_test", "eval_every", "config",
+    ])]
+    resume: Option<PathBuf>,
+    /// Train on the first N training images only.
+    #[arg(long, value_name = "N")]
+    limit_train: Option<usize>,
+    /// Evaluate on the first N test images only.
+    #[arg(long, value_name = "N")]
+    limit_test: Option<usize>,
+    /// Evaluate every N epochs (and after the last) [default: 1].
+    #[arg(long, value_name = "N")]
+    eval_every: Option<usize>,
+    /// JSON configuration file (a TrainConfig; flags override it).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// No progress bar, only one line per epoch.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Defaults, then the config file, then the flags.
+fn resolve_config(args: &Args) -> Result<TrainConfig, TrainError> {
+    let mut cfg = match &args.config {
+        Some(path) => TrainConfig::from_file(path)?,
+        None => TrainConfig::default(),
+    };
+    macro_rules! set {
+        ($($field:ident),*) => { $( if let Some(v) = &args.$field { cfg.$field = v.clone(); } )* };
+    }
+    set!(
+        model,
+        epochs,
+        batch_size,
+        lr,
+        momentum,
+        weight_decay,
+        warmup_epochs,
+        label_smoothing
+    );
+    set!(seed, device, eval_every);
+    if let Some(s) = &args.schedule {
+        cfg.schedule = s.parse()?;
+    }
+    if args.nesterov {
+        cfg.nesterov = true;
+    }
+    if args.limit_train.is_some() {
+        cfg.limit_train = args.limit_train;
+    }
+    if args.limit_test.is_some() {
+        cfg.limit_test = args.limit_test;
+    }
+    cfg.validate()?;
+    cfg.resolve_device()?;
+    Ok(cfg)
+}
+
+/// Builds the trainer; `Err(Ok(e))` is a usage error (exit 2), `Err(Err(e))` any other.
+fn make_trainer(args: &Args) -> Result<Trainer<resnext::ResNeXt>, Result<TrainError, TrainError>> {
+    let usage = |e: TrainError| match e {
+        e @ (TrainError::InvalidConfig { .. }
+        | TrainError::ConfigJson { .. }
+        | TrainError::DeviceUnavailable { .. }
+        | TrainError::RunExists { .. }) => Ok(e),
+        e => Err(e),
+    };
+    match &args.resume {
+        Some(dir) => Trainer::resume(dir, args.device.as_deref()).map_err(usage),
+        None => {
+            let cfg = resolve_config(args).map_err(usage)?;
+            let out = args
+                .out
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("runs/{}-seed{}", cfg.model, cfg.seed)));
+            Trainer::resnext(cfg)
+                .and_then(|t| t.with_run_dir(&out))
+                .map_err(usage)
+        }
+    }
+}
+
+fn load_data(args: &Args) -> Result<Cifar10> {
+    let dir = if args.download {
+        let mut opts = DownloadOptions::default();
+        if let Some(url) = &args.data_url {
+            opts.url = Some(url.clone());
+        }
+        if let Some(md5) = &args.data_md5 {
+            opts.md5 = Some(md5.clone());
+        }
+        opts.quiet = args.quiet;
+        ensure_cifar10(&args.data_dir, &opts).context("getting CIFAR-10")?
+    } else {
+        args.data_dir.clone()
+    };
+    let data = Cifar10::load(&dir).with_context(|| {
+        format!(
+            "loading CIFAR-10 from {} (add --download to fetch it)",
+            dir.display()
+        )
+    })?;
+    Ok(data)
+}
+
+fn run(args: Args) -> Result<ExitCode> {
+    let mut trainer = match make_trainer(&args) {
+        Ok(t) => t,
+        Err(Ok(usage)) => {
+            eprintln!("error: {usage}");
+            return Ok(ExitCode::from(2));
+        }
+        Err(Err(e)) => return Err(e.into()),
+    };
+    let dir = trainer.run_dir().map(PathBuf::from).unwrap_or_default();
+    if trainer.state().finished() {
+        println!(
+            "the run in {} is already complete ({} epochs); see its summary.json",
+            dir.display(),
+            trainer.state().config.epochs
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    trainer.set_progress(if args.quiet {
+        ProgressMode::Lines
+    } else {
+        ProgressMode::Auto
+    });
+    let data = load_data(&args)?;
+
+    let stop = trainer.stop_flag();
+    ctrlc::set_handler(move || {
+        if stop.swap(true, Ordering::SeqCst) {
+            eprintln!("\nsecond Ctrl-C: exiting now, without a checkpoint of this epoch");
+            std::process::exit(130);
+        }
+        eprintln!("\nCtrl-C: saving a checkpoint at the next batch (Ctrl-C again to quit at once)");
+    })
+    .context("installing the Ctrl-C handler")?;
+
+    match trainer.fit(&data)? {
+        Outcome::Completed(_) => {
+            println!("outputs in {}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Outcome::AlreadyComplete => Ok(ExitCode::SUCCESS),
+        Outcome::Stopped { .. } => Ok(ExitCode::from(130)),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! Fetching the CIFAR-10 archive: from the official URL, a mirror, a `file://` URL or a path.
+//!
+//! [`ensure_cifar10`] is the entry point. The archive is downloaded into a temporary file in
+//! the destination root (renamed to `cifar-10-binary.tar.gz` once complete and checked), its
+//! MD5 is checked before anything is extracted, and the batches are extracted into a temporary
+//! folder renamed to `cifar-10-batches-bin` only once every file is there with its right size.
+//! On every failure the temporary file and folder are removed.
+use std::fs::{self, File};
+use std::io::{ErrorKind, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use md5::{Digest, Md5};
+
+use super::cifar::BATCHES_DIR;
+use super::extract::extract_batches;
+use super::{Cifar10, DataError};
+
+/// The official CIFAR-10 binary archive.
+pub const CIFAR10_URL: &str = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz";
+/// MD5 of the official archive.
+pub const CIFAR10_MD5: &str = "c32a1d4ab5d03f1284b67883e8d87530";
+/// Environment variable overriding the URL (a mirror, a `file://` URL or a local path).
+pub const URL_ENV: &str = "RESNEXT_CIFAR10_URL";
+/// Environment variable overriding the expected MD5 (lowercase or uppercase hex).
+pub const MD5_ENV: &str = "RESNEXT_CIFAR10_MD5";
+/// Name under which a downloaded archive is kept in the root.
+pub const ARCHIVE_NAME: &str = "cifar-10-binary.tar.gz";
+
+/// Where to fetch CIFAR-10 from and how.
+///
+/// Each of `url` and `md5` is taken from the option when set, else from the environment
+/// variable ([`URL_ENV`], [`MD5_ENV`]) when set and not empty, else from the official default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DownloadOptions {
+    /// The archive: an `http(s)://` URL, a `file://` URL or a local path.
+    pub url: Option<String>,
+    /// Expected MD5 of the archive, as 32 hex digits.
+    pub md5: Option<String>,
+    /// Hide the progress bar.
+    pub quiet: bool,
+}
+
+impl DownloadOptions {
+    /// The URL to use: option, else `RESNEXT_CIFAR10_URL`, else [`CIFAR10_URL`].
+    pub fn resolved_url(&self) -> String {
+        self.url
+            .clone()
+            .or_else(|| env_value(URL_ENV))
+            .unwrap_or_else(|| CIFAR10_URL.to_string())
+    }
+
+    /// The expected MD5 (lowercase): option, else `RESNEXT_CIFAR10_MD5`, else [`CIFAR10_MD5`].
+    /// Errors when it is not 32 hex digits.
+    pub fn resolved_md5(&self) -> Result<String, DataError> {
+        let md5 = self
+            .md5
+            .clone()
+            .or_else(|| env_value(MD5_ENV))
+            .unwrap_or_else(|| CIFAR10_MD5.to_string())
+            .trim()
+            .to_ascii_lowercase();
+        if md5.len() != 32 || !md5.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(DataError::InvalidConfig {
+                field: "md5",
+                value: md5,
+                expected: "32 hexadecimal digits".into(),
+            });
+        }
+        Ok(md5)
+    }
+}
+
+/// A non-empty environment variable.
+fn env_value(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// Makes sure CIFAR-10 is in `root` and returns its batches folder.
+///
+/// When `root` (or `root/cifar-10-batches-bin`) already holds every batch file with the right
+/// size, nothing is fetched. Otherwise the archive named by `opts` is fetched (an earlier
+/// download kept as `root/cifar-10-binary.tar.gz` with the right checksum is reused), checked
+/// and extracted into `root/cifar-10-batches-bin`. `root` is created if needed.
+pub fn ensure_cifar10(root: &Path, opts: &DownloadOptions) -> Result<PathBuf, DataError> {
+    if let Ok(dir) = Cifar10::locate(root) {
+        return Ok(dir);
+    }
+    let dest = root.join(BATCHES_DIR);
+    if fs::symlink_metadata(&dest).is_ok() {
+        let reason = match Cifar10::locate(&dest) {
+            Err(e) => e.to_string(),
+            Ok(_) => "changed while checking".into(),
+        };
+        return Err(DataError::InvalidExisting { path: dest, reason });
+    }
+    let url = opts.resolved_url();
+    let md5 = opts.resolved_md5()?;
+    let source = Source::parse(&url)?;
+    fs::create_dir_all(root).map_err(|e| DataError::io("create", root, e))?;
+
+    let (archive, fetched_now) = match source {
+        Source::Local(path) => {
+            let actual = file_md5(&path, opts.quiet)?;
+            check_md5(&path.display().to_string(), &md5, actual)?;
+            (path, false)
+        }
+        Source::Http(url) => {
+            let kept = root.join(ARCHIVE_NAME);
+            if kept.is_file() && file_md5(&kept, true).is_ok_and(|m| m == md5) {
+                (kept, false)
+            } else {
+                download(&url, root, &kept, &md5, opts.quiet)?;
+                (kept, true)
+            }
+        }
+    };
+    let extracted = extract_batches(&archive, root, &dest);
+    if extracted.is_err() && fetched_now {
+        // Do not keep an archive that cannot be used.
+        let _ = fs::remove_file(&archive);
+    }
+    extracted
+}
+
+/// Where the archive comes from.
+enum Source {
+    Http(String),
+    Local(PathBuf),
+}
+
+impl Source {
+    fn parse(url: &str) -> Result<Source, DataError> {
+        let lower = url.to_ascii_lowercase();
+        if lower.starts_with("http://") || lower.starts_with("https://") {
+            return Ok(Source::Http(url.to_string()));
+        }
+        if lower.starts_with("file://") {
+            let rest = &url["file://".len()..];
+            let rest = rest.strip_prefix("localhost").unwrap_or(rest);
+            if !rest.starts_with('/') {
+                return Err(DataError::InvalidUrl { url: url.into() });
+            }
+            return Ok(Source::Local(PathBuf::from(percent_decode(rest))));
+        }
+        if url.is_empty() || url.contains("://") {
+            return Err(DataError::InvalidUrl { url: url.into() });
+        }
+        Ok(Source::Local(PathBuf::from(url)))
+    }
+}
+
+/// Decodes `%XX` escapes of a `file://` URL path (invalid escapes are kept as they are).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A progress bar counting bytes with their rate, or a hidden one.
+fn progress_bar(total: Option<u64>, quiet: bool, message: String) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let (bar, template) = match total {
+        Some(t) => (
+            ProgressBar::new(t),
+            "{msg}\n[{elapsed_precise}] [{wide_bar}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})",
+        ),
+        None => (
+            ProgressBar::new_spinner(),
+            "{msg}\n[{elapsed_precise}] {spinner} {bytes} ({bytes_per_sec})",
+        ),
+    };
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(message);
+    bar
+}
+
+/// Lowercase hex of a digest.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Compares the MD5 of `what` with the expected one.
+fn check_md5(what: &str, expected: &str, actual: String) -> Result<(), DataError> {
+    if actual == expected {
+        Ok(())
+    } else {
+        Err(DataError::ChecksumMismatch {
+            source_desc: what.to_string(),
+            expected: expected.to_string(),
+            actual,
+        })
+    }
+}
+
+/// MD5 of a local file.
+fn file_md5(path: &Path, quiet: bool) -> Result<String, DataError> {
+    let mut file = File::open(path).map_err(|e| match e.kind() {
+        ErrorKind::NotFound => DataError::MissingFile { path: path.into() },
+        _ => DataError::io("open", path, e),
+    })?;
+    let len = file.metadata().ok().map(|m| m.len());
+    let bar = progress_bar(len, quiet, format!("Checking {}", path.display()));
+    let mut hasher = Md5::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(DataError::io("read", path, e)),
+        };
+        hasher.update(&buf[..n]);
+        bar.inc(n as u64);
+    }
+    bar.finish_and_clear();
+    Ok(hex(&hasher.finalize()))
+}
+
+/// Downloads `url` into a temporary file in `root`, checks its MD5 and renames it to `kept`.
+fn download(url: &str, root: &Path, kept: &Path, md5: &str, quiet: bool) -> Result<(), DataError> {
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(30))
+        .timeout_read(Duration::from_secs(120))
+        .build();
+    let response = match agent.get(url).call() {
+        Ok(r) => r,
+        Err(ureq::Error::Status(status, r)) => {
+            return Err(DataError::HttpStatus {
+                url: url.into(),
+                status,
+                status_text: r.status_text().to_string(),
+            })
+        }
+        Err(ureq::Error::Transport(t)) => {
+            return Err(DataError::Network {
+                url: url.into(),
+                message: t.to_string(),
+            })
+        }
+    };
+    // With a Content-Encoding, ureq decodes the body and the length no longer applies.
+    let total = match response.header("Content-Encoding") {
+        Some(_) => None,
+        None => response
+            .header("Content-Length")
+            .and_then(|v| v.trim().parse::<u64>().ok()),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".cifar-10-binary.")
+        .suffix(".tar.gz.partial")
+        .tempfile_in(root)
+        .map_err(|e| DataError::io("create a temporary file in", root, e))?;
+    let bar = progress_bar(total, quiet, format!("Downloading {url}"));
+    let mut reader = response.into_reader();
+    let mut hasher = Md5::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut received = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => {
+                bar.abandon();
+                return Err(DataError::Network {
+                    url: url.into(),
+                    message: format!("connection failed after {received} bytes: {e}"),
+                });
+            }
+        };
+        hasher.update(&buf[..n]);
+        tmp.write_all(&buf[..n])
+            .map_err(|e| DataError::io("write", tmp.path(), e))?;
+        received += n as u64;
+        bar.set_position(received);
+    }
+    bar.finish_and_clear();
+    if let Some(total) = total {
+        if received != total {
+            return Err(DataError::Network {
+                url: url.into(),
+                message: format!("truncated download: received {received} of {total} bytes"),
+            });
+        }
+    }
+    check_md5(url, md5, hex(&hasher.finalize()))?;
+    tmp.flush()
+        .map_err(|e| DataError::io("write", tmp.path(), e))?;
+    tmp.persist(kept)
+        .map_err(|e| DataError::io("rename the download to", kept, e.error))?;
+    Ok(())
+}

@@ -1,0 +1,47 @@
+//! The CIFAR-10 data pipeline.
+//!
+//! * [`Cifar10`]: the "binary version" of CIFAR-10 loaded into `uint8` image and `int64` label
+//!   tensors, with every file validated ([`DataError`] names the file and what was expected),
+//!   or built from tensors for synthetic data;
+//! * [`ensure_cifar10`]: download (official URL, a mirror, `file://` or a path; MD5 checked),
+//!   extraction and reuse of an existing copy;
+//! * [`batches`] / [`DeviceDataset::batches`]: shuffled, augmented (random crop with 4 pixels
+//!   of zero padding + horizontal flip, as torchvision's `RandomCrop(32, padding=4)` +
+//!   `RandomHorizontalFlip()`) and normalised batches, prefetched on a background thread and
+//!   reproducible from a seed, epoch and batch index (resumable mid-epoch);
+//! * [`augment_image`]: the per-image kernel, and [`AugmentParams`]: its random draw.
+//!
+//! ```no_run
+//! use resnext::data::{batches, ensure_cifar10, BatchConfig, Cifar10, DownloadOptions};
+//! # fn main() -> Result<(), resnext::data::DataError> {
+//! let dir = ensure_cifar10("data".as_ref(), &DownloadOptions::default())?;
+//! let cifar = Cifar10::load(&dir)?;
+//! let cfg = BatchConfig { batch_size: 128, seed: 7, ..BatchConfig::default() };
+//! for batch in batches(&cifar.train_images, &cifar.train_labels, &cfg, 0, 0, tch::Device::Cpu)? {
+//!     assert_eq!(batch.images.size()[1..], [3, 32, 32]);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+mod augment;
+mod batches;
+mod cifar;
+mod config;
+mod dataset;
+pub mod download;
+mod error;
+mod extract;
+mod schedule;
+
+pub use augment::{augment_image, AugmentParams, MAX_OFFSET, PADDING};
+pub use batches::{batches, Batch, Batches};
+pub use cifar::{
+    Cifar10, BATCHES_DIR, CLASS_NAMES, IMAGE_BYTES, META_FILE, RECORDS_PER_FILE, RECORD_BYTES,
+    TEST_FILE, TRAIN_FILES,
+};
+pub use config::{Affine, BatchConfig, Normalization};
+pub use dataset::{DeviceDataset, Pipeline};
+pub use download::{ensure_cifar10, DownloadOptions, CIFAR10_MD5, CIFAR10_URL};
+pub use error::DataError;
+pub use schedule::{augmentation_rng, batch_augment_params, epoch_order, permutation_rng};

@@ -1,0 +1,71 @@
+//! Seeded random streams: the order of an epoch and the augmentation of each batch.
+//!
+//! Both are pure functions of `(seed, epoch)` and `(seed, epoch, batch)`, so an epoch can be
+//! resumed at any batch with exactly the batches an uninterrupted run would have produced.
+//! The generator is ChaCha8 (`rand_chacha`), whose output is the same on every platform:
+//!
+//! * the permutation of epoch `e` uses the key `seed_from_u64(mix(seed, PERMUTATION))` and the
+//!   ChaCha stream `e`;
+//! * the augmentation of batch `b` of epoch `e` uses the key
+//!   `seed_from_u64(mix(mix(seed, AUGMENTATION), e))` and the ChaCha stream `b`,
+//!
+//! where `mix(a, b) = splitmix64(splitmix64(a) ^ b)`.
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::{AugmentParams, BatchConfig};
+
+/// Domain tag of the permutation streams.
+const PERMUTATION: u64 = 0x7065_726d_7574_6521;
+/// Domain tag of the augmentation streams.
+const AUGMENTATION: u64 = 0x6175_676d_656e_7421;
+
+/// The SplitMix64 finaliser (a bijection of `u64`).
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Combines two words into one seed.
+fn mix(a: u64, b: u64) -> u64 {
+    splitmix64(splitmix64(a) ^ b)
+}
+
+/// The generator of the permutation of `epoch`.
+pub fn permutation_rng(seed: u64, epoch: u64) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, PERMUTATION));
+    rng.set_stream(epoch);
+    rng
+}
+
+/// The generator of the augmentation of batch `batch` of `epoch`.
+pub fn augmentation_rng(seed: u64, epoch: u64, batch: usize) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(mix(mix(seed, AUGMENTATION), epoch));
+    rng.set_stream(batch as u64);
+    rng
+}
+
+/// The dataset indices of epoch `epoch`, in the order they are batched: the first
+/// `cfg.used_len(len)` indices, shuffled with [`permutation_rng`] when `cfg.shuffle`.
+pub fn epoch_order(len: usize, cfg: &BatchConfig, epoch: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..cfg.used_len(len)).collect();
+    if cfg.shuffle {
+        order.shuffle(&mut permutation_rng(cfg.seed, epoch));
+    }
+    order
+}
+
+/// The augmentation of the `count` images of batch `batch` of `epoch`, one
+/// [`AugmentParams::draw`] per image in batch order from [`augmentation_rng`].
+pub fn batch_augment_params(
+    seed: u64,
+    epoch: u64,
+    batch: usize,
+    count: usize,
+) -> Vec<AugmentParams> {
+    let mut rng = augmentation_rng(seed, epoch, batch);
+    (0..count).map(|_| AugmentParams::draw(&mut rng)).collect()
+}

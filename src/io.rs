@@ -1,0 +1,235 @@
+//! File I/O shared by weights, checkpoints and run outputs: atomic writes (a kill at any instant
+//! leaves either the old complete file or the new complete file, never a mix) and safetensors
+//! files with string metadata.
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use tch::{Kind, Tensor};
+use thiserror::Error;
+
+/// Errors reading or writing tensor files and run outputs.
+#[derive(Debug, Error)]
+pub enum IoError {
+    /// The operating system refused a read, write, fsync or rename.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        /// What was being done (`writing`, `reading`, …).
+        action: &'static str,
+        /// The file concerned.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a valid safetensors file (truncated, corrupt or not safetensors at all).
+    #[error("{} is not a valid safetensors file (truncated or corrupt?): {message}", path.display())]
+    Format {
+        /// The file concerned.
+        path: PathBuf,
+        /// What the parser found wrong.
+        message: String,
+    },
+    /// A tensor cannot be stored (unsupported element kind) or read back.
+    #[error("{}: tensor `{name}`: {message}", path.display())]
+    Tensor {
+        /// The file concerned.
+        path: PathBuf,
+        /// The tensor's name.
+        name: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> IoError + 'a {
+    move |source| IoError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes `bytes` to `path` atomically: into a temporary file in the same folder, fsynced, then
+/// renamed over `path`, and the folder fsynced. Readers see the old file or the new one, whole.
+///
+/// # Errors
+/// [`IoError::Io`] naming the file; `path` is then unchanged.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .suffix(".partial")
+        .tempfile_in(dir)
+        .map_err(io_err("creating a temporary file for", path))?;
+    tmp.write_all(bytes).map_err(io_err("writing", path))?;
+    tmp.as_file().sync_all().map_err(io_err("syncing", path))?;
+    tmp.persist(path)
+        .map_err(|e| io_err("renaming into place", path)(e.error))?;
+    // Make the rename itself durable. Not every file system lets a folder be fsynced.
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+fn dtype_of(kind: Kind) -> Option<Dtype> {
+    Some(match kind {
+        Kind::Bool => Dtype::BOOL,
+        Kind::Uint8 => Dtype::U8,
+        Kind::Int8 => Dtype::I8,
+        Kind::Int16 => Dtype::I16,
+        Kind::Int => Dtype::I32,
+        Kind::Int64 => Dtype::I64,
+        Kind::BFloat16 => Dtype::BF16,
+        Kind::Half => Dtype::F16,
+        Kind::Float => Dtype::F32,
+        Kind::Double => Dtype::F64,
+        _ => return None,
+    })
+}
+
+fn kind_of(dtype: Dtype) -> Option<Kind> {
+    Some(match dtype {
+        Dtype::BOOL => Kind::Bool,
+        Dtype::U8 => Kind::Uint8,
+        Dtype::I8 => Kind::Int8,
+        Dtype::I16 => Kind::Int16,
+        Dtype::I32 => Kind::Int,
+        Dtype::I64 => Kind::Int64,
+        Dtype::BF16 => Kind::BFloat16,
+        Dtype::F16 => Kind::Half,
+        Dtype::F32 => Kind::Float,
+        Dtype::F64 => Kind::Double,
+        _ => return None,
+    })
+}
+
+/// Serialises named tensors (any device, any layout) and optional string metadata to the bytes
+/// of a safetensors file. Tensors are copied to contiguous CPU memory first.
+///
+/// # Errors
+/// [`IoError::Tensor`] for an element kind safetensors cannot hold; `path` only names the
+/// destination in the message.
+pub fn safetensors_bytes(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<Vec<u8>, IoError> {
+    let mut data = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let err = |message: String| IoError::Tensor {
+            path: path.to_path_buf(),
+            name: name.clone(),
+            message,
+        };
+        let dtype = dtype_of(t.kind())
+            .ok_or_else(|| err(format!("element kind {:?} cannot be stored", t.kind())))?;
+        let cpu = t
+            .f_to_device(tch::Device::Cpu)
+            .and_then(|c| c.f_contiguous())
+            .map_err(|e| err(e.to_string()))?;
+        let numel = cpu.numel();
+        let mut bytes = vec![0u8; numel * t.kind().elt_size_in_bytes()];
+        cpu.f_copy_data_u8(&mut bytes, numel)
+            .map_err(|e| err(e.to_string()))?;
+        let shape: Vec<usize> = cpu.size().iter().map(|&d| d as usize).collect();
+        data.push((name.as_str(), dtype, shape, bytes));
+    }
+    let views = data
+        .iter()
+        .map(|(name, dtype, shape, bytes)| {
+            TensorView::new(*dtype, shape.clone(), bytes)
+                .map(|v| (*name, v))
+                .map_err(|e| IoError::Tensor {
+                    path: path.to_path_buf(),
+                    name: name.to_string(),
+                    message: format!("{e:?}"),
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    safetensors::tensor::serialize(views, &metadata).map_err(|e| IoError::Format {
+        path: path.to_path_buf(),
+        message: format!("{e:?}"),
+    })
+}
+
+/// Writes named tensors and optional metadata as a safetensors file, atomically
+/// (see [`write_atomic`]).
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use resnext::io::{read_safetensors, write_safetensors};
+/// use tch::Tensor;
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("t.safetensors");
+/// let meta = [("note".to_string(), "hello".to_string())].into_iter().collect();
+/// write_safetensors(&path, &[("x".to_string(), Tensor::from_slice(&[1f32, 2.0]))], Some(meta))?;
+/// let file = read_safetensors(&path)?;
+/// assert_eq!(file.tensors[0].0, "x");
+/// assert_eq!(file.metadata["note"], "hello");
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+/// [`IoError`] naming the file; an existing file at `path` is then unchanged.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<(), IoError> {
+    let bytes = safetensors_bytes(path, tensors, metadata)?;
+    write_atomic(path, &bytes)
+}
+
+/// The contents of a safetensors file: tensors on the CPU in file order, and the metadata.
+#[derive(Debug)]
+pub struct TensorFile {
+    /// `(name, tensor)` pairs, CPU tensors, in the order they are stored.
+    pub tensors: Vec<(String, Tensor)>,
+    /// The file's `__metadata__` map (empty when it has none).
+    pub metadata: HashMap<String, String>,
+}
+
+/// Reads a whole safetensors file.
+///
+/// # Errors
+/// [`IoError::Io`] when it cannot be read, [`IoError::Format`] when it is truncated or corrupt,
+/// [`IoError::Tensor`] for an element kind libtorch does not have.
+pub fn read_safetensors(path: &Path) -> Result<TensorFile, IoError> {
+    let bytes = fs::read(path).map_err(io_err("reading", path))?;
+    let format = |message: String| IoError::Format {
+        path: path.to_path_buf(),
+        message,
+    };
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| format(format!("{e:?}")))?;
+    let metadata = header.metadata().clone().unwrap_or_default();
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| format(format!("{e:?}")))?;
+    let mut names: Vec<(usize, String)> = header
+        .tensors()
+        .into_iter()
+        .map(|(name, info)| (info.data_offsets.0, name))
+        .collect();
+    names.sort();
+    let mut tensors = Vec::with_capacity(names.len());
+    for (_, name) in names {
+        let err = |message: String| IoError::Tensor {
+            path: path.to_path_buf(),
+            name: name.clone(),
+            message,
+        };
+        let view = st.tensor(&name).map_err(|e| err(format!("{e:?}")))?;
+        let kind = kind_of(view.dtype())
+            .ok_or_else(|| err(format!("element type {:?} is not supported", view.dtype())))?;
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        let t =
+            Tensor::f_from_data_size(view.data(), &shape, kind).map_err(|e| err(e.to_string()))?;
+        tensors.push((name, t));
+    }
+    Ok(TensorFile { tensors, metadata })
+}

@@ -1,0 +1,15 @@
+//! ResNeXt (Xie et al., "Aggregated Residual Transformations for Deep Neural Networks", CVPR 2017)
+//! on libtorch through [`tch`].
+//!
+//! * [`resnext`]: the model family, with torchvision's parameter names;
+//! * [`data`]: CIFAR-10 loading, download and augmentation;
+//! * [`trainer`]: SGD training with schedules, exact resume, metrics and plots;
+//! * [`weights`]: safetensors weights that PyTorch loads;
+//! * [`io`]: atomic writes and safetensors files with metadata.
+pub mod data;
+pub mod io;
+pub mod resnext;
+pub mod trainer;
+pub mod weights;
+
+pub use resnext::{ModelError, ResNeXt, ResNeXtBlock, ResNeXtConfig, Stem};

@@ -1,0 +1,35 @@
+use thiserror::Error;
+
+/// Errors raised when building or running a ResNeXt model.
+#[derive(Debug, Error)]
+pub enum ModelError {
+    /// [`ResNeXtConfig::from_name`](super::ResNeXtConfig::from_name) got a name it does not know.
+    #[error("unknown model `{name}`; valid names are: {}", valid.join(", "))]
+    UnknownModel {
+        /// The name that was asked for.
+        name: String,
+        /// Every name that is accepted.
+        valid: Vec<String>,
+    },
+    /// A configuration value is out of range (for example zero classes or an empty stage).
+    #[error("invalid model configuration: {field} = {value}: {expected}")]
+    InvalidConfig {
+        /// The offending field.
+        field: &'static str,
+        /// Its value, as text.
+        value: String,
+        /// What was expected instead.
+        expected: &'static str,
+    },
+    /// The input tensor of a forward pass does not have the shape the network needs.
+    #[error("bad input: expected a float tensor of shape [N, 3, H, W] with N, H, W >= 1, got {kind:?} of shape {shape:?}")]
+    InputShape {
+        /// The shape that was passed.
+        shape: Vec<i64>,
+        /// The element kind that was passed.
+        kind: tch::Kind,
+    },
+    /// libtorch reported an error.
+    #[error("libtorch error: {0}")]
+    Torch(#[from] tch::TchError),
+}

@@ -1,0 +1,22 @@
+//! The ResNeXt model family (Xie et al., CVPR 2017), laid out as torchvision's `resnet.py`.
+//!
+//! * [`ResNeXtBlock`]: the grouped bottleneck block with its shortcut,
+//! * [`ResNeXt`]: stem, stages built from a [`ResNeXtConfig`], pooling and classifier,
+//! * [`ResNeXtConfig`]: the architecture as data, with the paper's and torchvision's presets,
+//! * [`flops`](ResNeXtConfig::forward_flops): analytic FLOP counts and stage shapes.
+//!
+//! Parameter and buffer names are exactly those of torchvision's `state_dict`
+//! (`conv1.weight`, `layer1.0.bn1.running_mean`, `layer2.0.downsample.0.weight`, `fc.bias`, …), so
+//! weights move between this crate and PyTorch as safetensors.
+
+mod block;
+mod config;
+mod error;
+mod flops;
+mod network;
+
+pub use block::ResNeXtBlock;
+pub use config::{ResNeXtConfig, Stem, MODEL_NAMES};
+pub use error::ModelError;
+pub use flops::StageShape;
+pub use network::ResNeXt;

@@ -1,0 +1,213 @@
+use tch::nn::{self, ModuleT};
+use tch::{Kind, Tensor};
+
+use super::block::{batch_norm, conv2d, ResNeXtBlock};
+use super::config::EXPANSION;
+use super::{ModelError, ResNeXtConfig, Stem};
+
+/// A ResNeXt network: stem, residual stages, global average pooling, linear classifier.
+///
+/// Built from a [`ResNeXtConfig`] under a [`nn::Path`], with torchvision's variable names.
+/// Implements [`ModuleT`]; [`ResNeXt::try_forward_t`] is the same forward pass returning an
+/// error instead of panicking on a badly shaped input.
+///
+/// ```
+/// use resnext::{ResNeXt, ResNeXtConfig};
+/// use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
+/// let vs = nn::VarStore::new(Device::Cpu);
+/// let net = ResNeXt::new(&vs.root(), &ResNeXtConfig::tiny(10));
+/// let logits = net.forward_t(&Tensor::zeros([2, 3, 32, 32], (Kind::Float, Device::Cpu)), false);
+/// assert_eq!(logits.size(), vec![2, 10]);
+/// assert!(net.try_forward_t(&Tensor::zeros([3, 32, 32], (Kind::Float, Device::Cpu)), false).is_err());
+/// ```
+#[derive(Debug)]
+pub struct ResNeXt {
+    config: ResNeXtConfig,
+    conv1: nn::Conv2D,
+    bn1: nn::BatchNorm,
+    stages: Vec<Vec<ResNeXtBlock>>,
+    fc: nn::Linear,
+}
+
+impl ResNeXt {
+    /// Builds the network described by `config` with its variables under `p`
+    /// (`conv1`, `bn1`, `layer1.0.conv1`, …, `fc`), initialised as torchvision:
+    /// Kaiming-normal (fan-out, ReLU) convolutions, BN weight 1 and bias 0 (the last BN of each
+    /// block 0 with `zero_init_residual`), and PyTorch's default `Linear` initialisation.
+    ///
+    /// # Panics
+    /// If the configuration is invalid (see [`ResNeXtConfig::validate`]); use
+    /// [`ResNeXt::try_new`] to get an error instead.
+    pub fn new(p: &nn::Path, config: &ResNeXtConfig) -> Self {
+        match Self::try_new(p, config) {
+            Ok(net) => net,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Like [`ResNeXt::new`], returning an error for an invalid configuration.
+    ///
+    /// # Errors
+    /// [`ModelError::InvalidConfig`].
+    pub fn try_new(p: &nn::Path, config: &ResNeXtConfig) -> Result<Self, ModelError> {
+        config.validate()?;
+        let (kernel, stride) = match config.stem {
+            Stem::Cifar => (3, 1),
+            Stem::ImageNet => (7, 2),
+        };
+        let conv1 = conv2d(p / "conv1", 3, config.stem_channels, kernel, stride, 1);
+        let bn1 = batch_norm(p / "bn1", config.stem_channels, false);
+        let mut in_channels = config.stem_channels;
+        let stages = config
+            .blocks
+            .iter()
+            .zip(&config.planes)
+            .enumerate()
+            .map(|(i, (&n, &planes))| {
+                let stride = if i == 0 { 1 } else { 2 };
+                make_layer(
+                    p / format!("layer{}", i + 1),
+                    config,
+                    &mut in_channels,
+                    planes,
+                    n,
+                    stride,
+                )
+            })
+            .collect();
+        let fc_in = config.feature_channels();
+        let bound = 1.0 / (fc_in as f64).sqrt();
+        let fc = nn::linear(
+            p / "fc",
+            fc_in,
+            config.num_classes,
+            nn::LinearConfig {
+                ws_init: nn::Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                },
+                bs_init: Some(nn::Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                }),
+                bias: true,
+            },
+        );
+        Ok(Self {
+            config: config.clone(),
+            conv1,
+            bn1,
+            stages,
+            fc,
+        })
+    }
+
+    /// The configuration this network was built from.
+    pub fn config(&self) -> &ResNeXtConfig {
+        &self.config
+    }
+
+    /// Checks that `xs` is a float tensor of shape `[N, 3, H, W]`.
+    ///
+    /// # Errors
+    /// [`ModelError::InputShape`] naming the expected and the actual shape.
+    pub fn check_input(xs: &Tensor) -> Result<(), ModelError> {
+        let shape = xs.size();
+        let kind = xs.kind();
+        let float = matches!(
+            kind,
+            Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
+        );
+        if !float || shape.len() != 4 || shape[1] != 3 || shape.iter().any(|&d| d < 1) {
+            return Err(ModelError::InputShape { shape, kind });
+        }
+        Ok(())
+    }
+
+    /// The output of the stem and of every stage, in order: `[stem, layer1, layer2, …]`.
+    ///
+    /// # Errors
+    /// [`ModelError::InputShape`] for an input that is not `[N, 3, H, W]`.
+    pub fn try_forward_features_t(
+        &self,
+        xs: &Tensor,
+        train: bool,
+    ) -> Result<Vec<Tensor>, ModelError> {
+        Self::check_input(xs)?;
+        let mut x = self.forward_stem(xs, train);
+        let mut outs = vec![x.shallow_clone()];
+        for stage in &self.stages {
+            for block in stage {
+                x = block.forward_t(&x, train);
+            }
+            outs.push(x.shallow_clone());
+        }
+        Ok(outs)
+    }
+
+    /// The forward pass (logits `[N, num_classes]`), returning an error for a bad input.
+    ///
+    /// # Errors
+    /// [`ModelError::InputShape`] for an input that is not `[N, 3, H, W]`.
+    pub fn try_forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor, ModelError> {
+        Self::check_input(xs)?;
+        let mut x = self.forward_stem(xs, train);
+        for block in self.stages.iter().flatten() {
+            x = block.forward_t(&x, train);
+        }
+        Ok(self.head(&x))
+    }
+
+    fn forward_stem(&self, xs: &Tensor, train: bool) -> Tensor {
+        let mut x = xs.apply(&self.conv1).apply_t(&self.bn1, train);
+        let _ = x.relu_();
+        match self.config.stem {
+            Stem::Cifar => x,
+            Stem::ImageNet => x.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false),
+        }
+    }
+
+    fn head(&self, x: &Tensor) -> Tensor {
+        x.adaptive_avg_pool2d([1, 1]).flatten(1, -1).apply(&self.fc)
+    }
+}
+
+/// torchvision's `_make_layer`: `n` blocks, the first one with `stride` and a projection shortcut
+/// when needed; updates `in_channels` to the stage's output channels.
+fn make_layer(
+    p: nn::Path,
+    cfg: &ResNeXtConfig,
+    in_channels: &mut i64,
+    planes: i64,
+    n: usize,
+    stride: i64,
+) -> Vec<ResNeXtBlock> {
+    (0..n)
+        .map(|j| {
+            let s = if j == 0 { stride } else { 1 };
+            let block = ResNeXtBlock::new(
+                &p / j,
+                *in_channels,
+                planes,
+                s,
+                cfg.cardinality,
+                cfg.base_width,
+                cfg.zero_init_residual,
+            );
+            *in_channels = EXPANSION * planes;
+            block
+        })
+        .collect()
+}
+
+impl ModuleT for ResNeXt {
+    /// # Panics
+    /// With [`ModelError::InputShape`]'s message for an input that is not `[N, 3, H, W]`; use
+    /// [`ResNeXt::try_forward_t`] to get the error as a value.
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        match self.try_forward_t(xs, train) {
+            Ok(t) => t,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! The training configuration, as data (serde, to and from JSON).
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tch::Device;
+
+use super::TrainError;
+use crate::resnext::{ResNeXtConfig, MODEL_NAMES};
+
+/// How the learning rate moves over training (see [`Schedule::lr`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// Cosine annealing from the base lr to 0 over all epochs after warm-up (the widely used
+    /// PyTorch CIFAR recipe: `CosineAnnealingLR(T_max=epochs)` stepped once per epoch).
+    #[default]
+    Cosine,
+    /// The paper's CIFAR recipe: divide by 10 at 50% and at 75% of the epochs.
+    Step,
+    /// The base lr throughout (the tutorial's literal recipe).
+    Constant,
+}
+
+/// Names accepted for [`Schedule`], as in JSON and on the command line.
+pub const SCHEDULE_NAMES: [&str; 3] = ["cosine", "step", "constant"];
+
+impl std::str::FromStr for Schedule {
+    type Err = TrainError;
+    fn from_str(s: &str) -> Result<Self, TrainError> {
+        match s {
+            "cosine" => Ok(Schedule::Cosine),
+            "step" => Ok(Schedule::Step),
+            "constant" => Ok(Schedule::Constant),
+            _ => Err(TrainError::InvalidConfig {
+                field: "schedule",
+                value: s.to_string(),
+                expected: format!("one of {}", SCHEDULE_NAMES.join(", ")),
+            }),
+        }
+    }
+}
+
+/// Everything that defines a training run. Saved as `config.json` in the run directory and
+/// inside every checkpoint, so a resumed run continues with exactly this.
+///
+/// Missing fields in JSON take their defaults, so a config file may name only what it changes:
+///
+/// ```
+/// use resnext::trainer::{Schedule, TrainConfig};
+/// let cfg = TrainConfig::from_json(r#"{ "model": "tiny", "epochs": 5 }"#).unwrap();
+/// assert_eq!((cfg.epochs, cfg.batch_size, cfg.lr, cfg.schedule), (5, 128, 0.1, Schedule::Cosine));
+/// assert!(TrainConfig::from_json(r#"{ "model": "resnet" }"#).is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Model configuration name (see [`ResNeXtConfig::from_name`]).
+    pub model: String,
+    /// Number of epochs.
+    pub epochs: usize,
+    /// Images per training batch.
+    pub batch_size: usize,
+    /// Base learning rate.
+    pub lr: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// L2 weight decay (added to the gradient, as PyTorch's SGD), on every parameter.
+    pub weight_decay: f64,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+    /// Learning-rate schedule.
+    pub schedule: Schedule,
+    /// Epochs of linear warm-up before the schedule (0 for none).
+    pub warmup_epochs: usize,
+    /// Label smoothing of the cross-entropy loss, in `[0, 1)`.
+    pub label_smoothing: f64,
+    /// Seed of the model initialisation, the shuffling and the augmentation.
+    pub seed: u64,
+    /// `auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// Train on the first N training images only.
+    pub limit_train: Option<usize>,
+    /// Evaluate on the first N test images only.
+    pub limit_test: Option<usize>,
+    /// Evaluate on the test set every N epochs (and always after the last one).
+    pub eval_every: usize,
+    /// Random crop + flip augmentation of training images.
+    pub augment: bool,
+}
+
+impl Default for TrainConfig {
+    /// resnext50_32x4d (CIFAR stem), 200 epochs, batch 128, SGD lr 0.1, momentum 0.9,
+    /// weight decay 5e-4, cosine schedule, seed 1, CUDA when available.
+    fn default() -> Self {
+        TrainConfig {
+            model: "resnext50_32x4d".into(),
+            epochs: 200,
+            batch_size: 128,
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            nesterov: false,
+            schedule: Schedule::Cosine,
+            warmup_epochs: 0,
+            label_smoothing: 0.0,
+            seed: 1,
+            device: "auto".into(),
+            limit_train: None,
+            limit_test: None,
+            eval_every: 1,
+            augment: true,
+        }
+    }
+}
+
+fn invalid(field: &'static str, value: impl ToString, expected: impl Into<String>) -> TrainError {
+    TrainError::InvalidConfig {
+        field,
+        value: value.to_string(),
+        expected: expected.into(),
+    }
+}
+
+impl TrainConfig {
+    /// Parses a JSON configuration (missing fields take their defaults) and validates it.
+    ///
+    /// # Errors
+    /// [`TrainError::ConfigJson`] for bad JSON or an unknown field, [`TrainError::InvalidConfig`]
+    /// for a bad value.
+    pub fn from_json(text: &str) -> Result<Self, TrainError> {
+        let cfg: TrainConfig = serde_json::from_str(text).map_err(|e| TrainError::ConfigJson {
+            path: None,
+            message: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads and validates a JSON configuration file.
+    ///
+    /// # Errors
+    /// As [`TrainConfig::from_json`], naming the file; [`TrainError::Io`] when it cannot be read.
+    pub fn from_file(path: &Path) -> Result<Self, TrainError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
+            action: "reading",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_json(&text).map_err(|e| match e {
+            TrainError::ConfigJson { message, .. } => TrainError::ConfigJson {
+                path: Some(path.to_path_buf()),
+                message,
+            },
+            e => e,
+        })
+    }
+
+    /// The configuration as pretty JSON.
+    pub fn to_json(&self) -> String {
+        // A struct of plain fields always serialises.
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// The model architecture for CIFAR-10 (10 classes).
+    ///
+    /// # Errors
+    /// [`TrainError::InvalidConfig`] listing the valid names for an unknown model.
+    pub fn model_config(&self) -> Result<ResNeXtConfig, TrainError> {
+        ResNeXtConfig::from_name(&self.model, 10).map_err(|_| {
+            invalid(
+                "model",
+                &self.model,
+                format!("one of {}", MODEL_NAMES.join(", ")),
+            )
+        })
+    }
+
+    /// The device to train on: `auto` is CUDA when available, else the CPU.
+    ///
+    /// # Errors
+    /// [`TrainError::InvalidConfig`] for an unknown device, [`TrainError::DeviceUnavailable`] for
+    /// CUDA on a machine without it or a GPU index beyond the GPUs present.
+    pub fn resolve_device(&self) -> Result<Device, TrainError> {
+        let expected = "auto, cpu, cuda or cuda:N";
+        let device = match self.device.as_str() {
+            "auto" => return Ok(Device::cuda_if_available()),
+            "cpu" => Device::Cpu,
+            "cuda" => Device::Cuda(0),
+            s => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Device::Cuda(n),
+                _ => return Err(invalid("device", s, expected)),
+            },
+        };
+        if let Device::Cuda(n) = device {
+            let count = tch::Cuda::device_count().max(0) as usize;
+            if n >= count {
+                return Err(TrainError::DeviceUnavailable {
+                    device: self.device.clone(),
+                    available: count,
+                });
+            }
+        }
+        Ok(device)
+    }
+
+    /// Checks every value; the error names the field, its value and what is expected.
+    ///
+    /// # Errors
+    /// [`TrainError::InvalidConfig`].
+    pub fn validate(&self) -> Result<(), TrainError> {
+        self.model_config()?;
+        if self.epochs == 0 {
+            return Err(invalid("epochs", self.epochs, "at least 1"));
+        }
+        if self.batch_size == 0 {
+            return Err(invalid("batch_size", self.batch_size, "at least 1"));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(invalid("lr", self.lr, "a finite number above 0"));
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return Err(invalid("momentum", self.momentum, "in [0, 1)"));
+        }
+        if self.nesterov && self.momentum == 0.0 {
+            return Err(invalid("momentum", self.momentum, "above 0 with nesterov"));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(invalid(
+                "weight_decay",
+                self.weight_decay,
+                "a finite number >= 0",
+            ));
+        }
+        if self.warmup_epochs >= self.epochs {
+            return Err(invalid(
+                "warmup_epochs",
+                self.warmup_epochs,
+                format!("fewer than the {} epochs", self.epochs),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return Err(invalid(
+                "label_smoothing",
+                self.label_smoothing,
+                "in [0, 1)",
+            ));
+        }
+        if self.limit_train == Some(0) {
+            return Err(invalid("limit_train", 0, "at least 1"));
+        }
+        if self.limit_test == Some(0) {
+            return Err(invalid("limit_test", 0, "at least 1"));
+        }
+        if self.eval_every == 0 {
+            return Err(invalid("eval_every", 0, "at least 1"));
+        }
+        match self.device.as_str() {
+            "auto" | "cpu" | "cuda" => {}
+            s if s
+                .strip_prefix("cuda:")
+                .is_some_and(|n| n.parse::<usize>().is_ok()) => {}
+            s => return Err(invalid("device", s, "auto, cpu, cuda or cuda:N")),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,93 @@
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+use crate::data::DataError;
+use crate::io::IoError;
+use crate::resnext::ModelError;
+
+/// Errors of the trainer: bad configuration, unusable checkpoints, I/O, data and libtorch.
+#[derive(Debug, Error)]
+pub enum TrainError {
+    /// A configuration value is out of range or unknown.
+    #[error("invalid {field} `{value}`: expected {expected}")]
+    InvalidConfig {
+        /// The field (or command-line option) concerned.
+        field: &'static str,
+        /// Its value, as text.
+        value: String,
+        /// What is accepted.
+        expected: String,
+    },
+    /// A configuration file or text is not valid JSON for a [`TrainConfig`](super::TrainConfig).
+    #[error("bad training configuration{}: {message}", path.as_ref().map(|p| format!(" in {}", p.display())).unwrap_or_default())]
+    ConfigJson {
+        /// The file, when the configuration came from one.
+        path: Option<PathBuf>,
+        /// What the JSON parser found wrong.
+        message: String,
+    },
+    /// The requested device is not present on this machine.
+    #[error("device `{device}` is not available: this machine has {available} CUDA device(s) visible to libtorch; use --device cpu")]
+    DeviceUnavailable {
+        /// The requested device.
+        device: String,
+        /// CUDA devices libtorch sees.
+        available: usize,
+    },
+    /// A checkpoint cannot be used: corrupt, truncated, from another model or another version.
+    #[error("checkpoint {}: {problem}", path.display())]
+    Checkpoint {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A fresh run was asked for in a directory that already holds one.
+    #[error("{} already holds a training run (checkpoint.safetensors); resume it with --resume {}, or choose another --out", path.display(), path.display())]
+    RunExists {
+        /// The run directory.
+        path: PathBuf,
+    },
+    /// A file of the run directory could not be read or written.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file or folder.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writing or reading a tensor file failed.
+    #[error(transparent)]
+    TensorFile(#[from] IoError),
+    /// The data pipeline failed.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// The model could not be built or run.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The loss became NaN or infinite: training diverged.
+    #[error("training diverged at epoch {epoch}, batch {batch}: the loss is {loss}; try a lower --lr or some --warmup-epochs")]
+    Diverged {
+        /// 1-based epoch.
+        epoch: usize,
+        /// 0-based batch within the epoch.
+        batch: usize,
+        /// The loss value.
+        loss: f64,
+    },
+    /// libtorch reported an error.
+    #[error("libtorch error: {0}")]
+    Torch(#[from] tch::TchError),
+    /// The metrics plot could not be drawn.
+    #[error("drawing {}: {message}", path.display())]
+    Plot {
+        /// The SVG file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+}

@@ -1,0 +1,44 @@
+//! Learning-rate schedules.
+use std::f64::consts::PI;
+
+use super::Schedule;
+
+impl Schedule {
+    /// The learning rate of (0-based) `epoch` out of `epochs`, after `warmup` warm-up epochs,
+    /// for base rate `base`. The rate is constant within an epoch.
+    ///
+    /// * warm-up, `epoch < warmup`: `base * (epoch + 1) / (warmup + 1)`, rising linearly;
+    /// * then, with `t = epoch - warmup` and `T = epochs - warmup`:
+    ///   * `Cosine`: `base * (1 + cos(pi * t / T)) / 2` (PyTorch's `CosineAnnealingLR` with
+    ///     `T_max = T`, `eta_min = 0`);
+    ///   * `Step`: `base`, divided by 10 from `t >= T/2` and by 100 from `t >= 3T/4`;
+    ///   * `Constant`: `base`.
+    ///
+    /// ```
+    /// use resnext::trainer::Schedule;
+    /// assert_eq!(Schedule::Cosine.lr(0.1, 0, 200, 0), 0.1);
+    /// assert!((Schedule::Cosine.lr(0.1, 100, 200, 0) - 0.05).abs() < 1e-12);
+    /// assert!((Schedule::Step.lr(0.1, 150, 200, 0) - 0.001).abs() < 1e-12);
+    /// assert_eq!(Schedule::Constant.lr(0.1, 0, 200, 4), 0.02);
+    /// ```
+    pub fn lr(self, base: f64, epoch: usize, epochs: usize, warmup: usize) -> f64 {
+        if epoch < warmup {
+            return base * (epoch + 1) as f64 / (warmup + 1) as f64;
+        }
+        let t = (epoch - warmup) as f64;
+        let total = epochs.saturating_sub(warmup).max(1) as f64;
+        match self {
+            Schedule::Cosine => base * (1.0 + (PI * t / total).cos()) / 2.0,
+            Schedule::Step => {
+                if t >= 0.75 * total {
+                    base / 100.0
+                } else if t >= 0.5 * total {
+                    base / 10.0
+                } else {
+                    base
+                }
+            }
+            Schedule::Constant => base,
+        }
+    }
+}

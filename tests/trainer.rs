@@ -1,0 +1,435 @@
+//! The trainer on a small synthetic, learnable dataset: learning, schedules, exact resume
+//! (after a stop request and after a simulated kill), run-directory files, bad checkpoints.
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use resnext::data::{Cifar10, CLASS_NAMES};
+use resnext::trainer::{
+    files, read_checkpoint_state, BatchControl, Outcome, ProgressMode, Schedule, TrainConfig,
+    TrainError, Trainer,
+};
+use resnext::{ResNeXt, ResNeXtConfig};
+use tch::{nn, Device, Kind, Tensor};
+
+/// Images whose class is written in their colours: class `c` has a bright square in a
+/// class-dependent corner and channel, on noise. Learnable in a few epochs by a tiny ResNeXt.
+fn synthetic(n: i64, seed: i64) -> (Tensor, Tensor) {
+    tch::manual_seed(seed);
+    let labels = Tensor::randint(10, [n], (Kind::Int64, Device::Cpu));
+    let images = Tensor::randint(96, [n, 3, 32, 32], (Kind::Int64, Device::Cpu));
+    let labels_v = Vec::<i64>::try_from(&labels).unwrap();
+    for (i, &c) in labels_v.iter().enumerate() {
+        let channel = c % 3;
+        let (y, x) = (((c / 3) % 2) * 16, ((c / 6) % 2) * 16);
+        let size = if c == 9 { 32 } else { 12 };
+        let _ = images
+            .get(i as i64)
+            .get(channel)
+            .narrow(0, y, size.min(32 - y))
+            .narrow(1, x, size.min(32 - x))
+            .fill_(255);
+    }
+    (images.to_kind(Kind::Uint8), labels)
+}
+
+fn dataset(train: i64, test: i64) -> Cifar10 {
+    let (xi, xl) = synthetic(train, 11);
+    let (ti, tl) = synthetic(test, 12);
+    let classes = CLASS_NAMES.iter().map(|s| s.to_string()).collect();
+    Cifar10::from_tensors(xi, xl, ti, tl, classes).unwrap()
+}
+
+fn config(epochs: usize) -> TrainConfig {
+    TrainConfig {
+        model: "tiny".into(),
+        epochs,
+        batch_size: 32,
+        lr: 0.05,
+        device: "cpu".into(),
+        ..TrainConfig::default()
+    }
+}
+
+fn trainer(cfg: TrainConfig, dir: &Path) -> Trainer<ResNeXt> {
+    let mut t = Trainer::resnext(cfg).unwrap().with_run_dir(dir).unwrap();
+    t.set_progress(ProgressMode::Silent);
+    t
+}
+
+fn resume(dir: &Path) -> Trainer<ResNeXt> {
+    let mut t = Trainer::resume(dir, None).unwrap();
+    t.set_progress(ProgressMode::Silent);
+    t
+}
+
+fn variables(t: &Trainer<ResNeXt>) -> BTreeMap<String, Tensor> {
+    t.var_store().variables().into_iter().collect()
+}
+
+/// Bitwise equality of every variable, naming the first that differs.
+fn assert_bitwise_equal(a: &BTreeMap<String, Tensor>, b: &BTreeMap<String, Tensor>) {
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (name, x) in a {
+        let y = &b[name];
+        assert!(
+            x.equal(y),
+            "variable {name} differs: max |diff| {}",
+            (x - y).abs().max()
+        );
+    }
+}
+
+#[test]
+fn tiny_learns_the_synthetic_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(640, 200);
+    let mut cfg = config(4);
+    cfg.augment = false;
+    let mut t = trainer(cfg, dir.path());
+    let Outcome::Completed(summary) = t.fit(&data).unwrap() else {
+        panic!("the run did not complete")
+    };
+    let m = &t.state().metrics;
+    assert_eq!(m.len(), 4);
+    assert!(
+        m[3].train_loss < 0.6 * m[0].train_loss,
+        "loss did not fall: {m:?}"
+    );
+    assert!(
+        summary.final_test_acc > 60.0,
+        "test accuracy {}",
+        summary.final_test_acc
+    );
+    assert!(m[3].train_acc > 40.0 && m[3].train_acc > m[0].train_acc);
+}
+
+#[test]
+fn schedules_follow_their_formulas() {
+    let pi = std::f64::consts::PI;
+    for (e, expected) in [
+        (0, 0.1),
+        (100, 0.05),
+        (199, 0.05 * (1.0 + (pi * 199.0 / 200.0).cos())),
+    ] {
+        assert!(
+            (Schedule::Cosine.lr(0.1, e, 200, 0) - expected).abs() < 1e-12,
+            "cosine {e}"
+        );
+    }
+    for (e, expected) in [
+        (0, 0.1),
+        (99, 0.1),
+        (100, 0.01),
+        (149, 0.01),
+        (150, 0.001),
+        (199, 0.001),
+    ] {
+        assert!(
+            (Schedule::Step.lr(0.1, e, 200, 0) - expected).abs() < 1e-12,
+            "step {e}"
+        );
+    }
+    for e in [0, 100, 199] {
+        assert_eq!(Schedule::Constant.lr(0.1, e, 200, 0), 0.1);
+    }
+    // Five warm-up epochs rise linearly, then the schedule runs over the remaining 195.
+    for e in 0..5 {
+        let lr = Schedule::Cosine.lr(0.1, e, 200, 5);
+        assert!(
+            (lr - 0.1 * (e + 1) as f64 / 6.0).abs() < 1e-12,
+            "warm-up {e}: {lr}"
+        );
+    }
+    assert!((Schedule::Cosine.lr(0.1, 5, 200, 5) - 0.1).abs() < 1e-12);
+    let mid = Schedule::Cosine.lr(0.1, 5 + 195 / 2, 200, 5);
+    assert!((mid - 0.05 * (1.0 + (pi * 97.0 / 195.0).cos())).abs() < 1e-12);
+    assert!((Schedule::Step.lr(0.1, 5 + 98, 200, 5) - 0.01).abs() < 1e-12);
+}
+
+/// Runs `epochs` epochs of the shared configuration in `dir`, uninterrupted.
+fn full_run(dir: &Path, data: &Cifar10, epochs: usize) -> Trainer<ResNeXt> {
+    let mut t = trainer(config(epochs), dir);
+    assert!(matches!(t.fit(data).unwrap(), Outcome::Completed(_)));
+    t
+}
+
+#[test]
+fn resume_after_a_stop_request_is_bitwise_exact() {
+    let data = dataset(200, 64);
+    let a_dir = tempfile::tempdir().unwrap();
+    let a = full_run(a_dir.path(), &data, 3);
+
+    // Stop through the very flag the Ctrl-C handler sets, in the middle of epoch 2.
+    let b_dir = tempfile::tempdir().unwrap();
+    let mut b = trainer(config(3), b_dir.path());
+    let flag = b.stop_flag();
+    b.on_batch(move |epoch, batch| {
+        if epoch == 2 && batch == 2 {
+            flag.store(true, Ordering::SeqCst);
+        }
+        BatchControl::Continue
+    });
+    let out = b.fit(&data).unwrap();
+    assert_eq!(
+        out,
+        Outcome::Stopped {
+            epoch: 2,
+            batch: 3,
+            saved: true
+        }
+    );
+    drop(b);
+    let state = read_checkpoint_state(&b_dir.path().join(files::CHECKPOINT)).unwrap();
+    assert_eq!((state.epoch, state.batch, state.metrics.len()), (1, 3, 1));
+
+    let mut b = resume(b_dir.path());
+    assert!(matches!(b.fit(&data).unwrap(), Outcome::Completed(_)));
+    assert_bitwise_equal(&variables(&a), &variables(&b));
+    // The metrics of the interrupted epoch are those of the uninterrupted run.
+    for (x, y) in a.state().metrics.iter().zip(&b.state().metrics) {
+        assert_eq!((x.epoch, x.test_acc, x.lr), (y.epoch, y.test_acc, y.lr));
+        assert!((x.train_loss - y.train_loss).abs() < 1e-9);
+        assert_eq!(x.train_acc, y.train_acc);
+    }
+    // A completed run resumed says so and trains nothing.
+    let mut again = resume(b_dir.path());
+    assert_eq!(again.fit(&data).unwrap(), Outcome::AlreadyComplete);
+}
+
+#[test]
+fn resume_after_a_kill_mid_epoch_is_bitwise_exact() {
+    let data = dataset(200, 64);
+    let a_dir = tempfile::tempdir().unwrap();
+    let a = full_run(a_dir.path(), &data, 3);
+
+    // A kill during epoch 2: nothing is saved beyond the checkpoint of epoch 1.
+    let c_dir = tempfile::tempdir().unwrap();
+    let mut c = trainer(config(3), c_dir.path());
+    c.on_batch(|epoch, batch| {
+        if epoch == 2 && batch == 4 {
+            BatchControl::Abort
+        } else {
+            BatchControl::Continue
+        }
+    });
+    let out = c.fit(&data).unwrap();
+    assert!(matches!(out, Outcome::Stopped { saved: false, .. }));
+    drop(c);
+    let state = read_checkpoint_state(&c_dir.path().join(files::CHECKPOINT)).unwrap();
+    assert_eq!((state.epoch, state.batch), (1, 0));
+
+    let mut c = resume(c_dir.path());
+    assert!(matches!(c.fit(&data).unwrap(), Outcome::Completed(_)));
+    assert_bitwise_equal(&variables(&a), &variables(&c));
+}
+
+#[test]
+fn run_directory_files_parse_with_the_documented_fields() {
+    let data = dataset(96, 40);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(2);
+    cfg.eval_every = 2;
+    let mut t = trainer(cfg.clone(), dir.path());
+    assert!(matches!(t.fit(&data).unwrap(), Outcome::Completed(_)));
+    let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+
+    let back: TrainConfig = serde_json::from_str(&read(files::CONFIG)).unwrap();
+    assert_eq!(back, cfg);
+
+    let lines: Vec<serde_json::Value> = read(files::METRICS)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for (i, m) in lines.iter().enumerate() {
+        assert_eq!(m["epoch"], i + 1);
+        for k in ["train_loss", "train_acc", "lr", "seconds"] {
+            assert!(m[k].is_f64(), "{k} in {m}");
+        }
+        let acc = m["train_acc"].as_f64().unwrap();
+        assert!((0.0..=100.0).contains(&acc));
+    }
+    // eval_every = 2: no evaluation after epoch 1, one after epoch 2.
+    assert!(lines[0]["test_acc"].is_null() && lines[0]["test_loss"].is_null());
+    assert!(lines[1]["test_acc"].is_f64() && lines[1]["test_loss"].is_f64());
+
+    let s: serde_json::Value = serde_json::from_str(&read(files::SUMMARY)).unwrap();
+    for k in [
+        "best_test_acc",
+        "final_test_acc",
+        "total_seconds",
+        "train_images_per_sec",
+    ] {
+        assert!(s[k].is_f64(), "{k} in {s}");
+    }
+    assert_eq!(s["per_class_acc"].as_array().unwrap().len(), 10);
+    let confusion = s["confusion_matrix"].as_array().unwrap();
+    assert_eq!(confusion.len(), 10);
+    let total: u64 = confusion
+        .iter()
+        .flat_map(|r| r.as_array().unwrap())
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        total, 40,
+        "the confusion matrix counts every test image once"
+    );
+
+    let svg = read(files::CURVES);
+    assert!(
+        svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+        "{svg:.200}"
+    );
+    assert!(
+        svg.contains("<polyline") || svg.contains("<path"),
+        "no curve drawn"
+    );
+    assert_eq!(svg.matches('<').count(), svg.matches('>').count());
+
+    for f in [files::LAST, files::BEST] {
+        let w = Tensor::read_safetensors(dir.path().join(f)).unwrap();
+        let names: Vec<&str> = w.iter().map(|(n, _)| n.as_str()).collect();
+        assert!(names.contains(&"layer1.0.conv2.weight") && names.contains(&"fc.bias"));
+        assert!(names.contains(&"bn1.num_batches_tracked"));
+    }
+}
+
+#[test]
+fn bad_checkpoints_are_refused_and_left_alone() {
+    let data = dataset(64, 20);
+    let dir = tempfile::tempdir().unwrap();
+    full_run(dir.path(), &data, 1);
+    let ckpt = dir.path().join(files::CHECKPOINT);
+    let good = std::fs::read(&ckpt).unwrap();
+
+    // Another model: same trainer config, but a network with another classifier size.
+    let vs = nn::VarStore::new(Device::Cpu);
+    let other = ResNeXt::new(&vs.root(), &ResNeXtConfig::tiny(7));
+    let err = Trainer::new(config(1), vs, other)
+        .unwrap()
+        .resume_from(dir.path())
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, TrainError::Checkpoint { .. }), "{msg}");
+    assert!(
+        msg.contains("checkpoint.safetensors") && msg.contains("fc."),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("[10") && msg.contains("[7"),
+        "both shapes: {msg}"
+    );
+    assert_eq!(std::fs::read(&ckpt).unwrap(), good);
+
+    // Truncated.
+    std::fs::write(&ckpt, &good[..good.len() / 2]).unwrap();
+    let msg = Trainer::resume(dir.path(), None).unwrap_err().to_string();
+    assert!(msg.contains("checkpoint.safetensors"), "{msg}");
+    assert_eq!(
+        std::fs::read(&ckpt).unwrap().len(),
+        good.len() / 2,
+        "nothing overwritten"
+    );
+
+    // Garbage, and a weights file in place of a checkpoint.
+    std::fs::write(&ckpt, b"definitely not safetensors").unwrap();
+    let msg = Trainer::resume(dir.path(), None).unwrap_err().to_string();
+    assert!(
+        msg.contains("checkpoint.safetensors") && msg.contains("not a valid safetensors"),
+        "{msg}"
+    );
+    std::fs::copy(dir.path().join(files::LAST), &ckpt).unwrap();
+    let msg = Trainer::resume(dir.path(), None).unwrap_err().to_string();
+    assert!(msg.contains("not a resnext training checkpoint"), "{msg}");
+
+    // No checkpoint at all, and a fresh run into a directory that holds one.
+    let empty = tempfile::tempdir().unwrap();
+    let msg = Trainer::resume(empty.path(), None).unwrap_err().to_string();
+    assert!(msg.contains("no checkpoint"), "{msg}");
+    std::fs::write(&ckpt, &good).unwrap();
+    let err = Trainer::resnext(config(1))
+        .unwrap()
+        .with_run_dir(dir.path())
+        .unwrap_err();
+    assert!(matches!(err, TrainError::RunExists { .. }), "{err}");
+}
+
+#[test]
+fn config_json_round_trips_and_bad_values_are_named() {
+    let mut cfg = config(7);
+    cfg.schedule = Schedule::Step;
+    cfg.nesterov = true;
+    cfg.limit_train = Some(1000);
+    let back = TrainConfig::from_json(&cfg.to_json()).unwrap();
+    assert_eq!(back, cfg);
+    for (json, field) in [
+        (r#"{"model": "resnet18"}"#, "model"),
+        (r#"{"epochs": 0}"#, "epochs"),
+        (r#"{"lr": -0.1}"#, "lr"),
+        (r#"{"momentum": 1.5}"#, "momentum"),
+        (r#"{"device": "tpu"}"#, "device"),
+        (r#"{"label_smoothing": 1.0}"#, "label_smoothing"),
+        (r#"{"warmup_epochs": 300}"#, "warmup_epochs"),
+    ] {
+        let msg = TrainConfig::from_json(json).unwrap_err().to_string();
+        assert!(msg.contains(field), "{json}: {msg}");
+    }
+    let msg = TrainConfig::from_json(r#"{"model": "resnet18"}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("resnext50_32x4d") && msg.contains("tiny"),
+        "lists valid names: {msg}"
+    );
+    let msg = TrainConfig::from_json(r#"{"epoch": 3}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("unknown field"), "{msg}");
+}
+
+/// The example binary, built by `cargo test` next to the test binaries.
+fn example(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        path.is_file(),
+        "example binary {} is missing: run the tests with plain `cargo test`, which builds the examples",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn cli_rejects_bad_values_with_exit_code_2() {
+    let bin = example("train_cifar10");
+    let out_dir = tempfile::tempdir().unwrap();
+    for (args, needle) in [
+        (vec!["--model", "resnet18"], "resnext50_32x4d"),
+        (vec!["--schedule", "linear"], "cosine"),
+        (vec!["--epochs", "0"], "epochs"),
+        (vec!["--lr", "-1"], "lr"),
+        (vec!["--device", "tpu"], "cpu, cuda or cuda:N"),
+        (vec!["--device", "cuda:7"], "not available"),
+        (vec!["--batch-size", "many"], "batch-size"),
+    ] {
+        let out = std::process::Command::new(&bin)
+            .args(&args)
+            .arg("--out")
+            .arg(out_dir.path().join("run"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+    assert!(
+        !out_dir.path().join("run").exists(),
+        "nothing written for a bad command"
+    );
+}
