@@ -17,7 +17,9 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use resnext::data::{ensure_cifar10, Cifar10, DownloadOptions};
 use resnext::resnext::MODEL_NAMES;
-use resnext::trainer::{Outcome, ProgressMode, TrainConfig, TrainError, Trainer, SCHEDULE_NAMES};
+use resnext::trainer::{
+    Outcome, ProgressMode, TrainConfig, TrainError, Trainer, PRECISION_NAMES, SCHEDULE_NAMES,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -75,6 +77,12 @@ struct Args {
     /// auto, cpu, cuda or cuda:N [default: auto = CUDA when available].
     #[arg(long)]
     device: Option<String>,
+    /// Forward/backward precision: auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16, fp16.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(PRECISION_NAMES))]
+    precision: Option<String>,
+    /// Channels-last weights and inputs: auto (on), on, off.
+    #[arg(long, value_parser = ["auto", "on", "off"])]
+    channels_last: Option<String>,
     /// Run directory [default: runs/<model>-seed<seed>].
     #[arg(long)]
     out: Option<PathBuf>,
@@ -82,7 +90,7 @@ struct Args {
     #[arg(long, value_name = "RUN_DIR", conflicts_with_all = [
         "model", "epochs", "batch_size", "lr", "momentum", "weight_decay", "nesterov",
         "schedule", "warmup_epochs", "label_smoothing", "seed", "out", "limit_train",
-        "limit_test", "eval_every", "config",
+        "limit_test", "eval_every", "config", "precision", "channels_last",
     ])]
     resume: Option<PathBuf>,
     /// Train on the first N training images only.
@@ -124,6 +132,20 @@ fn resolve_config(args: &Args) -> Result<TrainConfig, TrainError> {
     set!(seed, device, eval_every);
     if let Some(s) = &args.schedule {
         cfg.schedule = s.parse()?;
+    }
+    if let Some(p) = &args.precision {
+        cfg.precision = p.parse().map_err(|expected| TrainError::InvalidConfig {
+            field: "precision",
+            value: p.clone(),
+            expected,
+        })?;
+    }
+    if let Some(c) = &args.channels_last {
+        cfg.channels_last = match c.as_str() {
+            "on" => Some(true),
+            "off" => Some(false),
+            _ => None,
+        };
     }
     if args.nesterov {
         cfg.nesterov = true;

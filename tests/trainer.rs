@@ -433,3 +433,39 @@ fn cli_rejects_bad_values_with_exit_code_2() {
         "nothing written for a bad command"
     );
 }
+
+#[test]
+fn autocast_dtype_binding_reads_back_what_it_sets() {
+    // The trainer sets CUDA autocast to bf16 through libtorch's C++ API; check the binding on
+    // the CPU autocast state, which exists on every machine, and restore it.
+    let before = resnext::trainer::autocast_dtype_code(false);
+    resnext::trainer::set_autocast_dtype_code(false, 5); // Half
+    assert_eq!(resnext::trainer::autocast_dtype_code(false), 5);
+    resnext::trainer::set_autocast_dtype_code(false, 15); // BFloat16
+    assert_eq!(resnext::trainer::autocast_dtype_code(false), 15);
+    resnext::trainer::set_autocast_dtype_code(false, before);
+    assert_eq!(resnext::trainer::autocast_dtype_code(false), before);
+}
+
+#[test]
+fn channels_last_training_keeps_its_layout_and_learns() {
+    let data = dataset(320, 100);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(2);
+    cfg.channels_last = Some(true);
+    cfg.augment = false;
+    let mut t = trainer(cfg, dir.path());
+    assert!(matches!(t.fit(&data).unwrap(), Outcome::Completed(_)));
+    let convs: Vec<Tensor> = variables(&t)
+        .into_values()
+        .filter(|v| v.dim() == 4)
+        .collect();
+    assert!(!convs.is_empty());
+    assert!(convs.iter().all(resnext::trainer::is_channels_last));
+    let m = &t.state().metrics;
+    assert!(m[1].train_loss < m[0].train_loss, "{m:?}");
+    // Resuming a channels-last run loads NCHW-ordered data into channels-last variables.
+    let before = variables(&t);
+    let resumed = resume(dir.path());
+    assert_bitwise_equal(&before, &variables(&resumed));
+}

@@ -10,7 +10,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
-use super::{EpochMetrics, Evaluation, Sgd, TrainConfig, TrainError};
+use super::{EpochMetrics, Evaluation, LossScale, Sgd, TrainConfig, TrainError};
 use crate::io::{read_safetensors, write_safetensors};
 
 /// Version of the checkpoint layout; a checkpoint of another version is refused.
@@ -57,6 +57,9 @@ pub struct TrainState {
     pub metrics: Vec<EpochMetrics>,
     /// The latest test evaluation.
     pub last_eval: Option<Evaluation>,
+    /// fp16 loss scaling state (fp16 runs only).
+    #[serde(default)]
+    pub loss_scale: Option<LossScale>,
 }
 
 impl TrainState {
@@ -72,6 +75,7 @@ impl TrainState {
             best: None,
             metrics: Vec::new(),
             last_eval: None,
+            loss_scale: None,
         }
     }
 

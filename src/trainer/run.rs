@@ -11,8 +11,9 @@ use tch::{Device, Kind, Reduction, Tensor};
 
 use super::checkpoint::{load_checkpoint, read_checkpoint_state, save_checkpoint};
 use super::{
-    curves_svg, evaluate, ClassAccuracy, EpochMetrics, EpochProgress, Evaluation, Sgd, SgdConfig,
-    Summary, TrainConfig, TrainError, TrainState,
+    curves_svg, evaluate, var_store_to_channels_last, ClassAccuracy, EpochMetrics, EpochProgress,
+    Evaluation, Execution, LossScale, Precision, Sgd, SgdConfig, Summary, TrainConfig, TrainError,
+    TrainState,
 };
 use crate::data::{BatchConfig, Cifar10, DeviceDataset};
 use crate::io::write_atomic;
@@ -101,6 +102,7 @@ pub struct Trainer<M: ModuleT> {
     vs: nn::VarStore,
     model: M,
     device: Device,
+    exec: Execution,
     sgd: Sgd,
     state: TrainState,
     run_dir: Option<PathBuf>,
@@ -166,6 +168,17 @@ impl<M: ModuleT> Trainer<M> {
     /// [`TrainError::InvalidConfig`] for a bad configuration.
     pub fn new(config: TrainConfig, vs: nn::VarStore, model: M) -> Result<Self, TrainError> {
         config.validate()?;
+        let exec = Execution::new(&config, vs.device());
+        if exec.channels_last {
+            var_store_to_channels_last(&vs);
+        }
+        if exec.device.is_cuda() {
+            tch::Cuda::cudnn_set_benchmark(true);
+        }
+        let mut state = TrainState::new(config.clone());
+        if exec.precision == Precision::Fp16 {
+            state.loss_scale = Some(LossScale::default());
+        }
         let sgd = Sgd::new(
             &vs,
             SgdConfig {
@@ -176,10 +189,11 @@ impl<M: ModuleT> Trainer<M> {
         );
         Ok(Trainer {
             device: vs.device(),
+            exec,
             vs,
             model,
             sgd,
-            state: TrainState::new(config),
+            state,
             run_dir: None,
             stop: Arc::new(AtomicBool::new(false)),
             progress: ProgressMode::Auto,
@@ -232,7 +246,11 @@ impl<M: ModuleT> Trainer<M> {
                 .set_momentum_buffers(buffers)
                 .map_err(|problem| TrainError::Checkpoint { path, problem })?;
         }
+        let loss_scale = self.state.loss_scale;
         self.state = state;
+        if self.exec.precision == Precision::Fp16 && self.state.loss_scale.is_none() {
+            self.state.loss_scale = loss_scale;
+        }
         self.run_dir = Some(dir.to_path_buf());
         Ok(self)
     }
@@ -398,16 +416,32 @@ impl<M: ModuleT> Trainer<M> {
         for batch in &mut batches {
             let t0 = Instant::now();
             self.sgd.zero_grad();
-            let logits = self.model.forward_t(&batch.images, true);
-            let loss = logits.f_cross_entropy_loss::<Tensor>(
-                &batch.labels,
-                None,
-                Reduction::Mean,
-                -100,
-                smoothing,
-            )?;
-            loss.backward();
-            self.sgd.step(lr);
+            let images = self.exec.input(&batch.images);
+            let (logits, loss) = self.exec.run(|| -> Result<_, TrainError> {
+                let logits = self.model.forward_t(&images, true);
+                let loss = logits.f_cross_entropy_loss::<Tensor>(
+                    &batch.labels,
+                    None,
+                    Reduction::Mean,
+                    -100,
+                    smoothing,
+                )?;
+                Ok((logits, loss))
+            })?;
+            match &mut self.state.loss_scale {
+                Some(scale) => {
+                    (&loss * scale.scale).backward();
+                    let finite = self.sgd.scale_grads(1.0 / scale.scale);
+                    if finite {
+                        self.sgd.step(lr);
+                    }
+                    scale.update(finite);
+                }
+                None => {
+                    loss.backward();
+                    self.sgd.step(lr);
+                }
+            }
             let n = batch.indices.len() as u64;
             tch::no_grad(|| {
                 loss_sum += loss.detach().to_kind(Kind::Double) * n as f64;
@@ -503,6 +537,7 @@ impl<M: ModuleT> Trainer<M> {
                 cfg.batch_size.max(256),
                 cfg.limit_test,
                 classes.len() as i64,
+                &self.exec,
             )?)
         } else {
             None

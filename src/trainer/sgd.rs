@@ -78,6 +78,27 @@ impl Sgd {
         }
     }
 
+    /// Multiplies every gradient by `factor` (to undo a loss scale) and says whether all of
+    /// them are finite (one device synchronisation).
+    pub fn scale_grads(&mut self, factor: f64) -> bool {
+        tch::no_grad(|| {
+            let mut total: Option<Tensor> = None;
+            for (_, p) in &self.params {
+                let mut g = p.grad();
+                if !g.defined() {
+                    continue;
+                }
+                let _ = g.g_mul_scalar_(factor);
+                let s = g.sum(tch::Kind::Float);
+                total = Some(match total {
+                    Some(t) => t + s,
+                    None => s,
+                });
+            }
+            total.is_none_or(|t| t.isfinite().int64_value(&[]) != 0)
+        })
+    }
+
     /// One update with learning rate `lr`. Parameters without a gradient are left alone.
     pub fn step(&mut self, lr: f64) {
         let SgdConfig {
