@@ -408,13 +408,11 @@ impl<M: ModuleT> Trainer<M> {
         let mut loss_sum = Tensor::zeros([], (Kind::Double, self.device));
         let mut correct = Tensor::zeros([], (Kind::Int64, self.device));
         let mut seen = 0u64;
-        let mut train_seconds = 0.0;
         // On CUDA reading a value waits for the GPU: read the sums only now and then.
         let read_every = if self.device == Device::Cpu { 1 } else { 25 };
         let mut batches = train.batches(batch_cfg, epoch as u64, self.state.batch)?;
         let mut control = BatchControl::Continue;
         for batch in &mut batches {
-            let t0 = Instant::now();
             self.sgd.zero_grad();
             let images = self.exec.input(&batch.images);
             let (logits, loss) = self.exec.run(|| -> Result<_, TrainError> {
@@ -453,7 +451,9 @@ impl<M: ModuleT> Trainer<M> {
             seen += n;
             self.state.steps += 1;
             self.state.batch = batch.index + 1;
-            train_seconds += t0.elapsed().as_secs_f64();
+            // Wall time of the batches (data waits included; on CUDA the reads below wait
+            // for the GPU, so over an epoch this is the device time too).
+            let train_seconds = started.elapsed().as_secs_f64();
             if batch.index % read_every == 0 || batch.index + 1 == num_batches {
                 let value = loss.double_value(&[]);
                 if !value.is_finite() {
@@ -493,7 +493,7 @@ impl<M: ModuleT> Trainer<M> {
             correct: base.correct + correct.int64_value(&[]) as u64,
             seen: base.seen + seen,
             seconds: base.seconds + started.elapsed().as_secs_f64(),
-            train_seconds: base.train_seconds + train_seconds,
+            train_seconds: base.train_seconds + started.elapsed().as_secs_f64(),
         };
         let (epoch, batch) = (self.state.epoch + 1, self.state.batch);
         match control {
