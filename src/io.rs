@@ -68,6 +68,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
         .tempfile_in(dir)
         .map_err(io_err("creating a temporary file for", path))?;
     tmp.write_all(bytes).map_err(io_err("writing", path))?;
+    // Temporary files are created owner-only; the result is an ordinary file (rw-r--r--).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(fs::Permissions::from_mode(0o644))
+            .map_err(io_err("setting permissions of", path))?;
+    }
     tmp.as_file().sync_all().map_err(io_err("syncing", path))?;
     tmp.persist(path)
         .map_err(|e| io_err("renaming into place", path)(e.error))?;
