@@ -11,9 +11,11 @@ if ! command -v cargo >/dev/null 2>&1; then
     say "error: cargo not found. Install Rust from https://rustup.rs and run this again."
     exit 1
 fi
-say "step 1/2: libtorch (installed once into a cache, then reused)"
+say "step 1/3: libtorch (installed once into a cache, then reused)"
 eval "$(bash scripts/setup-libtorch.sh | tail -n1)"
-say "step 2/2: cargo test (the first build compiles torch-sys: about 6 minutes on 2 cores)"
+say "step 2/3: torchvision + safetensors for the PyTorch parity tests (cache, not the system Python)"
+bash scripts/setup-python-deps.sh >/dev/null
+say "step 3/3: cargo test (the first build compiles torch-sys: about 6 minutes on 2 cores)"
 start=$(date +%s)
 cargo test "$@"
 say "all tests passed in $(( $(date +%s) - start )) s"

@@ -1,11 +1,43 @@
-//! Model weights as safetensors with torchvision's names, readable by PyTorch's
-//! `load_state_dict(..., strict=True)`.
-use std::collections::BTreeMap;
-use std::path::Path;
+//! Model weights as safetensors with torchvision's names, in both directions:
+//!
+//! * [`save_weights`] writes a file that PyTorch reads with
+//!   `model.load_state_dict(safetensors.torch.load_file(path), strict=True)`;
+//! * [`load_weights`] reads such a file, ours or a `state_dict` PyTorch saved with
+//!   `safetensors.torch.save_file(model.state_dict(), path)`, into a [`nn::VarStore`], checking
+//!   every name, shape and element type before it changes anything;
+//! * [`load_model`] builds a [`ResNeXt`] and loads its weights in one go, and
+//!   [`config_from_weights`] reads the stem and the number of classes from a file.
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use resnext::weights::{load_weights, save_weights};
+//! use resnext::{ResNeXt, ResNeXtConfig};
+//! use tch::{nn, Device};
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join("weights.safetensors");
+//! let vs = nn::VarStore::new(Device::Cpu);
+//! let _net = ResNeXt::new(&vs.root(), &ResNeXtConfig::tiny(10));
+//! save_weights(&vs, &path, 0)?;
+//!
+//! let mut other = nn::VarStore::new(Device::Cpu);
+//! let _net2 = ResNeXt::new(&other.root(), &ResNeXtConfig::tiny(10));
+//! let report = load_weights(&mut other, &path)?;
+//! assert_eq!(report.loaded, vs.variables().len());
+//! assert!(report.unexpected.is_empty());
+//! # Ok(()) }
+//! ```
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
 
-use tch::{nn, Kind, Tensor};
+use tch::{nn, Device, Kind, TchError, Tensor};
+use thiserror::Error;
 
-use crate::io::{write_safetensors, IoError};
+use crate::io::{read_safetensors, write_safetensors, IoError, TensorFile};
+use crate::resnext::{ModelError, ResNeXt, ResNeXtConfig, Stem};
+
+/// Suffix of the BN batch counter that PyTorch keeps in its `state_dict` and tch does not.
+const NUM_BATCHES_TRACKED: &str = ".num_batches_tracked";
 
 /// Saves every variable of `vs` (parameters and BN running statistics) under its own name, plus
 /// a `num_batches_tracked` int64 scalar beside each BN's `running_mean` (PyTorch's state_dict
@@ -24,11 +56,412 @@ pub fn save_weights(
     for (name, t) in vars {
         if let Some(bn) = name.strip_suffix(".running_mean") {
             tensors.push((
-                format!("{bn}.num_batches_tracked"),
+                format!("{bn}{NUM_BATCHES_TRACKED}"),
                 Tensor::from(num_batches_tracked).to_kind(Kind::Int64),
             ));
         }
         tensors.push((name, t.detach()));
     }
     write_safetensors(path, &tensors, None)
+}
+
+/// How [`load_weights_with`] treats a file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Refuse a file that holds tensors the model does not have, as PyTorch's
+    /// `load_state_dict(strict=True)` does. Off by default: such tensors are only listed in
+    /// [`LoadReport::unexpected`]. (Missing tensors are always an error.)
+    pub strict: bool,
+}
+
+/// What [`load_weights`] did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoadReport {
+    /// Number of variables set from the file (every variable of the store).
+    pub loaded: usize,
+    /// Tensors stored in another floating-point kind than their variable (f16, bf16, f64 for an
+    /// f32 model, …), with the kind in the file; they were converted to the variable's kind.
+    pub converted: Vec<(String, Kind)>,
+    /// Tensors of the file that match no variable of the model and were ignored (sorted).
+    /// `num_batches_tracked` counters of the model's BN layers are not listed here.
+    pub unexpected: Vec<String>,
+    /// The largest BN `num_batches_tracked` counter in the file (PyTorch's count of training
+    /// batches), `None` when the file has none. tch does not keep it, so it is only reported.
+    pub num_batches_tracked: Option<i64>,
+    /// The file's string metadata (`__metadata__`), empty when it has none.
+    pub metadata: HashMap<String, String>,
+}
+
+/// A tensor whose shape in the file differs from its variable's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShapeMismatch {
+    /// The tensor's name (torchvision's, e.g. `fc.weight`).
+    pub name: String,
+    /// Its shape in the file.
+    pub in_file: Vec<i64>,
+    /// The variable's shape in the model.
+    pub in_model: Vec<i64>,
+}
+
+impl fmt::Display for ShapeMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "`{}` has shape {:?} in the file but {:?} in the model",
+            self.name, self.in_file, self.in_model
+        )
+    }
+}
+
+/// A tensor whose element type in the file cannot be converted to its variable's (an integer
+/// tensor for a floating-point variable, for example).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KindMismatch {
+    /// The tensor's name.
+    pub name: String,
+    /// Its element kind in the file.
+    pub in_file: Kind,
+    /// The variable's element kind.
+    pub in_model: Kind,
+}
+
+impl fmt::Display for KindMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "`{}` is {:?} in the file, which cannot be converted to the model's {:?}",
+            self.name, self.in_file, self.in_model
+        )
+    }
+}
+
+/// Errors loading weights. Nothing in the model has been changed when one is returned.
+#[derive(Debug, Error)]
+pub enum WeightsError {
+    /// The file cannot be read, or is not a valid safetensors file (truncated, corrupt).
+    #[error(transparent)]
+    Io(#[from] IoError),
+    /// The file's tensors do not fit the model: every problem found is listed.
+    #[error("{}: the weights do not fit the model: {}", path.display(),
+        describe_incompatible(missing, mismatched, wrong_kind, unexpected))]
+    Incompatible {
+        /// The file.
+        path: PathBuf,
+        /// Variables of the model that the file lacks (sorted).
+        missing: Vec<String>,
+        /// Tensors whose shape differs, with both shapes.
+        mismatched: Vec<ShapeMismatch>,
+        /// Tensors whose element kind cannot be converted, with both kinds.
+        wrong_kind: Vec<KindMismatch>,
+        /// Tensors the model does not have; an error only with [`LoadOptions::strict`], else
+        /// empty here.
+        unexpected: Vec<String>,
+    },
+    /// The model configuration is invalid (or the preset name unknown).
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// [`config_from_weights`] cannot tell the architecture from the file.
+    #[error("{}: cannot tell the model's {what} from the file: {reason}", path.display())]
+    Infer {
+        /// The file.
+        path: PathBuf,
+        /// What was being determined (`stem`, `number of classes`).
+        what: &'static str,
+        /// Why not.
+        reason: String,
+    },
+    /// libtorch failed converting or copying a tensor.
+    #[error("{}: tensor `{name}`: {source}", path.display())]
+    Torch {
+        /// The file.
+        path: PathBuf,
+        /// The tensor.
+        name: String,
+        /// libtorch's error.
+        #[source]
+        source: TchError,
+    },
+}
+
+fn describe_incompatible(
+    missing: &[String],
+    mismatched: &[ShapeMismatch],
+    wrong_kind: &[KindMismatch],
+    unexpected: &[String],
+) -> String {
+    let mut parts = Vec::new();
+    if !mismatched.is_empty() {
+        let list: Vec<String> = mismatched.iter().map(|m| m.to_string()).collect();
+        parts.push(format!(
+            "{} shape mismatch(es): {}",
+            mismatched.len(),
+            list.join("; ")
+        ));
+    }
+    if !missing.is_empty() {
+        parts.push(format!(
+            "{} tensor(s) of the model missing from the file: {}",
+            missing.len(),
+            missing.join(", ")
+        ));
+    }
+    if !wrong_kind.is_empty() {
+        let list: Vec<String> = wrong_kind.iter().map(|w| w.to_string()).collect();
+        parts.push(format!(
+            "{} element type mismatch(es): {}",
+            wrong_kind.len(),
+            list.join("; ")
+        ));
+    }
+    if !unexpected.is_empty() {
+        parts.push(format!(
+            "{} tensor(s) not in the model (strict loading): {}",
+            unexpected.len(),
+            unexpected.join(", ")
+        ));
+    }
+    parts.join(". ")
+}
+
+fn is_float(kind: Kind) -> bool {
+    matches!(
+        kind,
+        Kind::Half | Kind::BFloat16 | Kind::Float | Kind::Double
+    )
+}
+
+/// Loads a safetensors `state_dict` into the variables of `vs`, with the default
+/// [`LoadOptions`] (tensors the model does not have are reported, not refused). See
+/// [`load_weights_with`].
+///
+/// # Errors
+/// See [`load_weights_with`].
+pub fn load_weights(vs: &mut nn::VarStore, path: &Path) -> Result<LoadReport, WeightsError> {
+    load_weights_with(vs, path, LoadOptions::default())
+}
+
+/// Loads a safetensors `state_dict` (written by [`save_weights`], or by PyTorch with
+/// `safetensors.torch.save_file(model.state_dict(), path)`) into the variables of `vs`.
+///
+/// Every variable of `vs` must be in the file under its name with its shape. Floating-point
+/// tensors of another kind (f16, bf16, f64) are converted to the variable's kind, and moved to
+/// its device. BN `num_batches_tracked` counters may be present or absent. The whole file is
+/// checked before any variable is touched, so on error `vs` is unchanged; then the values are
+/// copied in under `no_grad`.
+///
+/// # Errors
+/// * [`WeightsError::Io`] when the file cannot be read or is not a valid safetensors file;
+/// * [`WeightsError::Incompatible`] listing every missing tensor, every shape mismatch (name
+///   and both shapes), every tensor of an unconvertible kind and, with
+///   [`LoadOptions::strict`], every tensor the model does not have;
+/// * [`WeightsError::Torch`] if libtorch fails converting a tensor.
+pub fn load_weights_with(
+    vs: &mut nn::VarStore,
+    path: &Path,
+    options: LoadOptions,
+) -> Result<LoadReport, WeightsError> {
+    let file = read_safetensors(path)?;
+    apply(vs, path, file, options)
+}
+
+/// Checks `file` against `vs` and, if everything fits, copies it in.
+fn apply(
+    vs: &mut nn::VarStore,
+    path: &Path,
+    file: TensorFile,
+    options: LoadOptions,
+) -> Result<LoadReport, WeightsError> {
+    let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
+    let mut report = LoadReport {
+        metadata: file.metadata,
+        ..LoadReport::default()
+    };
+    let mut mismatched = Vec::new();
+    let mut wrong_kind = Vec::new();
+    let mut found: BTreeMap<&str, Tensor> = BTreeMap::new();
+    for (name, t) in file.tensors {
+        let Some(var) = vars.get(&name) else {
+            let counter_of_bn = name
+                .strip_suffix(NUM_BATCHES_TRACKED)
+                .is_some_and(|bn| vars.contains_key(&format!("{bn}.running_mean")));
+            if counter_of_bn {
+                if let Ok(n) = t.f_view([-1]).and_then(|v| v.f_int64_value(&[0])) {
+                    report.num_batches_tracked = report.num_batches_tracked.max(Some(n));
+                }
+            } else {
+                report.unexpected.push(name);
+            }
+            continue;
+        };
+        if t.size() != var.size() {
+            mismatched.push(ShapeMismatch {
+                name,
+                in_file: t.size(),
+                in_model: var.size(),
+            });
+            continue;
+        }
+        if t.kind() != var.kind() {
+            if !(is_float(t.kind()) && is_float(var.kind())) {
+                wrong_kind.push(KindMismatch {
+                    in_file: t.kind(),
+                    in_model: var.kind(),
+                    name,
+                });
+                continue;
+            }
+            report.converted.push((name.clone(), t.kind()));
+        }
+        if let Some((key, _)) = vars.get_key_value(&name) {
+            found.insert(key.as_str(), t);
+        }
+    }
+    report.unexpected.sort();
+    let missing: Vec<String> = vars
+        .keys()
+        .filter(|k| !found.contains_key(k.as_str()))
+        .filter(|k| {
+            !mismatched.iter().any(|m| &m.name == *k) && !wrong_kind.iter().any(|w| &w.name == *k)
+        })
+        .cloned()
+        .collect();
+    let refuse_unexpected = options.strict && !report.unexpected.is_empty();
+    if !missing.is_empty() || !mismatched.is_empty() || !wrong_kind.is_empty() || refuse_unexpected
+    {
+        return Err(WeightsError::Incompatible {
+            path: path.to_path_buf(),
+            missing,
+            mismatched,
+            wrong_kind,
+            unexpected: if options.strict {
+                report.unexpected
+            } else {
+                Vec::new()
+            },
+        });
+    }
+
+    // Convert everything first, so that a libtorch failure still leaves the model untouched.
+    let mut ready = Vec::with_capacity(found.len());
+    for (name, t) in found {
+        let torch_err = |source| WeightsError::Torch {
+            path: path.to_path_buf(),
+            name: name.to_string(),
+            source,
+        };
+        let var = &vars[name];
+        let src = t
+            .f_to_kind(var.kind())
+            .and_then(|s| s.f_to_device(var.device()))
+            .map_err(torch_err)?;
+        ready.push((name, var, src));
+    }
+    tch::no_grad(|| -> Result<(), WeightsError> {
+        for (name, var, src) in &ready {
+            let mut var = var.shallow_clone();
+            var.f_copy_(src).map_err(|source| WeightsError::Torch {
+                path: path.to_path_buf(),
+                name: name.to_string(),
+                source,
+            })?;
+        }
+        Ok(())
+    })?;
+    report.loaded = ready.len();
+    Ok(report)
+}
+
+/// Infers the stem and number of classes of the preset `name` from the tensors of a file.
+fn infer_config(name: &str, path: &Path, file: &TensorFile) -> Result<ResNeXtConfig, WeightsError> {
+    let shape_of = |tensor: &str, what: &'static str| {
+        file.tensors
+            .iter()
+            .find(|(n, _)| n == tensor)
+            .map(|(_, t)| t.size())
+            .ok_or_else(|| WeightsError::Infer {
+                path: path.to_path_buf(),
+                what,
+                reason: format!("the file has no `{tensor}` tensor"),
+            })
+    };
+    let conv1 = shape_of("conv1.weight", "stem")?;
+    let stem = match conv1.as_slice() {
+        [_, 3, 3, 3] => Stem::Cifar,
+        [_, 3, 7, 7] => Stem::ImageNet,
+        other => {
+            return Err(WeightsError::Infer {
+                path: path.to_path_buf(),
+                what: "stem",
+                reason: format!(
+                    "`conv1.weight` has shape {other:?}; expected [C, 3, 3, 3] (CIFAR stem) or \
+                     [C, 3, 7, 7] (ImageNet stem)"
+                ),
+            })
+        }
+    };
+    let fc = shape_of("fc.weight", "number of classes")?;
+    let num_classes = match fc.as_slice() {
+        [n, _] if *n >= 1 => *n,
+        other => {
+            return Err(WeightsError::Infer {
+                path: path.to_path_buf(),
+                what: "number of classes",
+                reason: format!("`fc.weight` has shape {other:?}; expected [classes, features]"),
+            })
+        }
+    };
+    Ok(ResNeXtConfig::from_name(name, num_classes)?.with_stem(stem))
+}
+
+/// The configuration of the preset `name` (one of [`crate::resnext::MODEL_NAMES`]) with the stem
+/// and number of classes of the weights in `path`: the stem from the kernel of `conv1.weight`
+/// (3x3: [`Stem::Cifar`], 7x7: [`Stem::ImageNet`]), the classes from the rows of `fc.weight`.
+/// The rest of the file is only checked when the weights are loaded.
+///
+/// # Errors
+/// [`WeightsError::Io`] for an unreadable or corrupt file, [`WeightsError::Infer`] when
+/// `conv1.weight` or `fc.weight` is missing or oddly shaped, [`WeightsError::Model`] for an
+/// unknown name.
+pub fn config_from_weights(name: &str, path: &Path) -> Result<ResNeXtConfig, WeightsError> {
+    let file = read_safetensors(path)?;
+    infer_config(name, path, &file)
+}
+
+/// A network with its variables, built by [`load_model`].
+#[derive(Debug)]
+pub struct LoadedModel {
+    /// The variables (on the device asked for).
+    pub vs: nn::VarStore,
+    /// The network.
+    pub model: ResNeXt,
+    /// What loading found.
+    pub report: LoadReport,
+}
+
+/// Builds the network `config` describes on `device` and loads its weights from `path`
+/// (see [`load_weights_with`]). With [`config_from_weights`] this turns a file into a model:
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use resnext::weights::{config_from_weights, load_model, LoadOptions};
+/// use std::path::Path;
+/// let path = Path::new("resnext50_32x4d.safetensors");
+/// let config = config_from_weights("resnext50_32x4d", path)?;
+/// let loaded = load_model(&config, path, tch::Device::Cpu, LoadOptions { strict: true })?;
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+/// [`WeightsError::Model`] for an invalid configuration, else those of [`load_weights_with`].
+pub fn load_model(
+    config: &ResNeXtConfig,
+    path: &Path,
+    device: Device,
+    options: LoadOptions,
+) -> Result<LoadedModel, WeightsError> {
+    let file = read_safetensors(path)?;
+    let mut vs = nn::VarStore::new(device);
+    let model = ResNeXt::try_new(&vs.root(), config)?;
+    let report = apply(&mut vs, path, file, options)?;
+    Ok(LoadedModel { vs, model, report })
 }

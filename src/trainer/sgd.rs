@@ -95,7 +95,7 @@ impl Sgd {
                     None => s,
                 });
             }
-            total.is_none_or(|t| t.isfinite().int64_value(&[]) != 0)
+            total.map_or(true, |t| t.isfinite().int64_value(&[]) != 0)
         })
     }
 
