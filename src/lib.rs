@@ -7,6 +7,7 @@
 //! * [`weights`]: safetensors weights that PyTorch loads;
 //! * [`io`]: atomic writes and safetensors files with metadata.
 pub mod data;
+pub mod inference;
 pub mod io;
 pub mod resnext;
 pub mod trainer;

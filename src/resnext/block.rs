@@ -30,12 +30,16 @@ pub(crate) fn conv2d(
     nn::conv2d(p, c_in, c_out, kernel, cfg)
 }
 
+/// The epsilon of every batch normalisation of the model (PyTorch's default). tch keeps a
+/// `BatchNorm`'s configuration private, so code that folds BN layers reads it from here.
+pub(crate) const BN_EPS: f64 = 1e-5;
+
 /// Batch normalisation with weight 1 (or 0) and bias 0, PyTorch's eps and momentum.
 pub(crate) fn batch_norm(p: nn::Path, channels: i64, zero_weight: bool) -> nn::BatchNorm {
     let cfg = nn::BatchNormConfig {
         ws_init: nn::Init::Const(if zero_weight { 0.0 } else { 1.0 }),
         bs_init: nn::Init::Const(0.0),
-        eps: 1e-5,
+        eps: BN_EPS,
         momentum: 0.1,
         ..Default::default()
     };
@@ -104,6 +108,21 @@ impl ResNeXtBlock {
     /// Whether this block has a projection shortcut.
     pub fn has_downsample(&self) -> bool {
         self.downsample.is_some()
+    }
+
+    /// The three convolutions of the main path with the BN after each, in order
+    /// (1x1, grouped 3x3, 1x1), for crate-internal transformations such as BN folding.
+    pub(crate) fn main_path(&self) -> [(&nn::Conv2D, &nn::BatchNorm); 3] {
+        [
+            (&self.conv1, &self.bn1),
+            (&self.conv2, &self.bn2),
+            (&self.conv3, &self.bn3),
+        ]
+    }
+
+    /// The projection shortcut (strided 1x1 convolution and its BN), if any.
+    pub(crate) fn downsample_parts(&self) -> Option<(&nn::Conv2D, &nn::BatchNorm)> {
+        self.downsample.as_ref().map(|(c, b)| (c, b))
     }
 }
 

@@ -1,7 +1,7 @@
 use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
 
-use super::block::{batch_norm, conv2d, ResNeXtBlock};
+use super::block::{batch_norm, conv2d, ResNeXtBlock, BN_EPS};
 use super::config::EXPANSION;
 use super::{ModelError, ResNeXtConfig, Stem};
 
@@ -51,10 +51,7 @@ impl ResNeXt {
     /// [`ModelError::InvalidConfig`].
     pub fn try_new(p: &nn::Path, config: &ResNeXtConfig) -> Result<Self, ModelError> {
         config.validate()?;
-        let (kernel, stride) = match config.stem {
-            Stem::Cifar => (3, 1),
-            Stem::ImageNet => (7, 2),
-        };
+        let (kernel, stride) = stem_geometry(config.stem);
         let conv1 = conv2d(p / "conv1", 3, config.stem_channels, kernel, stride, 1);
         let bn1 = batch_norm(p / "bn1", config.stem_channels, false);
         let mut in_channels = config.stem_channels;
@@ -64,7 +61,7 @@ impl ResNeXt {
             .zip(&config.planes)
             .enumerate()
             .map(|(i, (&n, &planes))| {
-                let stride = if i == 0 { 1 } else { 2 };
+                let stride = stage_stride(i);
                 make_layer(
                     p / format!("layer{}", i + 1),
                     config,
@@ -105,6 +102,34 @@ impl ResNeXt {
     /// The configuration this network was built from.
     pub fn config(&self) -> &ResNeXtConfig {
         &self.config
+    }
+
+    /// The stem convolution and its BN, for crate-internal transformations (BN folding).
+    pub(crate) fn stem_parts(&self) -> (&nn::Conv2D, &nn::BatchNorm) {
+        (&self.conv1, &self.bn1)
+    }
+
+    /// The residual stages, each a list of blocks.
+    pub(crate) fn stages(&self) -> &[Vec<ResNeXtBlock>] {
+        &self.stages
+    }
+
+    /// The linear classifier.
+    pub(crate) fn classifier(&self) -> &nn::Linear {
+        &self.fc
+    }
+
+    /// The epsilon of every BN layer of the network.
+    pub(crate) const BN_EPS: f64 = BN_EPS;
+
+    /// Kernel size and stride of the stem convolution (its padding is `kernel / 2`).
+    pub(crate) fn stem_kernel_stride(&self) -> (i64, i64) {
+        stem_geometry(self.config.stem)
+    }
+
+    /// Stride of the first block of stage `index` (0-based); the other blocks have stride 1.
+    pub(crate) fn first_block_stride(index: usize) -> i64 {
+        stage_stride(index)
     }
 
     /// Checks that `xs` is a float tensor of shape `[N, 3, H, W]`.
@@ -169,6 +194,24 @@ impl ResNeXt {
 
     fn head(&self, x: &Tensor) -> Tensor {
         x.adaptive_avg_pool2d([1, 1]).flatten(1, -1).apply(&self.fc)
+    }
+}
+
+/// Kernel size and stride of the stem convolution (its padding is `kernel / 2`).
+fn stem_geometry(stem: Stem) -> (i64, i64) {
+    match stem {
+        Stem::Cifar => (3, 1),
+        Stem::ImageNet => (7, 2),
+    }
+}
+
+/// Stride of the first block of stage `index` (0-based): the first stage keeps the resolution,
+/// every later one halves it. The other blocks of a stage have stride 1.
+fn stage_stride(index: usize) -> i64 {
+    if index == 0 {
+        1
+    } else {
+        2
     }
 }
 

@@ -1,0 +1,166 @@
+//! The Rust side of `benches/compare_pytorch.sh`: times forward passes and training steps of
+//! this crate's models on request, so that a driver can alternate them with PyTorch's.
+//!
+//! It reads commands on stdin, one a line, and answers each on stdout with one line:
+//!
+//! * `setup ID eval|train MODEL BATCH VARIANT`: builds the workload (random weights, a random
+//!   batch `[BATCH, 3, 32, 32]`, CIFAR stem), runs it once as a warm-up, answers `ok`.
+//!   Eval variants: `inference` ([`InferenceModel`]), `plain` (`ResNeXt::forward_t(xs, false)`
+//!   under `no_grad`, NCHW), `plain-cl` (the same with channels-last weights and input).
+//!   Train variants (forward, cross-entropy, backward, [`Sgd`] step with momentum 0.9 and
+//!   weight decay 5e-4): `nchw`, `cl` (channels-last weights and input).
+//! * `run ID`: runs the workload once, answers the wall time in seconds;
+//! * `drop ID`: frees it, answers `ok`;
+//! * `quit`.
+//!
+//! Errors are answered as `error MESSAGE`.
+//!
+//! ```text
+//! cargo run --release --example bench_step -- --threads 2
+//! ```
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use resnext::inference::{channels_last, vars_to_channels_last, InferenceModel};
+use resnext::trainer::{Sgd, SgdConfig};
+use resnext::{ResNeXt, ResNeXtConfig};
+use tch::nn;
+use tch::{Device, Kind, Tensor};
+
+#[derive(Parser)]
+#[command(about = "Times ResNeXt workloads on request (the Rust side of compare_pytorch.sh)")]
+struct Args {
+    /// libtorch intra-op threads (use the same number on the PyTorch side).
+    #[arg(long, default_value_t = 2)]
+    threads: i32,
+    /// Device: `cpu` or `cuda`.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+enum Workload {
+    Inference(InferenceModel, Tensor),
+    Plain(ResNeXt, Tensor),
+    Train {
+        net: ResNeXt,
+        sgd: Sgd,
+        xs: Tensor,
+        ys: Tensor,
+    },
+}
+
+impl Workload {
+    fn new(kind: &str, model: &str, batch: i64, variant: &str, device: Device) -> Result<Self> {
+        let cfg = ResNeXtConfig::from_name(model, 10)?;
+        let vs = nn::VarStore::new(device);
+        let net = ResNeXt::try_new(&vs.root(), &cfg)?;
+        let xs = Tensor::randn([batch, 3, 32, 32], (Kind::Float, device));
+        Ok(match (kind, variant) {
+            ("eval", "inference") => Workload::Inference(InferenceModel::new(&net)?, xs),
+            ("eval", "plain") => Workload::Plain(net, xs),
+            ("eval", "plain-cl") => {
+                vars_to_channels_last(&vs)?;
+                Workload::Plain(net, channels_last(&xs)?)
+            }
+            ("train", "nchw" | "cl") => {
+                let xs = if variant == "cl" {
+                    vars_to_channels_last(&vs)?;
+                    channels_last(&xs)?
+                } else {
+                    xs
+                };
+                let ys = Tensor::randint(10, [batch], (Kind::Int64, device));
+                let sgd = Sgd::new(
+                    &vs,
+                    SgdConfig {
+                        momentum: 0.9,
+                        weight_decay: 5e-4,
+                        nesterov: false,
+                    },
+                );
+                Workload::Train { net, sgd, xs, ys }
+            }
+            _ => bail!("unknown workload {kind} {variant}"),
+        })
+    }
+
+    /// Runs once; returns something computed from the output so that nothing is skipped.
+    fn run(&mut self) -> Result<f64> {
+        Ok(match self {
+            Workload::Inference(model, xs) => model.try_forward(xs)?.f_sum(Kind::Float)?,
+            Workload::Plain(net, xs) => {
+                tch::no_grad(|| net.try_forward_t(xs, false))?.f_sum(Kind::Float)?
+            }
+            Workload::Train {
+                net, sgd, xs, ys, ..
+            } => {
+                sgd.zero_grad();
+                let loss = net.try_forward_t(xs, true)?.cross_entropy_for_logits(ys);
+                loss.backward();
+                sgd.step(0.01);
+                loss
+            }
+        }
+        .f_double_value(&[])?)
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    tch::set_num_threads(args.threads);
+    let device = match args.device.as_str() {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::cuda_if_available(),
+        d => bail!("unknown device {d}"),
+    };
+    tch::manual_seed(0);
+    let mut workloads: HashMap<String, Workload> = HashMap::new();
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout();
+    for line in stdin.lock().lines() {
+        let line = line.context("reading stdin")?;
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let answer = match words.as_slice() {
+            ["setup", id, kind, model, batch, variant] => (|| -> Result<String> {
+                let batch: i64 = batch.parse().context("batch size")?;
+                let mut w = Workload::new(kind, model, batch, variant, device)?;
+                w.run()?;
+                workloads.insert(id.to_string(), w);
+                Ok("ok".into())
+            })(),
+            ["run", id] => match workloads.get_mut(*id) {
+                Some(w) => (|| -> Result<String> {
+                    if device.is_cuda() {
+                        tch::Cuda::synchronize(0);
+                    }
+                    let t = Instant::now();
+                    let v = w.run()?;
+                    if device.is_cuda() {
+                        tch::Cuda::synchronize(0);
+                    }
+                    let secs = t.elapsed().as_secs_f64();
+                    if !v.is_finite() {
+                        bail!("non-finite output {v}");
+                    }
+                    Ok(format!("{secs}"))
+                })(),
+                None => Err(anyhow::anyhow!("unknown workload {id}")),
+            },
+            ["drop", id] => {
+                workloads.remove(*id);
+                Ok("ok".into())
+            }
+            ["quit"] => break,
+            _ => Err(anyhow::anyhow!("bad command `{line}`")),
+        };
+        match answer {
+            Ok(a) => writeln!(out, "{a}")?,
+            Err(e) => writeln!(out, "error {e:#}")?,
+        }
+        out.flush()?;
+    }
+    Ok(())
+}

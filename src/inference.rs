@@ -1,0 +1,446 @@
+//! A fast, evaluation-only form of a [`ResNeXt`], and channels-last helpers for training.
+//!
+//! [`InferenceModel`] is built once from a trained network and computes the same logits as
+//! `net.forward_t(xs, false)` (up to float rounding), faster:
+//!
+//! * every batch normalisation is folded into the convolution before it
+//!   (`w' = w·γ/√(σ²+ε)`, `b' = β + (b − μ)·γ/√(σ²+ε)`), for the stem, the three convolutions
+//!   of each block and the projection shortcuts, so no BN pass is left;
+//! * activations are kept in channels-last (NHWC) order, which oneDNN's convolutions prefer on
+//!   CPU and cuDNN's on recent GPUs;
+//! * in that order a 1x1 convolution is a plain matrix product `[N·H·W, C_in] × [C_in, C_out]`,
+//!   so the first and the last convolution of every block and the shortcut projection are run
+//!   as `addmm` with the bias fused in, writing into buffers that are reused from one call to
+//!   the next (fresh multi-megabyte tensors cost a page fault per 4 KiB page on first touch,
+//!   which is a sizeable part of an eager forward pass on CPU);
+//! * the residual addition is fused into the last matrix product (`addmm` with the shortcut as
+//!   its `input`), and ReLUs run in place;
+//! * everything runs under [`tch::no_grad`].
+//!
+//! The grouped 3x3 convolution stays a libtorch convolution (oneDNN on CPU).
+//!
+//! [`channels_last`] and [`vars_to_channels_last`] convert tensors and the 4-D variables of a
+//! [`nn::VarStore`] to channels-last strides, which makes a training step of ResNeXt faster on
+//! CPU with the same [`ResNeXt`] module (see `docs/benchmarks.md`).
+//!
+//! ```
+//! use resnext::inference::InferenceModel;
+//! use resnext::{ResNeXt, ResNeXtConfig};
+//! use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
+//!
+//! let vs = nn::VarStore::new(Device::Cpu);
+//! let net = ResNeXt::new(&vs.root(), &ResNeXtConfig::tiny(10));
+//! let fast = InferenceModel::new(&net)?;
+//! let xs = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+//! let reference = net.forward_t(&xs, false);
+//! let logits = fast.try_forward(&xs)?;
+//! let err = (&logits - &reference).abs().max().double_value(&[]);
+//! assert!(err <= 1e-4 * reference.abs().max().double_value(&[]).max(1.0));
+//! # Ok::<(), resnext::ModelError>(())
+//! ```
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use tch::nn::{self, ModuleT};
+use tch::{Device, Kind, TchError, Tensor};
+
+use crate::resnext::{ModelError, ResNeXt, ResNeXtConfig, Stem};
+
+/// A tensor with the same shape and values as `t` and channels-last strides when it is 4-D
+/// (`[N, C, H, W]` stored as `N, H, W, C`); other tensors are returned as they are (shared).
+///
+/// PyTorch's `t.contiguous(memory_format=torch.channels_last)`, which tch does not expose.
+///
+/// # Errors
+/// A libtorch error (for example when out of memory).
+///
+/// ```
+/// use tch::{Device, Kind, Tensor};
+/// let x = Tensor::zeros([2, 3, 4, 5], (Kind::Float, Device::Cpu));
+/// let y = resnext::inference::channels_last(&x)?;
+/// assert_eq!(y.size(), vec![2, 3, 4, 5]);
+/// assert_eq!(y.stride(), vec![60, 1, 15, 3]);
+/// # Ok::<(), tch::TchError>(())
+/// ```
+pub fn channels_last(t: &Tensor) -> Result<Tensor, TchError> {
+    if t.dim() != 4 {
+        return Ok(t.shallow_clone());
+    }
+    t.f_permute([0, 2, 3, 1])?
+        .f_contiguous()?
+        .f_permute([0, 3, 1, 2])
+}
+
+/// Gives every 4-D variable of `vs` (the convolution weights of a [`ResNeXt`]) channels-last
+/// strides in place, keeping values, names, `requires_grad` and the identity of the variables
+/// (optimisers holding them, such as [`crate::trainer::Sgd`], see the change).
+///
+/// With the weights and the input batch in channels-last order (see [`channels_last`]), libtorch
+/// keeps every activation and gradient of the network in that order; on CPU this makes a
+/// training step of ResNeXt markedly faster (oneDNN works in NHWC without reordering).
+/// Safetensors files written afterwards are unchanged (values are saved in logical order).
+///
+/// # Errors
+/// A libtorch error (for example when out of memory).
+///
+/// ```
+/// use resnext::{inference, ResNeXt, ResNeXtConfig};
+/// use tch::{nn, Device};
+/// let vs = nn::VarStore::new(Device::Cpu);
+/// let _net = ResNeXt::new(&vs.root(), &ResNeXtConfig::tiny(10));
+/// inference::vars_to_channels_last(&vs)?;
+/// let w = &vs.variables()["conv1.weight"];
+/// assert_eq!(w.stride()[1], 1);
+/// # Ok::<(), tch::TchError>(())
+/// ```
+pub fn vars_to_channels_last(vs: &nn::VarStore) -> Result<(), TchError> {
+    tch::no_grad(|| {
+        for (_, mut var) in vs.variables() {
+            if var.dim() == 4 {
+                let cl = channels_last(&var)?;
+                var.f_set_data(&cl)?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// A convolution with its BN folded in: channels-last weight and a bias.
+#[derive(Debug)]
+struct FoldedConv {
+    weight: Tensor,
+    bias: Tensor,
+    stride: i64,
+    padding: i64,
+    groups: i64,
+}
+
+impl FoldedConv {
+    fn apply(&self, xs: &Tensor) -> Result<Tensor, TchError> {
+        xs.f_conv2d(
+            &self.weight,
+            Some(&self.bias),
+            [self.stride, self.stride],
+            [self.padding, self.padding],
+            [1, 1],
+            self.groups,
+        )
+    }
+}
+
+/// A 1x1 convolution with its BN folded in, as the right operand of a matrix product.
+#[derive(Debug)]
+struct FoldedPointwise {
+    /// `[C_in, C_out]`, the transposed (and contiguous) folded weight.
+    weight_t: Tensor,
+    bias: Tensor,
+}
+
+/// One bottleneck block in inference form.
+#[derive(Debug)]
+struct FoldedBlock {
+    reduce: FoldedPointwise,
+    grouped: FoldedConv,
+    expand: FoldedPointwise,
+    /// The projection shortcut: its transposed weight and stride; its bias is in `out_bias`.
+    downsample: Option<(Tensor, i64)>,
+    /// Bias added after the last matrix product: `expand.bias`, plus the shortcut's bias.
+    out_bias: Tensor,
+}
+
+/// `conv` followed by `bn` (in evaluation mode) as one convolution: `(weight, bias)` in the
+/// kind of the convolution weight, computed in double precision.
+fn fold(conv: &nn::Conv2D, bn: &nn::BatchNorm) -> Result<(Tensor, Tensor), TchError> {
+    let kind = conv.ws.kind();
+    let w = conv.ws.f_detach()?.f_to_kind(Kind::Double)?;
+    let out = w.size()[0];
+    let dev = w.device();
+    let opts = (Kind::Double, dev);
+    let double = |t: &Tensor| t.f_detach()?.f_to_kind(Kind::Double);
+    let gamma = match &bn.ws {
+        Some(g) => double(g)?,
+        None => Tensor::f_ones([out], opts)?,
+    };
+    let beta = match &bn.bs {
+        Some(b) => double(b)?,
+        None => Tensor::f_zeros([out], opts)?,
+    };
+    let conv_bias = match &conv.bs {
+        Some(b) => double(b)?,
+        None => Tensor::f_zeros([out], opts)?,
+    };
+    let mean = double(&bn.running_mean)?;
+    let var = double(&bn.running_var)?;
+    let scale = gamma.f_div(&var.f_add_scalar(ResNeXt::BN_EPS)?.f_sqrt()?)?;
+    let weight = w.f_mul(&scale.f_reshape([out, 1, 1, 1])?)?;
+    let bias = conv_bias.f_sub(&mean)?.f_mul(&scale)?.f_add(&beta)?;
+    Ok((weight.f_to_kind(kind)?, bias.f_to_kind(kind)?))
+}
+
+fn folded_conv(
+    conv: &nn::Conv2D,
+    bn: &nn::BatchNorm,
+    stride: i64,
+    groups: i64,
+) -> Result<FoldedConv, TchError> {
+    let (weight, bias) = fold(conv, bn)?;
+    let padding = weight.size()[3] / 2;
+    Ok(FoldedConv {
+        weight: channels_last(&weight)?,
+        bias,
+        stride,
+        padding,
+        groups,
+    })
+}
+
+/// The transposed `[C_in, C_out]` matrix of a folded 1x1 convolution weight `[C_out, C_in, 1, 1]`.
+fn pointwise_matrix(weight: &Tensor) -> Result<Tensor, TchError> {
+    let size = weight.size();
+    weight
+        .f_reshape([size[0], size[1]])?
+        .f_transpose(0, 1)?
+        .f_contiguous()
+}
+
+fn folded_pointwise(conv: &nn::Conv2D, bn: &nn::BatchNorm) -> Result<FoldedPointwise, TchError> {
+    let (weight, bias) = fold(conv, bn)?;
+    Ok(FoldedPointwise {
+        weight_t: pointwise_matrix(&weight)?,
+        bias,
+    })
+}
+
+/// A pool of flat buffers reused between forward passes, keyed by element count.
+#[derive(Debug, Default)]
+struct BufferPool {
+    free: Vec<Tensor>,
+}
+
+/// An evaluation-only [`ResNeXt`]: BN folded into the convolutions, channels-last activations,
+/// 1x1 convolutions as fused matrix products into reused buffers (see the [module](self) docs).
+///
+/// It copies the parameters and running statistics at construction: later changes to the
+/// network are not seen (build a new one after training). It keeps the device and the float
+/// kind of the network; inputs are moved to them. Between calls it keeps the intermediate
+/// buffers of the largest batch seen so far (about the size of the activations of one forward
+/// pass); [`InferenceModel::release_buffers`] frees them. It can be shared between threads.
+///
+/// ```
+/// use resnext::inference::InferenceModel;
+/// use resnext::{ResNeXt, ResNeXtConfig};
+/// use tch::{nn, Device, Kind, Tensor};
+/// let vs = nn::VarStore::new(Device::Cpu);
+/// let net = ResNeXt::new(&vs.root(), &ResNeXtConfig::tiny(10));
+/// let fast = InferenceModel::new(&net)?;
+/// let logits = fast.forward(&Tensor::zeros([4, 3, 32, 32], (Kind::Float, Device::Cpu)));
+/// assert_eq!(logits.size(), vec![4, 10]);
+/// assert!(fast.try_forward(&Tensor::zeros([3, 32, 32], (Kind::Float, Device::Cpu))).is_err());
+/// # Ok::<(), resnext::ModelError>(())
+/// ```
+#[derive(Debug)]
+pub struct InferenceModel {
+    config: ResNeXtConfig,
+    device: Device,
+    kind: Kind,
+    stem: FoldedConv,
+    blocks: Vec<FoldedBlock>,
+    fc_weight: Tensor,
+    fc_bias: Option<Tensor>,
+    buffers: Mutex<BufferPool>,
+}
+
+impl InferenceModel {
+    /// The inference form of `net`, with its current parameters and BN running statistics.
+    ///
+    /// # Errors
+    /// [`ModelError::Torch`] if libtorch fails (for example when out of memory).
+    pub fn new(net: &ResNeXt) -> Result<Self, ModelError> {
+        tch::no_grad(|| Self::build(net)).map_err(ModelError::from)
+    }
+
+    fn build(net: &ResNeXt) -> Result<Self, TchError> {
+        let config = net.config().clone();
+        let (stem_conv, stem_bn) = net.stem_parts();
+        let (_, stem_stride) = net.stem_kernel_stride();
+        let stem = folded_conv(stem_conv, stem_bn, stem_stride, 1)?;
+        let mut blocks = Vec::new();
+        for (i, stage) in net.stages().iter().enumerate() {
+            for (j, block) in stage.iter().enumerate() {
+                let stride = if j == 0 {
+                    ResNeXt::first_block_stride(i)
+                } else {
+                    1
+                };
+                let [(c1, b1), (c2, b2), (c3, b3)] = block.main_path();
+                let expand = folded_pointwise(c3, b3)?;
+                let (downsample, out_bias) = match block.downsample_parts() {
+                    Some((conv, bn)) => {
+                        let (w, b) = fold(conv, bn)?;
+                        let sum = expand.bias.f_add(&b)?;
+                        (Some((pointwise_matrix(&w)?, stride)), sum)
+                    }
+                    None => (None, expand.bias.shallow_clone()),
+                };
+                blocks.push(FoldedBlock {
+                    reduce: folded_pointwise(c1, b1)?,
+                    grouped: folded_conv(c2, b2, stride, config.cardinality)?,
+                    expand,
+                    downsample,
+                    out_bias,
+                });
+            }
+        }
+        let fc = net.classifier();
+        Ok(Self {
+            device: stem.weight.device(),
+            kind: stem.weight.kind(),
+            config,
+            stem,
+            blocks,
+            fc_weight: fc.ws.f_detach()?.f_contiguous()?,
+            fc_bias: fc.bs.as_ref().map(|b| b.f_detach()).transpose()?,
+            buffers: Mutex::new(BufferPool::default()),
+        })
+    }
+
+    /// The configuration of the network this was built from.
+    pub fn config(&self) -> &ResNeXtConfig {
+        &self.config
+    }
+
+    /// The device the parameters live on (inputs are moved there).
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Logits `[N, num_classes]` for a batch `[N, 3, H, W]`, under [`tch::no_grad`].
+    ///
+    /// # Errors
+    /// [`ModelError::InputShape`] for an input that is not a float tensor `[N, 3, H, W]`
+    /// (checked as [`ResNeXt::check_input`]); [`ModelError::Torch`] if libtorch fails, for
+    /// example for an image too small for the network's strides.
+    pub fn try_forward(&self, xs: &Tensor) -> Result<Tensor, ModelError> {
+        ResNeXt::check_input(xs)?;
+        tch::no_grad(|| self.run(xs)).map_err(ModelError::from)
+    }
+
+    /// Logits `[N, num_classes]` for a batch `[N, 3, H, W]`.
+    ///
+    /// # Panics
+    /// With the message of the [`ModelError`] that [`InferenceModel::try_forward`] returns for
+    /// a bad input.
+    pub fn forward(&self, xs: &Tensor) -> Tensor {
+        match self.try_forward(xs) {
+            Ok(t) => t,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Frees the intermediate buffers kept between calls (they are allocated again by the next
+    /// call).
+    pub fn release_buffers(&self) {
+        self.pool().free.clear();
+    }
+
+    fn pool(&self) -> MutexGuard<'_, BufferPool> {
+        // A panic while the lock was held cannot leave the pool inconsistent: it only holds
+        // unused buffers.
+        self.buffers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A flat buffer of `numel` elements of the model's kind, on its device.
+    fn take(&self, numel: i64) -> Result<Tensor, TchError> {
+        let reused = {
+            let mut pool = self.pool();
+            let found = pool.free.iter().position(|t| t.numel() as i64 == numel);
+            found.map(|i| pool.free.swap_remove(i))
+        };
+        match reused {
+            Some(t) => Ok(t),
+            None => Tensor::f_empty([numel], (self.kind, self.device)),
+        }
+    }
+
+    fn give(&self, buffer: Tensor) {
+        self.pool().free.push(buffer);
+    }
+
+    fn run(&self, xs: &Tensor) -> Result<Tensor, TchError> {
+        let xs = xs.f_to_device(self.device)?.f_to_kind(self.kind)?;
+        let mut x = self.stem.apply(&channels_last(&xs)?)?;
+        let _ = x.f_relu_()?;
+        if self.config.stem == Stem::ImageNet {
+            x = x.f_max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)?;
+        }
+        let size = x.size();
+        let (n, mut c, mut h, mut w) = (size[0], size[1], size[2], size[3]);
+        // Activations as `[N·H·W, C]` matrices in NHWC order; `held` is the pooled buffer
+        // behind the current one, returned to the pool once the next block has read it.
+        let mut mat = x.f_permute([0, 2, 3, 1])?.f_reshape([-1, c])?;
+        let mut held: Option<Tensor> = None;
+        for block in &self.blocks {
+            let width = block.reduce.weight_t.size()[1];
+            let t1 = self.take(n * h * w * width)?;
+            let mut t1m = t1.f_reshape([n * h * w, width])?;
+            let _ = block
+                .reduce
+                .bias
+                .f_addmm_out(&t1m, &mat, &block.reduce.weight_t)?;
+            let _ = t1m.f_relu_()?;
+            let t1c = t1m.f_reshape([n, h, w, width])?.f_permute([0, 3, 1, 2])?;
+            let mut t2 = block.grouped.apply(&t1c)?;
+            drop((t1c, t1m));
+            self.give(t1);
+            let _ = t2.f_relu_()?;
+            let (h2, w2) = (t2.size()[2], t2.size()[3]);
+            let t2m = t2.f_permute([0, 2, 3, 1])?.f_reshape([-1, width])?;
+            let c_out = block.expand.weight_t.size()[1];
+            let out = self.take(n * h2 * w2 * c_out)?;
+            let mut outm = out.f_reshape([n * h2 * w2, c_out])?;
+            match &block.downsample {
+                Some((weight_t, stride)) => {
+                    let shortcut_in = if *stride == 1 {
+                        mat.shallow_clone()
+                    } else {
+                        mat.f_reshape([n, h, w, c])?
+                            .f_slice(1, 0, h, *stride)?
+                            .f_slice(2, 0, w, *stride)?
+                            .f_reshape([-1, c])?
+                    };
+                    let _ = block.out_bias.f_addmm_out(&outm, &shortcut_in, weight_t)?;
+                    let _ = outm.f_addmm_(&t2m, &block.expand.weight_t)?;
+                }
+                None => {
+                    let _ = mat.f_addmm_out(&outm, &t2m, &block.expand.weight_t)?;
+                    let _ = outm.f_add_(&block.out_bias)?;
+                }
+            }
+            let _ = outm.f_relu_()?;
+            drop((t2m, t2));
+            mat = outm;
+            if let Some(previous) = held.replace(out) {
+                self.give(previous);
+            }
+            (c, h, w) = (c_out, h2, w2);
+        }
+        let features = mat
+            .f_reshape([n, h * w, c])?
+            .f_mean_dim(1, false, self.kind)?;
+        drop(mat);
+        if let Some(buffer) = held {
+            self.give(buffer);
+        }
+        features.f_linear(&self.fc_weight, self.fc_bias.as_ref())
+    }
+}
+
+impl ModuleT for InferenceModel {
+    /// The evaluation-mode forward pass, whatever `train` says (an [`InferenceModel`] has no
+    /// training mode: its BN layers are folded with their running statistics).
+    ///
+    /// # Panics
+    /// As [`InferenceModel::forward`].
+    fn forward_t(&self, xs: &Tensor, _train: bool) -> Tensor {
+        self.forward(xs)
+    }
+}

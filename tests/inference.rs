@@ -1,0 +1,172 @@
+//! The inference form (`resnext::inference`): same logits as the plain model in evaluation
+//! mode, with randomised BN statistics and affine parameters so that folding is exercised, for
+//! both stems; errors instead of panics for bad inputs; channels-last helpers.
+use resnext::inference::{channels_last, vars_to_channels_last, InferenceModel};
+use resnext::{ModelError, ResNeXt, ResNeXtConfig, Stem};
+use tch::nn::{self, ModuleT};
+use tch::{Device, Kind, Tensor};
+
+/// Gives every BN layer random running statistics and affine parameters, and every
+/// classifier/convolution its usual random initialisation (left as is).
+fn randomise_bn(vs: &nn::VarStore) {
+    tch::no_grad(|| {
+        for (name, mut t) in vs.variables() {
+            let n = t.size();
+            let u = |lo: f64, hi: f64| {
+                Tensor::rand(n.as_slice(), (Kind::Float, Device::Cpu)) * (hi - lo) + lo
+            };
+            let is_bn =
+                name.contains(".bn") || name.starts_with("bn") || name.contains("downsample.1");
+            let value = if name.ends_with("running_mean") {
+                u(-0.5, 0.5)
+            } else if name.ends_with("running_var") {
+                u(0.3, 2.0)
+            } else if is_bn && name.ends_with("weight") {
+                u(0.4, 1.6)
+            } else if is_bn && name.ends_with("bias") {
+                u(-0.5, 0.5)
+            } else {
+                continue;
+            };
+            t.copy_(&value);
+        }
+    });
+}
+
+fn max_abs(t: &Tensor) -> f64 {
+    t.abs().max().double_value(&[])
+}
+
+/// `max |a - b| / max |b|`.
+fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
+    max_abs(&(a - b)) / max_abs(b).max(1e-12)
+}
+
+fn check_equivalence(cfg: &ResNeXtConfig, size: i64, seed: i64) {
+    tch::manual_seed(seed);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = ResNeXt::new(&vs.root(), cfg);
+    randomise_bn(&vs);
+    let fast = InferenceModel::new(&net).expect("inference form");
+    let xs = Tensor::randn([2, 3, size, size], (Kind::Float, Device::Cpu));
+    let reference = net.forward_t(&xs, false);
+    let logits = fast.try_forward(&xs).expect("forward");
+    assert_eq!(logits.size(), vec![2, cfg.num_classes]);
+    let err = rel_err(&logits, &reference);
+    assert!(
+        err <= 1e-4,
+        "{} ({:?} stem): relative error {err:e}",
+        cfg.name,
+        cfg.stem
+    );
+    // The logits must depend on the input (a constant output would match trivially).
+    assert!(max_abs(&(logits.get(0) - logits.get(1))) > 1e-6 * max_abs(&reference));
+    // A second call reuses the pooled buffers and must give the same values.
+    let again = fast.forward(&xs);
+    assert!(rel_err(&again, &logits) <= 1e-6);
+    // `ModuleT` ignores the training flag.
+    let as_module = fast.forward_t(&xs, true);
+    assert!(rel_err(&as_module, &logits) <= 1e-6);
+    // Another batch size after the first one.
+    let one = fast.forward(&xs.narrow(0, 1, 1));
+    assert!(rel_err(&one, &reference.narrow(0, 1, 1)) <= 1e-4);
+}
+
+#[test]
+fn tiny_inference_form_matches_eval_mode_cifar_stem() {
+    check_equivalence(&ResNeXtConfig::tiny(10), 32, 1);
+}
+
+#[test]
+fn tiny_inference_form_matches_eval_mode_imagenet_stem() {
+    check_equivalence(&ResNeXtConfig::tiny(7).with_stem(Stem::ImageNet), 64, 2);
+}
+
+#[test]
+fn resnext50_inference_form_matches_eval_mode_cifar_stem() {
+    check_equivalence(&ResNeXtConfig::resnext50_32x4d(10), 32, 3);
+}
+
+#[test]
+fn resnext50_inference_form_matches_eval_mode_imagenet_stem() {
+    check_equivalence(
+        &ResNeXtConfig::resnext50_32x4d(10).with_stem(Stem::ImageNet),
+        64,
+        4,
+    );
+}
+
+#[test]
+fn inference_form_is_a_snapshot_and_sees_the_bn_statistics() {
+    tch::manual_seed(5);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = ResNeXt::new(&vs.root(), &ResNeXtConfig::tiny(10));
+    randomise_bn(&vs);
+    let before = InferenceModel::new(&net).unwrap();
+    let xs = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let old = before.forward(&xs);
+    // Shift one running mean: the plain model changes, the old inference form does not, a
+    // new one follows the plain model.
+    tch::no_grad(|| {
+        let mut m = vs.variables()["layer2.0.bn2.running_mean"].shallow_clone();
+        let _ = m.g_add_scalar_(0.7);
+    });
+    let reference = net.forward_t(&xs, false);
+    assert!(
+        rel_err(&old, &reference) > 1e-3,
+        "the statistics must matter"
+    );
+    assert!(rel_err(&before.forward(&xs), &old) <= 1e-6);
+    let after = InferenceModel::new(&net).unwrap();
+    assert!(rel_err(&after.forward(&xs), &reference) <= 1e-4);
+    after.release_buffers();
+    assert!(rel_err(&after.forward(&xs), &reference) <= 1e-4);
+}
+
+#[test]
+fn bad_inputs_are_errors_not_panics() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = ResNeXt::new(&vs.root(), &ResNeXtConfig::tiny(10));
+    let fast = InferenceModel::new(&net).unwrap();
+    let f = (Kind::Float, Device::Cpu);
+    for xs in [
+        Tensor::zeros([3, 32, 32], f),
+        Tensor::zeros([2, 1, 32, 32], f),
+        Tensor::zeros([2, 4, 32, 32], f),
+        Tensor::zeros([0, 3, 32, 32], f),
+        Tensor::zeros([2, 3, 32, 32], (Kind::Int64, Device::Cpu)),
+        Tensor::zeros([1, 2, 3, 32, 32], f),
+    ] {
+        match fast.try_forward(&xs) {
+            Err(ModelError::InputShape { shape, .. }) => assert_eq!(shape, xs.size()),
+            other => panic!("expected an input error for {:?}, got {other:?}", xs.size()),
+        }
+    }
+}
+
+#[test]
+fn channels_last_helpers_keep_values() {
+    tch::manual_seed(6);
+    let x = Tensor::randn([2, 3, 4, 5], (Kind::Float, Device::Cpu));
+    let y = channels_last(&x).unwrap();
+    assert_eq!(y.stride(), vec![60, 1, 15, 3]);
+    assert_eq!(max_abs(&(&x - &y)), 0.0);
+    let v = Tensor::randn([7], (Kind::Float, Device::Cpu));
+    assert_eq!(channels_last(&v).unwrap().stride(), vec![1]);
+
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = ResNeXt::new(&vs.root(), &ResNeXtConfig::tiny(10));
+    let xs = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let before = net.forward_t(&xs, false);
+    let w = vs.variables()["layer1.0.conv2.weight"].shallow_clone();
+    vars_to_channels_last(&vs).unwrap();
+    // The same variable object now has channels-last strides and still requires a gradient.
+    assert_eq!(w.stride()[1], 1);
+    assert!(w.requires_grad());
+    let after = net.forward_t(&channels_last(&xs).unwrap(), false);
+    assert!(rel_err(&after, &before) <= 1e-5);
+    // Training still produces gradients for every variable.
+    let loss = net.forward_t(&xs, true).sum(Kind::Float);
+    loss.backward();
+    assert!(vs.trainable_variables().iter().all(|t| t.grad().defined()));
+}
