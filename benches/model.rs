@@ -18,7 +18,8 @@ use std::time::Duration;
 use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
-use resnext::inference::{channels_last, vars_to_channels_last, InferenceModel};
+use resnext::inference::InferenceModel;
+use resnext::layout::{channels_last, vars_to_channels_last};
 use resnext::trainer::{Sgd, SgdConfig};
 use resnext::{ResNeXt, ResNeXtConfig};
 use tch::nn::{self, ModuleT};

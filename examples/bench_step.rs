@@ -24,7 +24,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use resnext::inference::{channels_last, vars_to_channels_last, InferenceModel};
+use resnext::inference::InferenceModel;
+use resnext::layout::{channels_last, vars_to_channels_last};
 use resnext::trainer::{Sgd, SgdConfig};
 use resnext::{ResNeXt, ResNeXtConfig};
 use tch::nn;

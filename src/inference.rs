@@ -1,4 +1,4 @@
-//! A fast, evaluation-only form of a [`ResNeXt`], and channels-last helpers for training.
+//! A fast, evaluation-only form of a [`ResNeXt`].
 //!
 //! [`InferenceModel`] is built once from a trained network and computes the same logits as
 //! `net.forward_t(xs, false)` (up to float rounding), faster:
@@ -19,9 +19,8 @@
 //!
 //! The grouped 3x3 convolution stays a libtorch convolution (oneDNN on CPU).
 //!
-//! [`channels_last`] and [`vars_to_channels_last`] convert tensors and the 4-D variables of a
-//! [`nn::VarStore`] to channels-last strides, which makes a training step of ResNeXt faster on
-//! CPU with the same [`ResNeXt`] module (see `docs/benchmarks.md`).
+//! The [`crate::trainer`] evaluates the test set with it (in fp32). For channels-last training
+//! with the plain [`ResNeXt`] module, see [`crate::layout`].
 //!
 //! ```
 //! use resnext::inference::InferenceModel;
@@ -43,66 +42,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, TchError, Tensor};
 
+use crate::layout::channels_last;
 use crate::resnext::{ModelError, ResNeXt, ResNeXtConfig, Stem};
-
-/// A tensor with the same shape and values as `t` and channels-last strides when it is 4-D
-/// (`[N, C, H, W]` stored as `N, H, W, C`); other tensors are returned as they are (shared).
-///
-/// PyTorch's `t.contiguous(memory_format=torch.channels_last)`, which tch does not expose.
-///
-/// # Errors
-/// A libtorch error (for example when out of memory).
-///
-/// ```
-/// use tch::{Device, Kind, Tensor};
-/// let x = Tensor::zeros([2, 3, 4, 5], (Kind::Float, Device::Cpu));
-/// let y = resnext::inference::channels_last(&x)?;
-/// assert_eq!(y.size(), vec![2, 3, 4, 5]);
-/// assert_eq!(y.stride(), vec![60, 1, 15, 3]);
-/// # Ok::<(), tch::TchError>(())
-/// ```
-pub fn channels_last(t: &Tensor) -> Result<Tensor, TchError> {
-    if t.dim() != 4 {
-        return Ok(t.shallow_clone());
-    }
-    t.f_permute([0, 2, 3, 1])?
-        .f_contiguous()?
-        .f_permute([0, 3, 1, 2])
-}
-
-/// Gives every 4-D variable of `vs` (the convolution weights of a [`ResNeXt`]) channels-last
-/// strides in place, keeping values, names, `requires_grad` and the identity of the variables
-/// (optimisers holding them, such as [`crate::trainer::Sgd`], see the change).
-///
-/// With the weights and the input batch in channels-last order (see [`channels_last`]), libtorch
-/// keeps every activation and gradient of the network in that order; on CPU this makes a
-/// training step of ResNeXt markedly faster (oneDNN works in NHWC without reordering).
-/// Safetensors files written afterwards are unchanged (values are saved in logical order).
-///
-/// # Errors
-/// A libtorch error (for example when out of memory).
-///
-/// ```
-/// use resnext::{inference, ResNeXt, ResNeXtConfig};
-/// use tch::{nn, Device};
-/// let vs = nn::VarStore::new(Device::Cpu);
-/// let _net = ResNeXt::new(&vs.root(), &ResNeXtConfig::tiny(10));
-/// inference::vars_to_channels_last(&vs)?;
-/// let w = &vs.variables()["conv1.weight"];
-/// assert_eq!(w.stride()[1], 1);
-/// # Ok::<(), tch::TchError>(())
-/// ```
-pub fn vars_to_channels_last(vs: &nn::VarStore) -> Result<(), TchError> {
-    tch::no_grad(|| {
-        for (_, mut var) in vs.variables() {
-            if var.dim() == 4 {
-                let cl = channels_last(&var)?;
-                var.f_set_data(&cl)?;
-            }
-        }
-        Ok(())
-    })
-}
 
 /// A convolution with its BN folded in: channels-last weight and a bias.
 #[derive(Debug)]

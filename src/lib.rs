@@ -5,10 +5,13 @@
 //! * [`data`]: CIFAR-10 loading, download and augmentation;
 //! * [`trainer`]: SGD training with schedules, exact resume, metrics and plots;
 //! * [`weights`]: safetensors weights that PyTorch loads;
+//! * [`inference`]: a faster evaluation-only form of the network;
+//! * [`layout`]: channels-last tensors and variables;
 //! * [`io`]: atomic writes and safetensors files with metadata.
 pub mod data;
 pub mod inference;
 pub mod io;
+pub mod layout;
 pub mod resnext;
 pub mod trainer;
 pub mod weights;

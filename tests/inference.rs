@@ -1,7 +1,8 @@
 //! The inference form (`resnext::inference`): same logits as the plain model in evaluation
 //! mode, with randomised BN statistics and affine parameters so that folding is exercised, for
 //! both stems; errors instead of panics for bad inputs; channels-last helpers.
-use resnext::inference::{channels_last, vars_to_channels_last, InferenceModel};
+use resnext::inference::InferenceModel;
+use resnext::layout::{channels_last, vars_to_channels_last};
 use resnext::{ModelError, ResNeXt, ResNeXtConfig, Stem};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};

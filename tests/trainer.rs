@@ -456,16 +456,94 @@ fn channels_last_training_keeps_its_layout_and_learns() {
     cfg.augment = false;
     let mut t = trainer(cfg, dir.path());
     assert!(matches!(t.fit(&data).unwrap(), Outcome::Completed(_)));
-    let convs: Vec<Tensor> = variables(&t)
-        .into_values()
-        .filter(|v| v.dim() == 4)
+    let convs: Vec<(String, Tensor)> = variables(&t)
+        .into_iter()
+        .filter(|(_, v)| v.dim() == 4)
         .collect();
     assert!(!convs.is_empty());
-    assert!(convs.iter().all(resnext::trainer::is_channels_last));
+    for (name, v) in &convs {
+        assert!(
+            resnext::layout::is_channels_last(v),
+            "{name} {:?} has strides {:?}",
+            v.size(),
+            v.stride()
+        );
+    }
     let m = &t.state().metrics;
     assert!(m[1].train_loss < m[0].train_loss, "{m:?}");
     // Resuming a channels-last run loads NCHW-ordered data into channels-last variables.
     let before = variables(&t);
     let resumed = resume(dir.path());
     assert_bitwise_equal(&before, &variables(&resumed));
+}
+
+#[test]
+fn test_set_is_evaluated_with_the_inference_form_with_the_plain_models_results() {
+    let data = dataset(256, 160);
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = trainer(config(2), dir.path());
+    assert!(matches!(t.fit(&data).unwrap(), Outcome::Completed(_)));
+    let last = t.state().metrics.last().unwrap().clone();
+    // The trained module itself, in eval mode, on the same test set and batches.
+    let test = resnext::data::DeviceDataset::new(&data.test_images, &data.test_labels, Device::Cpu)
+        .unwrap();
+    let plain = resnext::trainer::evaluate(
+        t.model(),
+        &test,
+        256,
+        None,
+        10,
+        &resnext::trainer::Execution::plain(Device::Cpu),
+    )
+    .unwrap();
+    let (loss, acc) = (last.test_loss.unwrap(), last.test_acc.unwrap());
+    assert!(
+        (loss - plain.loss).abs() <= 1e-4 * plain.loss.abs().max(1.0),
+        "trainer test loss {loss} vs plain module {}",
+        plain.loss
+    );
+    // An argmax may flip on a near tie under float rounding: at most one image of 160.
+    assert!(
+        (acc - plain.acc).abs() <= 100.0 / 160.0 + 1e-9,
+        "{acc} vs {}",
+        plain.acc
+    );
+}
+
+#[test]
+fn a_custom_eval_form_is_built_at_every_evaluation() {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+    let data = dataset(128, 64);
+    let mut cfg = config(3);
+    cfg.eval_every = 1;
+    tch::manual_seed(5);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = ResNeXt::new(&vs.root(), &ResNeXtConfig::tiny(10));
+    let builds = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&builds);
+    // A form that predicts class 0 for everything: the recorded accuracy is the share of 0s.
+    #[derive(Debug)]
+    struct Zero;
+    impl nn::ModuleT for Zero {
+        fn forward_t(&self, xs: &Tensor, _train: bool) -> Tensor {
+            let n = xs.size()[0];
+            let logits = Tensor::zeros([n, 10], (Kind::Float, xs.device()));
+            let _ = logits.narrow(1, 0, 1).fill_(1.0);
+            logits
+        }
+    }
+    let mut t = Trainer::new(cfg, vs, net)
+        .unwrap()
+        .with_eval_form(Box::new(move |_: &ResNeXt| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Ok(Box::new(Zero) as Box<dyn nn::ModuleT>)
+        }));
+    t.set_progress(ProgressMode::Silent);
+    assert!(matches!(t.fit(&data).unwrap(), Outcome::Completed(_)));
+    assert_eq!(builds.load(Ordering::SeqCst), 3);
+    let zeros = data.test_labels.eq(0).sum(Kind::Int64).int64_value(&[]) as f64;
+    for m in &t.state().metrics {
+        assert_eq!(m.test_acc, Some(100.0 * zeros / 64.0), "{m:?}");
+    }
 }

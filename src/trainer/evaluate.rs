@@ -31,7 +31,7 @@ pub fn evaluate<M: ModuleT + ?Sized>(
     let mut batches = data.batches(&cfg, 0, 0)?;
     tch::no_grad(|| -> Result<(), TrainError> {
         for batch in &mut batches {
-            let input = exec.input(&batch.images);
+            let input = exec.input(&batch.images)?;
             let logits = exec
                 .run(|| model.forward_t(&input, false))
                 .to_kind(Kind::Float);

@@ -37,9 +37,6 @@ pub use metrics::{ClassAccuracy, EpochMetrics, Evaluation, Summary};
 pub use plot::curves_svg;
 #[doc(hidden)]
 pub use precision::{autocast_dtype_code, set_autocast_dtype_code};
-pub use precision::{
-    is_channels_last, set_cuda_autocast_dtype, to_channels_last, var_store_to_channels_last,
-    Execution, LossScale, Precision, PRECISION_NAMES,
-};
-pub use run::{epoch_line, files, BatchControl, Outcome, ProgressMode, Trainer};
+pub use precision::{set_cuda_autocast_dtype, Execution, LossScale, Precision, PRECISION_NAMES};
+pub use run::{epoch_line, files, BatchControl, EvalForm, Outcome, ProgressMode, Trainer};
 pub use sgd::{Sgd, SgdConfig};

@@ -1,7 +1,9 @@
 //! Numeric precision and memory layout of training: bf16 / fp16 autocast on CUDA, dynamic loss
-//! scaling for fp16, channels-last tensors.
+//! scaling for fp16, and the layout of a training run (see [`crate::layout`]).
 use serde::{Deserialize, Serialize};
-use tch::{Device, Tensor};
+use tch::{Device, TchError, Tensor};
+
+use crate::layout::channels_last;
 
 /// The precision of the forward and backward passes. Weights, optimiser state and BN statistics
 /// stay fp32 in every mode (autocast runs convolutions and matrix products in the low
@@ -91,48 +93,6 @@ pub fn set_autocast_dtype_code(cuda: bool, code: i8) {
     unsafe { at_set_autocast_dtype(if cuda { DEVICE_CUDA } else { DEVICE_CPU }, code) }
 }
 
-/// A copy of a 4-D tensor in channels-last memory format (`NHWC` strides, same shape and
-/// values); other tensors are returned as they are. Convolutions on channels-last inputs and
-/// weights produce channels-last outputs and use the faster cuDNN / oneDNN kernels.
-///
-/// ```
-/// use tch::Tensor;
-/// let x = Tensor::arange(24, (tch::Kind::Float, tch::Device::Cpu)).view([1, 2, 3, 4]);
-/// let y = resnext::trainer::to_channels_last(&x);
-/// assert_eq!(y.stride(), vec![24, 1, 8, 2]);
-/// assert!(x.equal(&y));
-/// ```
-pub fn to_channels_last(t: &Tensor) -> Tensor {
-    let size = t.size();
-    if size.len() != 4 || is_channels_last(t) {
-        return t.shallow_clone();
-    }
-    let (c, h, w) = (size[1], size[2], size[3]);
-    let strides = [h * w * c, 1, w * c, c];
-    let mut out = Tensor::empty_strided(&size, strides, (t.kind(), t.device()));
-    tch::no_grad(|| out.copy_(t));
-    out
-}
-
-/// Whether a 4-D tensor has channels-last strides.
-pub fn is_channels_last(t: &Tensor) -> bool {
-    let size = t.size();
-    size.len() == 4 && {
-        let (c, h, w) = (size[1], size[2], size[3]);
-        t.stride() == [h * w * c, 1, w * c, c]
-    }
-}
-
-/// Converts every 4-D variable of `vs` (convolution weights) to channels-last in place.
-pub fn var_store_to_channels_last(vs: &tch::nn::VarStore) {
-    for (_, mut var) in vs.variables() {
-        if var.dim() == 4 && !is_channels_last(&var) {
-            let converted = to_channels_last(&var.detach());
-            tch::no_grad(|| var.set_data(&converted));
-        }
-    }
-}
-
 /// Dynamic loss scaling for fp16 (as PyTorch's `GradScaler`): the loss is multiplied by
 /// `scale` before backward; a step whose gradients hold an inf or NaN is skipped and halves the
 /// scale; 2000 good steps in a row double it.
@@ -205,11 +165,14 @@ impl Execution {
     }
 
     /// A batch of images in the layout the model expects.
-    pub fn input(&self, images: &Tensor) -> Tensor {
+    ///
+    /// # Errors
+    /// A libtorch error (for example when out of memory).
+    pub fn input(&self, images: &Tensor) -> Result<Tensor, TchError> {
         if self.channels_last {
-            to_channels_last(images)
+            channels_last(images)
         } else {
-            images.shallow_clone()
+            Ok(images.shallow_clone())
         }
     }
 

@@ -11,12 +11,13 @@ use tch::{Device, Kind, Reduction, Tensor};
 
 use super::checkpoint::{load_checkpoint, read_checkpoint_state, save_checkpoint};
 use super::{
-    curves_svg, evaluate, var_store_to_channels_last, ClassAccuracy, EpochMetrics, EpochProgress,
-    Evaluation, Execution, LossScale, Precision, Sgd, SgdConfig, Summary, TrainConfig, TrainError,
-    TrainState,
+    curves_svg, evaluate, ClassAccuracy, EpochMetrics, EpochProgress, Evaluation, Execution,
+    LossScale, Precision, Sgd, SgdConfig, Summary, TrainConfig, TrainError, TrainState,
 };
 use crate::data::{BatchConfig, Cifar10, DeviceDataset};
+use crate::inference::InferenceModel;
 use crate::io::write_atomic;
+use crate::layout::vars_to_channels_last;
 use crate::resnext::ResNeXt;
 use crate::weights::save_weights;
 
@@ -83,6 +84,10 @@ pub enum Outcome {
 
 type BatchHook = Box<dyn FnMut(usize, usize) -> BatchControl>;
 
+/// Builds the module that evaluates the test set from the trained one (see
+/// [`Trainer::with_eval_form`]).
+pub type EvalForm<M> = Box<dyn Fn(&M) -> Result<Box<dyn ModuleT>, TrainError>>;
+
 /// Trains any [`ModuleT`] whose variables live in a [`nn::VarStore`] on CIFAR-10 with SGD,
 /// cross-entropy and a learning-rate schedule, checkpointing after every epoch.
 ///
@@ -109,6 +114,7 @@ pub struct Trainer<M: ModuleT> {
     stop: Arc<AtomicBool>,
     progress: ProgressMode,
     on_batch: Option<BatchHook>,
+    eval_form: Option<EvalForm<M>>,
 }
 
 impl<M: ModuleT> std::fmt::Debug for Trainer<M> {
@@ -135,7 +141,11 @@ impl Trainer<ResNeXt> {
         tch::manual_seed(config.seed as i64);
         let vs = nn::VarStore::new(device);
         let model = ResNeXt::try_new(&vs.root(), &model_config)?;
-        Trainer::new(config, vs, model)
+        Ok(
+            Trainer::new(config, vs, model)?.with_eval_form(Box::new(|net: &ResNeXt| {
+                Ok(Box::new(InferenceModel::new(net)?) as Box<dyn ModuleT>)
+            })),
+        )
     }
 
     /// Reopens the run in `run_dir` with the configuration saved there, on the device saved
@@ -170,7 +180,7 @@ impl<M: ModuleT> Trainer<M> {
         config.validate()?;
         let exec = Execution::new(&config, vs.device());
         if exec.channels_last {
-            var_store_to_channels_last(&vs);
+            vars_to_channels_last(&vs)?;
         }
         if exec.device.is_cuda() {
             tch::Cuda::cudnn_set_benchmark(true);
@@ -198,7 +208,18 @@ impl<M: ModuleT> Trainer<M> {
             stop: Arc::new(AtomicBool::new(false)),
             progress: ProgressMode::Auto,
             on_batch: None,
+            eval_form: None,
         })
+    }
+
+    /// Evaluates the test set with the module `form` builds from the trained one at each
+    /// evaluation, instead of the trained module in eval mode, when training runs in fp32 (under
+    /// bf16 / fp16 autocast the trained module is used). [`Trainer::resnext`] sets
+    /// [`InferenceModel::new`] (BN folded, channels-last, fused 1x1 convolutions: the same
+    /// logits up to float rounding, faster).
+    pub fn with_eval_form(mut self, form: EvalForm<M>) -> Self {
+        self.eval_form = Some(form);
+        self
     }
 
     /// Starts a fresh run in `dir` (created if needed) and writes `config.json` there.
@@ -414,7 +435,7 @@ impl<M: ModuleT> Trainer<M> {
         let mut control = BatchControl::Continue;
         for batch in &mut batches {
             self.sgd.zero_grad();
-            let images = self.exec.input(&batch.images);
+            let images = self.exec.input(&batch.images)?;
             let (logits, loss) = self.exec.run(|| -> Result<_, TrainError> {
                 let logits = self.model.forward_t(&images, true);
                 let loss = logits.f_cross_entropy_loss::<Tensor>(
@@ -531,8 +552,16 @@ impl<M: ModuleT> Trainer<M> {
         let started = Instant::now();
         let due = epoch % cfg.eval_every == 0 || epoch == cfg.epochs;
         let eval = if due {
+            let fast = match &self.eval_form {
+                Some(form) if self.exec.precision == Precision::Fp32 => Some(form(&self.model)?),
+                _ => None,
+            };
+            let model: &dyn ModuleT = match &fast {
+                Some(m) => m.as_ref(),
+                None => &self.model,
+            };
             Some(evaluate(
-                &self.model,
+                model,
                 test,
                 cfg.batch_size.max(256),
                 cfg.limit_test,
