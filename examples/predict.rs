@@ -184,17 +184,7 @@ fn classify(net: &ResNeXt, device: Device, path: &Path, top: usize) -> Result<Ve
 
 /// An error and its causes on one line, skipping a cause whose text is already shown.
 fn describe(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            if !out.is_empty() {
-                out.push_str(": ");
-            }
-            out.push_str(&text);
-        }
-    }
-    out
+    resnext::error_report(e.as_ref())
 }
 
 fn run(args: Args) -> Result<ExitCode> {

@@ -258,7 +258,7 @@ fn main() -> ExitCode {
     match run(args) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", resnext::error_report(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -7,13 +7,16 @@
 //! * [`weights`]: safetensors weights that PyTorch loads;
 //! * [`inference`]: a faster evaluation-only form of the network;
 //! * [`layout`]: channels-last tensors and variables;
-//! * [`io`]: atomic writes and safetensors files with metadata.
+//! * [`io`]: atomic writes and safetensors files with metadata;
+//! * [`error_report`]: an error and its causes on one line, for command-line tools.
 pub mod data;
 pub mod inference;
 pub mod io;
 pub mod layout;
+mod report;
 pub mod resnext;
 pub mod trainer;
 pub mod weights;
 
+pub use report::error_report;
 pub use resnext::{ModelError, ResNeXt, ResNeXtBlock, ResNeXtConfig, Stem};
