@@ -11,6 +11,8 @@ use resnext::data::{
 };
 use tch::{Device, Kind, Tensor};
 
+mod common;
+
 /// Random `uint8 [n, 3, 32, 32]` images (as a flat vector and a tensor) and labels `i % 10`.
 fn synthetic(n: usize, seed: u64) -> (Vec<u8>, Tensor, Tensor) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -426,8 +428,9 @@ fn tensor_pipeline_matches_host_pipeline() {
 #[test]
 fn cuda_batches_land_on_the_device_and_match_the_cpu() {
     if !tch::Cuda::is_available() {
-        eprintln!(
-            "NOTE: cuda_batches_land_on_the_device_and_match_the_cpu skipped: no CUDA device"
+        common::skip(
+            "cuda_batches_land_on_the_device_and_match_the_cpu",
+            "no CUDA device",
         );
         return;
     }

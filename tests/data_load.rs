@@ -10,6 +10,8 @@ use resnext::data::{
 };
 use tch::{Kind, Tensor};
 
+mod common;
+
 const ALL_FILES: [&str; 6] = [
     TRAIN_FILES[0],
     TRAIN_FILES[1],
@@ -275,9 +277,9 @@ fn unreadable_file_is_an_io_error() {
     let path = root.path().join("data_batch_5.bin");
     fs::set_permissions(&path, fs::Permissions::from_mode(0o000)).unwrap();
     if fs::File::open(&path).is_ok() {
-        eprintln!(
-            "NOTE: unreadable_file_is_an_io_error skipped: permissions do not stop this user \
-             (probably root) from reading a mode-000 file"
+        common::skip(
+            "unreadable_file_is_an_io_error",
+            "permissions do not stop this user (probably root) from reading a mode-000 file",
         );
         return;
     }
