@@ -154,8 +154,9 @@ class Worker:
     are a large, history-dependent part of the time).
     """
 
-    def __init__(self, argv):
-        self.p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    def __init__(self, argv, env=None):
+        self.p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                  env=env)
 
     def ask(self, line):
         self.p.stdin.write(line + "\n")
@@ -203,6 +204,14 @@ def serve(args):
         print(answer, flush=True)
 
 
+# What resnext::memory::keep_freed_memory sets, as glibc's environment variables.
+KEEP_FREED_MEMORY_ENV = {
+    "MALLOC_MMAP_MAX_": "0",
+    "MALLOC_TRIM_THRESHOLD_": "2147483647",
+    "MALLOC_TOP_PAD_": "268435456",
+    "MALLOC_ARENA_MAX": "1",
+}
+
 # (name, kind, model, batch, rounds key, ours variants, PyTorch variants,
 #  table rows as (ours variant, PyTorch variant)).
 EVAL_ROWS = [("inference", "nchw"), ("inference", "cl"), ("plain", "nchw")]
@@ -244,6 +253,10 @@ def main():
     ap.add_argument("--train-rounds", type=int, default=5, help="rounds for ResNeXt-50 training")
     ap.add_argument("--tiny-rounds", type=int, default=11, help="rounds for the tiny model")
     ap.add_argument("--only", default="", help="run only workloads whose name contains this")
+    ap.add_argument("--malloc", default="ours", choices=["ours", "both"],
+                    help="ours: each side as it comes (ours keeps freed memory, see "
+                         "resnext::memory; PyTorch with glibc's defaults); both: both sides "
+                         "started with the same MALLOC_* settings")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -260,6 +273,12 @@ def main():
           f"intra-op threads: {torch.get_num_threads()} (both sides); fp32, 3x32x32 random inputs")
     print("# each round runs every variant once, ours and PyTorch's alternating; "
           "numbers are medians over rounds; each variant had two warm-up iterations", flush=True)
+    env = None
+    if args.malloc == "both":
+        env = dict(os.environ, **KEEP_FREED_MEMORY_ENV)
+        print("# both sides started with " + " ".join(f"{k}={v}" for k, v in KEEP_FREED_MEMORY_ENV.items()))
+    else:
+        print("# ours keeps freed memory (resnext::memory::keep_freed_memory); PyTorch runs with glibc's defaults")
     ours_argv = [args.binary, "--threads", str(args.threads), "--device", args.device]
     torch_argv = [sys.executable, "-W", "ignore", os.path.abspath(__file__), "--serve",
                   "--threads", str(args.threads), "--device", args.device]
@@ -275,7 +294,7 @@ def main():
         try:
             for ov, pv in zip(ovars, pvars):
                 for side, argv, variant in (("ours", ours_argv, ov), ("torch", torch_argv, pv)):
-                    w = Worker(argv)
+                    w = Worker(argv, env)
                     workers.append(w)
                     runners.append(((side, variant), w.setup(kind, model, batch, variant)))
             for _, f in runners:  # one more warm-up round, alternating, not counted

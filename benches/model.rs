@@ -8,7 +8,8 @@
 //!   channels-last);
 //! * on CUDA, when present, the same workloads at batch 128 and 512.
 //!
-//! Inputs are random 3x32x32 images; libtorch uses its default number of threads. Samples are
+//! Inputs are random 3x32x32 images; libtorch uses its default number of threads; freed memory
+//! is kept in the process ([`resnext::memory::keep_freed_memory`], as the trainer does). Samples are
 //! few (ResNeXt-50 at batch 64 takes seconds per iteration on a small CPU), so expect wide
 //! intervals; `benches/compare_pytorch.sh` is the head-to-head comparison with PyTorch.
 //!
@@ -112,6 +113,7 @@ fn device_name(device: Device) -> &'static str {
 }
 
 fn benches(c: &mut Criterion) {
+    resnext::memory::keep_freed_memory();
     let r50 = ResNeXtConfig::resnext50_32x4d(10);
     let tiny = ResNeXtConfig::tiny(10);
     forward(

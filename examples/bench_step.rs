@@ -13,7 +13,8 @@
 //! * `drop ID`: frees it, answers `ok`;
 //! * `quit`.
 //!
-//! Errors are answered as `error MESSAGE`.
+//! Errors are answered as `error MESSAGE`. On the CPU it calls
+//! [`resnext::memory::keep_freed_memory`] first, as the trainer does.
 //!
 //! ```text
 //! cargo run --release --example bench_step -- --threads 2
@@ -117,6 +118,10 @@ fn main() -> Result<()> {
         "cuda" => Device::cuda_if_available(),
         d => bail!("unknown device {d}"),
     };
+    if device == Device::Cpu {
+        // As the trainer does on the CPU (a no-op when MALLOC_* variables are set).
+        resnext::memory::keep_freed_memory();
+    }
     tch::manual_seed(0);
     let mut workloads: HashMap<String, Workload> = HashMap::new();
     let stdin = std::io::stdin();

@@ -7,12 +7,14 @@
 //! * [`weights`]: safetensors weights that PyTorch loads;
 //! * [`inference`]: a faster evaluation-only form of the network;
 //! * [`layout`]: channels-last tensors and variables;
+//! * [`memory`]: keeping freed memory in the process (faster CPU training);
 //! * [`io`]: atomic writes and safetensors files with metadata;
 //! * [`error_report`]: an error and its causes on one line, for command-line tools.
 pub mod data;
 pub mod inference;
 pub mod io;
 pub mod layout;
+pub mod memory;
 mod report;
 pub mod resnext;
 pub mod trainer;
