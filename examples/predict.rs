@@ -182,11 +182,6 @@ fn classify(net: &ResNeXt, device: Device, path: &Path, top: usize) -> Result<Ve
     Ok(ranked)
 }
 
-/// An error and its causes on one line, skipping a cause whose text is already shown.
-fn describe(e: &anyhow::Error) -> String {
-    resnext::error_report(e.as_ref())
-}
-
 fn run(args: Args) -> Result<ExitCode> {
     let device = parse_device(&args.device)?;
     let mut config = config_from_weights(&args.model, &args.weights)
@@ -232,7 +227,11 @@ fn run(args: Args) -> Result<ExitCode> {
             }
             Err(e) => {
                 failed += 1;
-                eprintln!("error: {}: {}", path.display(), describe(&e));
+                eprintln!(
+                    "error: {}: {}",
+                    path.display(),
+                    resnext::error_report(e.as_ref())
+                );
             }
         }
     }
@@ -251,7 +250,7 @@ fn main() -> ExitCode {
     match run(args) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", describe(&e));
+            eprintln!("error: {}", resnext::error_report(e.as_ref()));
             ExitCode::FAILURE
         }
     }
