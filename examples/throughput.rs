@@ -104,7 +104,8 @@ fn fit(
 ) -> Result<resnext::trainer::Trainer<resnext::ResNeXt>> {
     let mut trainer = Trainer::resnext(cfg)?;
     trainer.set_progress(progress);
-    match trainer.fit(data)? {
+    let splits = data.splits(trainer.device())?;
+    match trainer.fit(&splits)? {
         Outcome::Completed(_) => Ok(trainer),
         other => bail!("training did not complete: {other:?}"),
     }

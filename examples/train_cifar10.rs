@@ -208,11 +208,33 @@ fn load_data(args: &Args) -> Result<Cifar10> {
     Ok(data)
 }
 
+/// What to do about `e` with this program's options, if it is a fix the user makes here.
+fn cli_hint(e: &TrainError) -> Option<String> {
+    match e {
+        TrainError::DeviceUnavailable { .. } => Some("use --device cpu".into()),
+        TrainError::RunExists { path } => Some(format!(
+            "resume it with --resume {}, or choose another --out",
+            path.display()
+        )),
+        TrainError::Diverged { .. } => Some("try a lower --lr or some --warmup-epochs".into()),
+        _ => None,
+    }
+}
+
+/// `e` as one line, with the command-line hint when there is one.
+fn describe(e: &TrainError) -> String {
+    let report = resnext::error_report(e);
+    match cli_hint(e) {
+        Some(hint) => format!("{report}; {hint}"),
+        None => report,
+    }
+}
+
 fn run(args: Args) -> Result<ExitCode> {
     let mut trainer = match make_trainer(&args) {
         Ok(t) => t,
         Err(Ok(usage)) => {
-            eprintln!("error: {usage}");
+            eprintln!("error: {}", describe(&usage));
             return Ok(ExitCode::from(2));
         }
         Err(Err(e)) => return Err(e.into()),
@@ -231,7 +253,9 @@ fn run(args: Args) -> Result<ExitCode> {
     } else {
         ProgressMode::Auto
     });
-    let data = load_data(&args)?;
+    let data = load_data(&args)?
+        .splits(trainer.device())
+        .context("preparing CIFAR-10 for training")?;
 
     let stop = trainer.stop_flag();
     ctrlc::set_handler(move || {
@@ -243,13 +267,25 @@ fn run(args: Args) -> Result<ExitCode> {
     })
     .context("installing the Ctrl-C handler")?;
 
-    match trainer.fit(&data)? {
+    let outcome = match trainer.fit(&data) {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            eprintln!("error: {}", describe(&e));
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    match outcome {
         Outcome::Completed(_) => {
             println!("outputs in {}", dir.display());
             Ok(ExitCode::SUCCESS)
         }
         Outcome::AlreadyComplete => Ok(ExitCode::SUCCESS),
-        Outcome::Stopped { .. } => Ok(ExitCode::from(130)),
+        Outcome::Stopped { saved, .. } => {
+            if saved {
+                println!("continue with --resume {}", dir.display());
+            }
+            Ok(ExitCode::from(130))
+        }
     }
 }
 

@@ -183,7 +183,8 @@ pub enum WeightsError {
     },
 }
 
-fn describe_incompatible(
+/// The problems of [`WeightsError::Incompatible`] in one sentence each.
+pub(crate) fn describe_incompatible(
     missing: &[String],
     mismatched: &[ShapeMismatch],
     wrong_kind: &[KindMismatch],
@@ -261,11 +262,14 @@ pub fn load_weights_with(
     options: LoadOptions,
 ) -> Result<LoadReport, WeightsError> {
     let file = read_safetensors(path)?;
-    apply(vs, path, file, options)
+    load_tensors(vs, path, file, options)
 }
 
-/// Checks `file` against `vs` and, if everything fits, copies it in.
-fn apply(
+/// The one check-then-copy loader of the crate, used for weights files and for the model part
+/// of training checkpoints: checks the tensors of `file` (read from `path`, named in errors)
+/// against the variables of `vs` under the rules of [`load_weights_with`] and, only if
+/// everything fits, copies them in.
+pub(crate) fn load_tensors(
     vs: &mut nn::VarStore,
     path: &Path,
     file: TensorFile,
@@ -462,6 +466,6 @@ pub fn load_model(
     let file = read_safetensors(path)?;
     let mut vs = nn::VarStore::new(device);
     let model = ResNeXt::try_new(&vs.root(), config)?;
-    let report = apply(&mut vs, path, file, options)?;
+    let report = load_tensors(&mut vs, path, file, options)?;
     Ok(LoadedModel { vs, model, report })
 }

@@ -157,7 +157,7 @@ fn missing_folder_and_missing_file_say_how_to_get_the_data() {
     );
     let msg = err.to_string();
     assert!(msg.contains("nowhere"), "{msg}");
-    assert!(msg.contains("--download"), "{msg}");
+    assert!(msg.contains("ensure_cifar10"), "{msg}");
     assert!(msg.contains("ensure_cifar10"), "{msg}");
     assert!(
         msg.contains("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"),
@@ -186,7 +186,7 @@ fn missing_folder_and_missing_file_say_how_to_get_the_data() {
     }
     let msg = err.to_string();
     assert!(
-        msg.contains("data_batch_3.bin") && msg.contains("--download"),
+        msg.contains("data_batch_3.bin") && msg.contains("ensure_cifar10"),
         "{msg}"
     );
 }

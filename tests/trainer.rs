@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-use resnext::data::{Cifar10, CLASS_NAMES};
+use resnext::data::{Cifar10, DataSplits, CLASS_NAMES};
 use resnext::trainer::{
     files, read_checkpoint_state, BatchControl, Outcome, ProgressMode, Schedule, TrainConfig,
     TrainError, Trainer,
@@ -15,6 +15,7 @@ use tch::{nn, Device, Kind, Tensor};
 /// Images whose class is written in their colours: class `c` has a bright square in a
 /// class-dependent corner and channel, on noise. Learnable in a few epochs by a tiny ResNeXt.
 fn synthetic(n: i64, seed: i64) -> (Tensor, Tensor) {
+    let _seeded = SEEDED_INIT.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(seed);
     let labels = Tensor::randint(10, [n], (Kind::Int64, Device::Cpu));
     let images = Tensor::randint(96, [n, 3, 32, 32], (Kind::Int64, Device::Cpu));
@@ -40,6 +41,11 @@ fn dataset(train: i64, test: i64) -> Cifar10 {
     Cifar10::from_tensors(xi, xl, ti, tl, classes).unwrap()
 }
 
+/// The training and test sets of `data` on the CPU, as the trainer takes them.
+fn cpu(data: &Cifar10) -> DataSplits {
+    data.splits(Device::Cpu).unwrap()
+}
+
 fn config(epochs: usize) -> TrainConfig {
     TrainConfig {
         model: "tiny".into(),
@@ -51,8 +57,16 @@ fn config(epochs: usize) -> TrainConfig {
     }
 }
 
+/// Held while a test seeds libtorch's global generator and draws initial weights from it
+/// (`Trainer::resnext`), so that tests running in parallel do not interleave their draws.
+static SEEDED_INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn trainer(cfg: TrainConfig, dir: &Path) -> Trainer<ResNeXt> {
-    let mut t = Trainer::resnext(cfg).unwrap().with_run_dir(dir).unwrap();
+    let built = {
+        let _init = SEEDED_INIT.lock().unwrap_or_else(|e| e.into_inner());
+        Trainer::resnext(cfg).unwrap()
+    };
+    let mut t = built.with_run_dir(dir).unwrap();
     t.set_progress(ProgressMode::Silent);
     t
 }
@@ -87,7 +101,7 @@ fn tiny_learns_the_synthetic_task() {
     let mut cfg = config(4);
     cfg.augment = false;
     let mut t = trainer(cfg, dir.path());
-    let Outcome::Completed(summary) = t.fit(&data).unwrap() else {
+    let Outcome::Completed(summary) = t.fit(&cpu(&data)).unwrap() else {
         panic!("the run did not complete")
     };
     let m = &t.state().metrics;
@@ -150,7 +164,7 @@ fn schedules_follow_their_formulas() {
 /// Runs `epochs` epochs of the shared configuration in `dir`, uninterrupted.
 fn full_run(dir: &Path, data: &Cifar10, epochs: usize) -> Trainer<ResNeXt> {
     let mut t = trainer(config(epochs), dir);
-    assert!(matches!(t.fit(data).unwrap(), Outcome::Completed(_)));
+    assert!(matches!(t.fit(&cpu(data)).unwrap(), Outcome::Completed(_)));
     t
 }
 
@@ -170,7 +184,7 @@ fn resume_after_a_stop_request_is_bitwise_exact() {
         }
         BatchControl::Continue
     });
-    let out = b.fit(&data).unwrap();
+    let out = b.fit(&cpu(&data)).unwrap();
     assert_eq!(
         out,
         Outcome::Stopped {
@@ -184,7 +198,7 @@ fn resume_after_a_stop_request_is_bitwise_exact() {
     assert_eq!((state.epoch, state.batch, state.metrics.len()), (1, 3, 1));
 
     let mut b = resume(b_dir.path());
-    assert!(matches!(b.fit(&data).unwrap(), Outcome::Completed(_)));
+    assert!(matches!(b.fit(&cpu(&data)).unwrap(), Outcome::Completed(_)));
     assert_bitwise_equal(&variables(&a), &variables(&b));
     // The metrics of the interrupted epoch are those of the uninterrupted run.
     for (x, y) in a.state().metrics.iter().zip(&b.state().metrics) {
@@ -194,7 +208,7 @@ fn resume_after_a_stop_request_is_bitwise_exact() {
     }
     // A completed run resumed says so and trains nothing.
     let mut again = resume(b_dir.path());
-    assert_eq!(again.fit(&data).unwrap(), Outcome::AlreadyComplete);
+    assert_eq!(again.fit(&cpu(&data)).unwrap(), Outcome::AlreadyComplete);
 }
 
 #[test]
@@ -213,14 +227,14 @@ fn resume_after_a_kill_mid_epoch_is_bitwise_exact() {
             BatchControl::Continue
         }
     });
-    let out = c.fit(&data).unwrap();
+    let out = c.fit(&cpu(&data)).unwrap();
     assert!(matches!(out, Outcome::Stopped { saved: false, .. }));
     drop(c);
     let state = read_checkpoint_state(&c_dir.path().join(files::CHECKPOINT)).unwrap();
     assert_eq!((state.epoch, state.batch), (1, 0));
 
     let mut c = resume(c_dir.path());
-    assert!(matches!(c.fit(&data).unwrap(), Outcome::Completed(_)));
+    assert!(matches!(c.fit(&cpu(&data)).unwrap(), Outcome::Completed(_)));
     assert_bitwise_equal(&variables(&a), &variables(&c));
 }
 
@@ -231,7 +245,7 @@ fn run_directory_files_parse_with_the_documented_fields() {
     let mut cfg = config(2);
     cfg.eval_every = 2;
     let mut t = trainer(cfg.clone(), dir.path());
-    assert!(matches!(t.fit(&data).unwrap(), Outcome::Completed(_)));
+    assert!(matches!(t.fit(&cpu(&data)).unwrap(), Outcome::Completed(_)));
     let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
 
     let back: TrainConfig = serde_json::from_str(&read(files::CONFIG)).unwrap();
@@ -455,7 +469,7 @@ fn channels_last_training_keeps_its_layout_and_learns() {
     cfg.channels_last = Some(true);
     cfg.augment = false;
     let mut t = trainer(cfg, dir.path());
-    assert!(matches!(t.fit(&data).unwrap(), Outcome::Completed(_)));
+    assert!(matches!(t.fit(&cpu(&data)).unwrap(), Outcome::Completed(_)));
     let convs: Vec<(String, Tensor)> = variables(&t)
         .into_iter()
         .filter(|(_, v)| v.dim() == 4)
@@ -482,11 +496,10 @@ fn test_set_is_evaluated_with_the_inference_form_with_the_plain_models_results()
     let data = dataset(256, 160);
     let dir = tempfile::tempdir().unwrap();
     let mut t = trainer(config(2), dir.path());
-    assert!(matches!(t.fit(&data).unwrap(), Outcome::Completed(_)));
+    assert!(matches!(t.fit(&cpu(&data)).unwrap(), Outcome::Completed(_)));
     let last = t.state().metrics.last().unwrap().clone();
     // The trained module itself, in eval mode, on the same test set and batches.
-    let test = resnext::data::DeviceDataset::new(&data.test_images, &data.test_labels, Device::Cpu)
-        .unwrap();
+    let test: std::sync::Arc<dyn resnext::data::Dataset> = cpu(&data).test;
     let plain = resnext::trainer::evaluate(
         t.model(),
         &test,
@@ -540,10 +553,87 @@ fn a_custom_eval_form_is_built_at_every_evaluation() {
             Ok(Box::new(Zero) as Box<dyn nn::ModuleT>)
         }));
     t.set_progress(ProgressMode::Silent);
-    assert!(matches!(t.fit(&data).unwrap(), Outcome::Completed(_)));
+    assert!(matches!(t.fit(&cpu(&data)).unwrap(), Outcome::Completed(_)));
     assert_eq!(builds.load(Ordering::SeqCst), 3);
     let zeros = data.test_labels.eq(0).sum(Kind::Int64).int64_value(&[]) as f64;
     for m in &t.state().metrics {
         assert_eq!(m.test_acc, Some(100.0 * zeros / 64.0), "{m:?}");
     }
+}
+
+/// A checkpoint written by the trainer before it was reshaped around `Dataset` and
+/// `TrainStep` (checkpoint format 1): the run of `config(3)` on `dataset(200, 64)`, stopped
+/// after batch 3 of epoch 2.
+const FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/checkpoint-v1-tiny-epoch2-batch3.safetensors"
+);
+
+#[test]
+fn a_checkpoint_from_before_the_reshaping_resumes_to_the_uninterrupted_weights() {
+    let data = dataset(200, 64);
+    let a_dir = tempfile::tempdir().unwrap();
+    let a = full_run(a_dir.path(), &data, 3);
+
+    let b_dir = tempfile::tempdir().unwrap();
+    std::fs::copy(FIXTURE, b_dir.path().join(files::CHECKPOINT)).unwrap();
+    let mut b = resume(b_dir.path());
+    assert_eq!((b.state().epoch, b.state().batch), (1, 3));
+    assert!(matches!(b.fit(&cpu(&data)).unwrap(), Outcome::Completed(_)));
+    // Bitwise: the old code's first 1.4 epochs and this code's rest give this code's weights.
+    assert_bitwise_equal(&variables(&a), &variables(&b));
+    assert_eq!(a.state().metrics.len(), b.state().metrics.len());
+    for (x, y) in a.state().metrics.iter().zip(&b.state().metrics) {
+        assert_eq!(
+            (x.epoch, x.train_acc, x.test_acc),
+            (y.epoch, y.train_acc, y.test_acc)
+        );
+    }
+}
+
+/// The fixture with its trainer state changed by `edit`, written to `dir`.
+fn edited_fixture(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> std::path::PathBuf {
+    let file = resnext::io::read_safetensors(Path::new(FIXTURE)).unwrap();
+    let key = "resnext.trainer_state";
+    let mut state: serde_json::Value = serde_json::from_str(&file.metadata[key]).unwrap();
+    edit(&mut state);
+    let metadata = std::collections::HashMap::from([(key.to_string(), state.to_string())]);
+    let path = dir.join(files::CHECKPOINT);
+    resnext::io::write_safetensors(&path, &file.tensors, Some(metadata)).unwrap();
+    path
+}
+
+#[test]
+fn checkpoint_states_tolerate_unknown_and_missing_fields_but_not_newer_formats() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = read_checkpoint_state(Path::new(FIXTURE)).unwrap();
+    // Fields a later version might add, in the state and in its configuration.
+    let path = edited_fixture(dir.path(), |s| {
+        s["ema_decay"] = serde_json::json!(0.999);
+        s["config"]["gradient_clip"] = serde_json::json!(1.0);
+    });
+    assert_eq!(read_checkpoint_state(&path).unwrap(), original);
+    // Fields an earlier version did not write take their defaults.
+    let path = edited_fixture(dir.path(), |s| {
+        let state = s.as_object_mut().unwrap();
+        state.remove("loss_scale");
+        state["config"]
+            .as_object_mut()
+            .unwrap()
+            .remove("label_smoothing");
+    });
+    let state = read_checkpoint_state(&path).unwrap();
+    assert_eq!(
+        (state.loss_scale, state.config.label_smoothing),
+        (None, 0.0)
+    );
+    assert_eq!(state.metrics, original.metrics);
+    // A format this version does not know yet is refused, naming the formats it reads.
+    let path = edited_fixture(dir.path(), |s| s["format"] = serde_json::json!(99));
+    let msg = read_checkpoint_state(&path).unwrap_err().to_string();
+    assert!(msg.contains("format 99") && msg.contains("newer"), "{msg}");
+    // Unknown fields are dropped, known ones are still checked.
+    let path = edited_fixture(dir.path(), |s| s["config"]["epochs"] = serde_json::json!(0));
+    let msg = read_checkpoint_state(&path).unwrap_err().to_string();
+    assert!(msg.contains("epochs"), "{msg}");
 }

@@ -4,8 +4,13 @@ use std::thread::JoinHandle;
 
 use tch::{Device, Tensor};
 
-use super::dataset::BatchMaker;
 use super::{BatchConfig, DataError, DeviceDataset};
+
+/// One batch as a maker returns it: images, labels, dataset indices.
+pub(crate) type Made = (Tensor, Tensor, Vec<usize>);
+
+/// Makes batch `index` of an epoch (on the prefetch thread).
+pub(crate) type MakeBatch = Box<dyn FnMut(usize) -> Result<Made, DataError> + Send>;
 
 /// One batch of an epoch.
 #[derive(Debug)]
@@ -40,7 +45,7 @@ const PREFETCH: usize = 2;
 impl Batches {
     /// Starts the prefetch thread for batches `start..num_batches`.
     pub(crate) fn spawn(
-        maker: BatchMaker,
+        mut make: MakeBatch,
         start: usize,
         num_batches: usize,
     ) -> Result<Batches, DataError> {
@@ -59,7 +64,7 @@ impl Batches {
             .name("resnext-data-prefetch".into())
             .spawn(move || {
                 for index in start..num_batches {
-                    let made = maker.make(index).map(|(images, labels, indices)| Batch {
+                    let made = make(index).map(|(images, labels, indices)| Batch {
                         images,
                         labels,
                         index,

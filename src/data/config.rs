@@ -105,6 +105,57 @@ pub struct BatchConfig {
     pub seed: u64,
     /// Normalisation applied after augmentation.
     pub normalization: Normalization,
+    /// The part of every epoch this process batches (data-parallel training); the whole epoch
+    /// by default.
+    pub shard: Shard,
+}
+
+/// One of `count` equal parts of every epoch, as PyTorch's `DistributedSampler`: the epoch's
+/// order is drawn for the whole dataset, padded by repeating its first indices to a multiple
+/// of `count`, and part `index` takes every `count`-th index from position `index`. Every part
+/// then has the same number of images and batches, and together they cover the epoch.
+///
+/// ```
+/// use resnext::data::{epoch_order, BatchConfig, Shard};
+/// let whole = BatchConfig { shuffle: false, ..BatchConfig::default() };
+/// let half = BatchConfig { shard: Shard { index: 1, count: 2 }, ..whole.clone() };
+/// assert_eq!(epoch_order(5, &whole, 0), [0, 1, 2, 3, 4]);
+/// assert_eq!(epoch_order(5, &half, 0), [1, 3, 0]); // padded with the first index
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    /// Which part, in `0..count` (the rank of the process).
+    pub index: usize,
+    /// Number of parts (the number of processes); 1 for the whole epoch.
+    pub count: usize,
+}
+
+impl Default for Shard {
+    /// The whole epoch: part 0 of 1.
+    fn default() -> Self {
+        Shard { index: 0, count: 1 }
+    }
+}
+
+impl Shard {
+    /// Images of one part when the epoch uses `used` images.
+    pub fn len(&self, used: usize) -> usize {
+        if self.count <= 1 {
+            used
+        } else {
+            used.div_ceil(self.count)
+        }
+    }
+
+    /// Part `index` of the epoch `order` (see [`Shard`]).
+    pub fn select(&self, order: Vec<usize>) -> Vec<usize> {
+        if self.count <= 1 || order.is_empty() {
+            return order;
+        }
+        (0..self.len(order.len()))
+            .map(|k| order[(k * self.count + self.index) % order.len()])
+            .collect()
+    }
 }
 
 impl Default for BatchConfig {
@@ -118,6 +169,7 @@ impl Default for BatchConfig {
             limit: None,
             seed: 0,
             normalization: Normalization::default(),
+            shard: Shard::default(),
         }
     }
 }
@@ -134,13 +186,20 @@ impl BatchConfig {
         }
     }
 
-    /// Checks the batch size (at least 1) and the normalisation.
+    /// Checks the batch size (at least 1), the shard and the normalisation.
     pub fn validate(&self) -> Result<(), DataError> {
         if self.batch_size == 0 {
             return Err(DataError::InvalidConfig {
                 field: "batch_size",
                 value: "0".into(),
                 expected: "at least 1".into(),
+            });
+        }
+        if self.shard.count == 0 || self.shard.index >= self.shard.count {
+            return Err(DataError::InvalidConfig {
+                field: "shard",
+                value: format!("{} of {}", self.shard.index, self.shard.count),
+                expected: "an index below a count of at least 1".into(),
             });
         }
         self.normalization.validate()
@@ -151,9 +210,10 @@ impl BatchConfig {
         self.limit.map_or(len, |l| l.min(len))
     }
 
-    /// Batches per epoch for a dataset of `len` images (`limit` and `drop_last` applied).
+    /// Batches per epoch for a dataset of `len` images (`limit`, `shard` and `drop_last`
+    /// applied).
     pub fn num_batches(&self, len: usize) -> usize {
-        let n = self.used_len(len);
+        let n = self.shard.len(self.used_len(len));
         let b = self.batch_size.max(1);
         if self.drop_last {
             n / b

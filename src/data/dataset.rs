@@ -1,4 +1,5 @@
-//! Images and labels prepared once for batching on a device, and the making of one batch.
+//! CIFAR-shaped images and labels prepared once for batching on a device, and the making of
+//! one batch.
 use std::sync::Arc;
 
 use tch::{Device, Kind, Tensor};
@@ -6,8 +7,27 @@ use tch::{Device, Kind, Tensor};
 use super::augment::{fill_image, PIXELS};
 use super::cifar::{check_images, check_labels};
 use super::{
-    batch_augment_params, epoch_order, Affine, AugmentParams, BatchConfig, Batches, DataError,
+    batch_augment_params, epoch_batches, Affine, AugmentParams, BatchConfig, BatchRequest, Batches,
+    Cifar10, DataError, DataSplits, Dataset, CLASS_NAMES,
 };
+
+impl Cifar10 {
+    /// The training and test sets as [`Dataset`]s on `device` (see [`DeviceDataset::new`] for
+    /// where the images are kept), with this dataset's class names: what
+    /// [`Trainer::fit`](crate::trainer::Trainer::fit) takes.
+    ///
+    /// # Errors
+    /// [`DataError::Torch`] if the images cannot be copied to `device`.
+    pub fn splits(&self, device: Device) -> Result<DataSplits, DataError> {
+        let set = |images: &Tensor, labels: &Tensor| -> Result<DeviceDataset, DataError> {
+            Ok(DeviceDataset::new(images, labels, device)?.with_classes(self.classes.clone()))
+        };
+        Ok(DataSplits::new(
+            set(&self.train_images, &self.train_labels)?,
+            set(&self.test_images, &self.test_labels)?,
+        ))
+    }
+}
 
 /// How batches are augmented and normalised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,14 +41,16 @@ pub enum Pipeline {
     TensorOps,
 }
 
-/// A dataset held where its batches are made: host bytes for [`Pipeline::HostLoop`], `uint8`
-/// tensors on the device for [`Pipeline::TensorOps`]. Build it once and call
-/// [`batches`](Self::batches) every epoch.
+/// A set of 32x32 RGB images (CIFAR's shape) held where its batches are made: host bytes for
+/// [`Pipeline::HostLoop`], `uint8` tensors on the device for [`Pipeline::TensorOps`]. It is a
+/// [`Dataset`]: the trainer batches it, and so does [`batches`](Self::batches). Build it once
+/// and batch it every epoch.
 #[derive(Debug)]
 pub struct DeviceDataset {
     storage: Storage,
     len: usize,
     device: Device,
+    classes: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -38,13 +60,24 @@ enum Storage {
         labels: Arc<Vec<i64>>,
     },
     Tensors {
-        images: Tensor,
-        labels: Tensor,
+        images: ReadOnlyTensor,
+        labels: ReadOnlyTensor,
     },
 }
 
+/// A tensor that is only read once built (indexed into, never written, no autograd), so that
+/// batches can be made from it on the prefetch thread while other threads hold it.
+#[derive(Debug)]
+struct ReadOnlyTensor(Tensor);
+
+// SAFETY: `Tensor` is `Send` but not `Sync` because libtorch does not synchronise writes. A
+// `ReadOnlyTensor` is never written after construction: it is only read by out-of-place ops
+// (`index_select`) and shallow-cloned, whose reference counting in libtorch is atomic. Reads
+// from several threads are what PyTorch's own data loaders do with shared tensors.
+unsafe impl Sync for ReadOnlyTensor {}
+
 impl Storage {
-    /// A handle on the same data, for the prefetch thread.
+    /// A handle on the same data.
     fn share(&self) -> Storage {
         match self {
             Storage::Host { images, labels } => Storage::Host {
@@ -52,8 +85,8 @@ impl Storage {
                 labels: Arc::clone(labels),
             },
             Storage::Tensors { images, labels } => Storage::Tensors {
-                images: images.shallow_clone(),
-                labels: labels.shallow_clone(),
+                images: ReadOnlyTensor(images.0.shallow_clone()),
+                labels: ReadOnlyTensor(labels.0.shallow_clone()),
             },
         }
     }
@@ -99,15 +132,32 @@ impl DeviceDataset {
                 }
             }
             Pipeline::TensorOps => Storage::Tensors {
-                images: images.f_to_device(device)?.f_contiguous()?,
-                labels: labels.f_to_device(device)?,
+                images: ReadOnlyTensor(images.f_to_device(device)?.f_contiguous()?),
+                labels: ReadOnlyTensor(labels.f_to_device(device)?),
             },
         };
         Ok(DeviceDataset {
             storage,
             len,
             device,
+            classes: CLASS_NAMES.iter().map(|s| s.to_string()).collect(),
         })
+    }
+
+    /// The same dataset with these class names (CIFAR-10's [`CLASS_NAMES`] by default).
+    pub fn with_classes(mut self, classes: Vec<String>) -> Self {
+        self.classes = classes;
+        self
+    }
+
+    /// Another handle on the same images and labels (no copy).
+    pub fn share(&self) -> DeviceDataset {
+        DeviceDataset {
+            storage: self.storage.share(),
+            len: self.len,
+            device: self.device,
+            classes: self.classes.clone(),
+        }
     }
 
     /// Number of images.
@@ -135,7 +185,7 @@ impl DeviceDataset {
 
     /// The batches of `epoch`, starting at batch `start_batch` (0 for a whole epoch; `k` gives
     /// exactly the batches `k..` of an iterator started at 0). Batches are made on a
-    /// background thread, one or two ahead of the consumer.
+    /// background thread, one or two ahead of the consumer (see [`epoch_batches`]).
     ///
     /// Errors: an invalid `cfg`, or `start_batch` beyond the number of batches.
     pub fn batches(
@@ -144,132 +194,124 @@ impl DeviceDataset {
         epoch: u64,
         start_batch: usize,
     ) -> Result<Batches, DataError> {
-        cfg.validate()?;
-        let num_batches = cfg.num_batches(self.len);
-        if start_batch > num_batches {
-            return Err(DataError::InvalidConfig {
-                field: "start_batch",
-                value: start_batch.to_string(),
-                expected: format!("at most {num_batches}, the number of batches of this epoch"),
-            });
-        }
-        let maker = BatchMaker {
-            storage: self.storage.share(),
-            order: epoch_order(self.len, cfg, epoch),
-            cfg: cfg.clone(),
-            affine: cfg.normalization.affine(),
-            epoch,
-            device: self.device,
-        };
-        Batches::spawn(maker, start_batch, num_batches)
-    }
-}
-
-/// Everything the prefetch thread needs to make the batches of one epoch.
-pub(crate) struct BatchMaker {
-    storage: Storage,
-    order: Vec<usize>,
-    cfg: BatchConfig,
-    affine: Affine,
-    epoch: u64,
-    device: Device,
-}
-
-/// One batch as made by [`BatchMaker::make`]: images, labels, dataset indices.
-pub(crate) type Made = (Tensor, Tensor, Vec<usize>);
-
-impl BatchMaker {
-    /// Makes batch `b` (which must be below the epoch's number of batches).
-    pub(crate) fn make(&self, b: usize) -> Result<Made, DataError> {
-        let bs = self.cfg.batch_size;
-        let start = (b * bs).min(self.order.len());
-        let end = (start + bs).min(self.order.len());
-        let indices = &self.order[start..end];
-        let params = self
-            .cfg
-            .augment
-            .then(|| batch_augment_params(self.cfg.seed, self.epoch, b, indices.len()));
-        let (images, labels) = match &self.storage {
-            Storage::Host { images, labels } => {
-                self.host_batch(images, labels, indices, params.as_deref())?
-            }
-            Storage::Tensors { images, labels } => {
-                self.tensor_batch(images, labels, indices, params.as_deref())?
-            }
-        };
-        Ok((images, labels, indices.to_vec()))
+        epoch_batches(Arc::new(self.share()), cfg, epoch, start_batch)
     }
 
     fn host_batch(
-        &self,
         images: &[[u8; PIXELS]],
         labels: &[i64],
         indices: &[usize],
         params: Option<&[AugmentParams]>,
+        affine: &Affine,
+        device: Device,
     ) -> Result<(Tensor, Tensor), DataError> {
         let count = indices.len();
         let mut out = vec![[0f32; PIXELS]; count];
         let mut batch_labels = Vec::with_capacity(count);
         for (k, (&i, dst)) in indices.iter().zip(out.iter_mut()).enumerate() {
             let p = params.and_then(|p| p.get(k).copied());
-            fill_image(&images[i], p, &self.affine, dst);
+            fill_image(&images[i], p, affine, dst);
             batch_labels.push(labels[i]);
         }
         let x = Tensor::f_from_slice(out.as_flattened())?.f_view([count as i64, 3, 32, 32])?;
         let y = Tensor::f_from_slice(&batch_labels)?;
-        if self.device == Device::Cpu {
+        if device == Device::Cpu {
             Ok((x, y))
         } else {
-            Ok((x.f_to_device(self.device)?, y.f_to_device(self.device)?))
+            Ok((x.f_to_device(device)?, y.f_to_device(device)?))
         }
     }
 
     fn tensor_batch(
-        &self,
         images: &Tensor,
         labels: &Tensor,
         indices: &[usize],
         params: Option<&[AugmentParams]>,
+        affine: &Affine,
     ) -> Result<(Tensor, Tensor), DataError> {
-        let count = indices.len() as i64;
-        let dev = self.device;
+        let dev = images.device();
         let idx: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
         let idx = Tensor::f_from_slice(&idx)?.f_to_device(dev)?;
         let mut x = images.f_index_select(0, &idx)?;
         let y = labels.f_index_select(0, &idx)?;
         if let Some(params) = params {
-            // Row and column gather indices into the zero-padded [B, 3, 40, 40] batch, built on
-            // the host from the same draws as the host loop and uploaded in one copy.
-            let mut rc = Vec::with_capacity(params.len() * 64);
-            for p in params {
-                rc.extend((0..32).map(|y| y + i64::from(p.dy)));
-            }
-            for p in params {
-                let dx = i64::from(p.dx);
-                if p.flip {
-                    rc.extend((0..32).map(|x| 31 - x + dx));
-                } else {
-                    rc.extend((0..32).map(|x| x + dx));
-                }
-            }
-            let rc = Tensor::f_from_slice(&rc)?.f_to_device(dev)?;
-            let rows = rc
-                .f_narrow(0, 0, count * 32)?
-                .f_view([count, 1, 32, 1])?
-                .f_expand([count, 3, 32, 40], false)?;
-            let cols = rc
-                .f_narrow(0, count * 32, count * 32)?
-                .f_view([count, 1, 1, 32])?
-                .f_expand([count, 3, 32, 32], false)?;
-            x = x
-                .f_constant_pad_nd([4, 4, 4, 4])?
-                .f_gather(2, &rows, false)?
-                .f_gather(3, &cols, false)?;
+            x = crop_and_flip(&x, params)?;
         }
-        let (scale, shift) = affine_tensors(&self.affine, dev)?;
+        let (scale, shift) = affine_tensors(affine, dev)?;
         let x = x.f_to_kind(Kind::Float)?.f_mul(&scale)?.f_add(&shift)?;
         Ok((x, y))
     }
+}
+
+impl Dataset for DeviceDataset {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn classes(&self) -> &[String] {
+        &self.classes
+    }
+
+    fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The images `request.indices`, randomly cropped (4 pixels of zero padding) and flipped
+    /// with [`batch_augment_params`] when `request.config.augment`, then normalised.
+    fn make_batch(&self, request: &BatchRequest<'_>) -> Result<(Tensor, Tensor), DataError> {
+        let cfg = request.config;
+        let indices = request.indices;
+        let params = cfg
+            .augment
+            .then(|| batch_augment_params(cfg.seed, request.epoch, request.index, indices.len()));
+        let affine = cfg.normalization.affine();
+        match &self.storage {
+            Storage::Host { images, labels } => Self::host_batch(
+                images,
+                labels,
+                indices,
+                params.as_deref(),
+                &affine,
+                self.device,
+            ),
+            Storage::Tensors { images, labels } => {
+                Self::tensor_batch(&images.0, &labels.0, indices, params.as_deref(), &affine)
+            }
+        }
+    }
+}
+
+/// Pads a `uint8 [B, 3, 32, 32]` batch by 4 zero pixels and crops and flips every image as
+/// `params` says, in two gathers on the batch's device.
+fn crop_and_flip(x: &Tensor, params: &[AugmentParams]) -> Result<Tensor, DataError> {
+    let count = params.len() as i64;
+    let dev = x.device();
+    // Row and column gather indices into the zero-padded [B, 3, 40, 40] batch, built on the
+    // host from the same draws as the host loop and uploaded in one copy.
+    let mut rc = Vec::with_capacity(params.len() * 64);
+    for p in params {
+        rc.extend((0..32).map(|y| y + i64::from(p.dy)));
+    }
+    for p in params {
+        let dx = i64::from(p.dx);
+        if p.flip {
+            rc.extend((0..32).map(|x| 31 - x + dx));
+        } else {
+            rc.extend((0..32).map(|x| x + dx));
+        }
+    }
+    let rc = Tensor::f_from_slice(&rc)?.f_to_device(dev)?;
+    let rows = rc
+        .f_narrow(0, 0, count * 32)?
+        .f_view([count, 1, 32, 1])?
+        .f_expand([count, 3, 32, 40], false)?;
+    let cols = rc
+        .f_narrow(0, count * 32, count * 32)?
+        .f_view([count, 1, 1, 32])?
+        .f_expand([count, 3, 32, 32], false)?;
+    Ok(x.f_constant_pad_nd([4, 4, 4, 4])?
+        .f_gather(2, &rows, false)?
+        .f_gather(3, &cols, false)?)
 }
 
 /// The per-channel scale and shift as `[1, 3, 1, 1]` tensors on `device`.

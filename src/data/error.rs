@@ -4,8 +4,7 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 /// How to get the data, appended to the "not found" errors.
-const HOW_TO_GET: &str = "download it with `--download` (or `resnext::data::ensure_cifar10`), \
-     which fetches https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz and extracts it as \
+const HOW_TO_GET: &str = "download it with `resnext::data::ensure_cifar10`, which fetches https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz and extracts it as \
      `<root>/cifar-10-batches-bin`";
 
 /// Errors raised while loading, downloading or batching CIFAR-10.

@@ -1,5 +1,9 @@
-//! The CIFAR-10 data pipeline.
+//! Data: the [`Dataset`] trait the trainer consumes, and the CIFAR-10 pipeline that
+//! implements it.
 //!
+//! * [`Dataset`]: any labelled set of images that makes the batch it is asked for;
+//!   [`epoch_batches`] batches one epoch of it (order from [`epoch_order`], optionally one
+//!   [`Shard`] of it) on a background thread; [`DataSplits`] pairs a training and a test set;
 //! * [`Cifar10`]: the "binary version" of CIFAR-10 loaded into `uint8` image and `int64` label
 //!   tensors, with every file validated ([`DataError`] names the file and what was expected),
 //!   or built from tensors for synthetic data;
@@ -9,7 +13,9 @@
 //!   of zero padding + horizontal flip, as torchvision's `RandomCrop(32, padding=4)` +
 //!   `RandomHorizontalFlip()`) and normalised batches, prefetched on a background thread and
 //!   reproducible from a seed, epoch and batch index (resumable mid-epoch);
-//! * [`augment_image`]: the per-image kernel, and [`AugmentParams`]: its random draw.
+//! * [`augment_image`]: the per-image kernel, and [`AugmentParams`]: its random draw;
+//! * [`permutation_rng`], [`augmentation_rng`]: every random choice of the data as a pure
+//!   function of `(seed, epoch, batch)`.
 //!
 //! ```no_run
 //! use resnext::data::{batches, ensure_cifar10, BatchConfig, Cifar10, DownloadOptions};
@@ -32,7 +38,8 @@ mod dataset;
 pub mod download;
 mod error;
 mod extract;
-mod schedule;
+mod random;
+mod source;
 
 pub use augment::{augment_image, AugmentParams, MAX_OFFSET, PADDING};
 pub use batches::{batches, Batch, Batches};
@@ -40,8 +47,11 @@ pub use cifar::{
     Cifar10, BATCHES_DIR, CLASS_NAMES, IMAGE_BYTES, META_FILE, RECORDS_PER_FILE, RECORD_BYTES,
     TEST_FILE, TRAIN_FILES,
 };
-pub use config::{Affine, BatchConfig, Normalization};
+pub use config::{Affine, BatchConfig, Normalization, Shard};
 pub use dataset::{DeviceDataset, Pipeline};
 pub use download::{ensure_cifar10, DownloadOptions, CIFAR10_MD5, CIFAR10_URL};
 pub use error::DataError;
-pub use schedule::{augmentation_rng, batch_augment_params, epoch_order, permutation_rng};
+pub use random::{
+    augmentation_rng, batch_augment_params, batch_indices, epoch_order, permutation_rng,
+};
+pub use source::{epoch_batches, BatchRequest, DataSplits, Dataset};

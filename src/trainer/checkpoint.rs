@@ -4,16 +4,25 @@
 //! Layout: tensors `model/<variable>` (every variable of the var store, BN statistics
 //! included) and `momentum/<parameter>`; the metadata key `resnext.trainer_state` holds a
 //! [`TrainState`] as JSON.
+//!
+//! Later versions read earlier checkpoints: the state carries its [`CHECKPOINT_FORMAT`], an
+//! older format is migrated step by step to the current one, fields this version does not know
+//! are ignored (in the state and in its configuration) and fields it misses take their
+//! defaults. Only a checkpoint of a newer format is refused. `tests/fixtures/` holds a
+//! checkpoint of format 1 that the tests resume.
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tch::{nn, Tensor};
 
 use super::{EpochMetrics, Evaluation, LossScale, Sgd, TrainConfig, TrainError};
-use crate::io::{read_safetensors, write_safetensors};
+use crate::io::{read_safetensors, write_safetensors, TensorFile};
+use crate::weights::{describe_incompatible, load_tensors, LoadOptions, WeightsError};
 
-/// Version of the checkpoint layout; a checkpoint of another version is refused.
+/// Version of the checkpoint layout this version writes; it reads this one and every earlier
+/// one.
 pub const CHECKPOINT_FORMAT: u32 = 1;
 const STATE_KEY: &str = "resnext.trainer_state";
 const MODEL_PREFIX: &str = "model/";
@@ -37,6 +46,7 @@ pub struct EpochProgress {
 
 /// Everything besides tensors that a resumed run needs to continue exactly.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct TrainState {
     /// [`CHECKPOINT_FORMAT`].
     pub format: u32,
@@ -58,8 +68,14 @@ pub struct TrainState {
     /// The latest test evaluation.
     pub last_eval: Option<Evaluation>,
     /// fp16 loss scaling state (fp16 runs only).
-    #[serde(default)]
     pub loss_scale: Option<LossScale>,
+}
+
+impl Default for TrainState {
+    /// The state of a run of the default configuration about to start.
+    fn default() -> Self {
+        TrainState::new(TrainConfig::default())
+    }
 }
 
 impl TrainState {
@@ -135,19 +151,61 @@ fn parse_state(path: &Path, metadata: &HashMap<String, String>) -> Result<TrainS
             "no `{STATE_KEY}` metadata: this is not a resnext training checkpoint (a weights file?)"
         ))
     })?;
-    let state: TrainState =
+    let value: Value =
         serde_json::from_str(json).map_err(|e| bad(format!("unreadable trainer state: {e}")))?;
-    if state.format != CHECKPOINT_FORMAT {
-        return Err(bad(format!(
-            "checkpoint format {} but this version reads format {CHECKPOINT_FORMAT}",
-            state.format
-        )));
-    }
+    let value = migrate(value).map_err(bad)?;
+    let mut state: TrainState =
+        serde_json::from_value(value).map_err(|e| bad(format!("unreadable trainer state: {e}")))?;
+    state.format = CHECKPOINT_FORMAT;
     state
         .config
         .validate()
         .map_err(|e| bad(format!("invalid configuration inside: {e}")))?;
     Ok(state)
+}
+
+/// Brings a trainer state of any format up to [`CHECKPOINT_FORMAT`]: each format's step is
+/// applied in turn (format 1 is the first), and configuration fields this version does not
+/// know are dropped (a later version may have added them).
+fn migrate(mut state: Value) -> Result<Value, String> {
+    let format = state
+        .get("format")
+        .and_then(Value::as_u64)
+        .ok_or("the trainer state has no format number")?;
+    if format > u64::from(CHECKPOINT_FORMAT) {
+        return Err(format!(
+            "checkpoint format {format} was written by a newer version of resnext; this one reads formats up to {CHECKPOINT_FORMAT}"
+        ));
+    }
+    // Format steps go here: `if format < 2 { ...rename or fill fields... }`.
+    if let Some(Value::Object(config)) = state.get_mut("config") {
+        let known = serde_json::to_value(TrainConfig::default()).unwrap_or(Value::Null);
+        config.retain(|field, _| known.get(field).is_some());
+    }
+    Ok(state)
+}
+
+/// The tensors of a checkpoint file, split into the model's (without their prefix) and the
+/// momentum buffers. Tensors under neither prefix stay in the model part under their full
+/// name, where strict loading reports them.
+fn split_tensors(file: TensorFile) -> (TensorFile, Vec<(String, Tensor)>) {
+    let mut model = Vec::new();
+    let mut momentum = Vec::new();
+    for (name, t) in file.tensors {
+        if let Some(n) = name.strip_prefix(MOMENTUM_PREFIX) {
+            momentum.push((n.to_string(), t));
+        } else {
+            let n = name
+                .strip_prefix(MODEL_PREFIX)
+                .map_or(name.clone(), str::to_string);
+            model.push((n, t));
+        }
+    }
+    let model = TensorFile {
+        tensors: model,
+        metadata: HashMap::new(),
+    };
+    (model, momentum)
 }
 
 /// Loads a checkpoint into `vs` and `sgd` and returns its trainer state. Everything is checked
@@ -169,42 +227,9 @@ pub fn load_checkpoint(
         path: path.to_path_buf(),
         problem,
     };
-    let mut model: BTreeMap<String, Tensor> = BTreeMap::new();
-    let mut momentum = Vec::new();
-    for (name, t) in file.tensors {
-        if let Some(n) = name.strip_prefix(MODEL_PREFIX) {
-            model.insert(n.to_string(), t);
-        } else if let Some(n) = name.strip_prefix(MOMENTUM_PREFIX) {
-            momentum.push((n.to_string(), t));
-        } else {
-            return Err(bad(format!("unexpected tensor `{name}`")));
-        }
-    }
-    let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
-    for (name, var) in &vars {
-        let Some(t) = model.get(name) else {
-            return Err(bad(format!(
-                "tensor `{name}` of the model is missing (a checkpoint of another model? this one was trained as `{}`)",
-                state.config.model
-            )));
-        };
-        if t.size() != var.size() {
-            return Err(bad(format!(
-                "tensor `{name}` has shape {:?} in the checkpoint but {:?} in the model (a checkpoint of another model? this one was trained as `{}`)",
-                t.size(),
-                var.size(),
-                state.config.model
-            )));
-        }
-    }
-    if let Some(extra) = model.keys().find(|n| !vars.contains_key(*n)) {
-        return Err(bad(format!(
-            "tensor `{extra}` is not a variable of the model (a checkpoint of another model? this one was trained as `{}`)",
-            state.config.model
-        )));
-    }
-    // Check the momentum buffers against a scratch optimiser first, so `sgd` is untouched
-    // on error.
+    let (model, momentum) = split_tensors(file);
+    // Check the momentum buffers against a scratch optimiser first, so nothing is touched on
+    // error; then the model's tensors are checked and copied by the crate's one loader.
     let mut check = Sgd::new(vs, sgd.config());
     check
         .set_momentum_buffers(
@@ -214,13 +239,20 @@ pub fn load_checkpoint(
                 .collect(),
         )
         .map_err(bad)?;
-    tch::no_grad(|| -> Result<(), TrainError> {
-        for (name, mut var) in vars {
-            if let Some(t) = model.get(&name) {
-                var.f_copy_(t)?;
-            }
-        }
-        Ok(())
+    load_tensors(vs, path, model, LoadOptions { strict: true }).map_err(|e| match e {
+        WeightsError::Incompatible {
+            missing,
+            mismatched,
+            wrong_kind,
+            unexpected,
+            ..
+        } => bad(format!(
+            "{} (a checkpoint of another model? this one was trained as `{}`)",
+            describe_incompatible(&missing, &mismatched, &wrong_kind, &unexpected),
+            state.config.model
+        )),
+        WeightsError::Io(e) => TrainError::TensorFile(e),
+        other => bad(other.to_string()),
     })?;
     sgd.set_momentum_buffers(momentum).map_err(bad)?;
     Ok(state)

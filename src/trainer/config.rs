@@ -4,41 +4,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
-use super::{Precision, TrainError};
+use super::{Precision, Schedule, TrainError};
 use crate::resnext::{ResNeXtConfig, MODEL_NAMES};
-
-/// How the learning rate moves over training (see [`Schedule::lr`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Schedule {
-    /// Cosine annealing from the base lr to 0 over all epochs after warm-up (the widely used
-    /// PyTorch CIFAR recipe: `CosineAnnealingLR(T_max=epochs)` stepped once per epoch).
-    #[default]
-    Cosine,
-    /// The paper's CIFAR recipe: divide by 10 at 50% and at 75% of the epochs.
-    Step,
-    /// The base lr throughout (the tutorial's literal recipe).
-    Constant,
-}
-
-/// Names accepted for [`Schedule`], as in JSON and on the command line.
-pub const SCHEDULE_NAMES: [&str; 3] = ["cosine", "step", "constant"];
-
-impl std::str::FromStr for Schedule {
-    type Err = TrainError;
-    fn from_str(s: &str) -> Result<Self, TrainError> {
-        match s {
-            "cosine" => Ok(Schedule::Cosine),
-            "step" => Ok(Schedule::Step),
-            "constant" => Ok(Schedule::Constant),
-            _ => Err(TrainError::InvalidConfig {
-                field: "schedule",
-                value: s.to_string(),
-                expected: format!("one of {}", SCHEDULE_NAMES.join(", ")),
-            }),
-        }
-    }
-}
 
 /// Everything that defines a training run. Saved as `config.json` in the run directory and
 /// inside every checkpoint, so a resumed run continues with exactly this.
@@ -161,6 +128,13 @@ impl TrainConfig {
             },
             e => e,
         })
+    }
+
+    /// The learning rate of (0-based) `epoch`: the one place a run computes it, from
+    /// [`Schedule::lr`] with this configuration's `lr`, `epochs` and `warmup_epochs`.
+    pub fn lr_at(&self, epoch: usize) -> f64 {
+        self.schedule
+            .lr(self.lr, epoch, self.epochs, self.warmup_epochs)
     }
 
     /// The configuration as pretty JSON.

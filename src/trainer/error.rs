@@ -12,7 +12,7 @@ pub enum TrainError {
     /// A configuration value is out of range or unknown.
     #[error("invalid {field} `{value}`: expected {expected}")]
     InvalidConfig {
-        /// The field (or command-line option) concerned.
+        /// The configuration field concerned.
         field: &'static str,
         /// Its value, as text.
         value: String,
@@ -28,7 +28,7 @@ pub enum TrainError {
         message: String,
     },
     /// The requested device is not present on this machine.
-    #[error("device `{device}` is not available: this machine has {available} CUDA device(s) visible to libtorch; use --device cpu")]
+    #[error("device `{device}` is not available: this machine has {available} CUDA device(s) visible to libtorch")]
     DeviceUnavailable {
         /// The requested device.
         device: String,
@@ -44,7 +44,7 @@ pub enum TrainError {
         problem: String,
     },
     /// A fresh run was asked for in a directory that already holds one.
-    #[error("{} already holds a training run (checkpoint.safetensors); resume it with --resume {}, or choose another --out", path.display(), path.display())]
+    #[error("{} already holds a training run (checkpoint.safetensors): resume it, or start the new run in another directory", path.display())]
     RunExists {
         /// The run directory.
         path: PathBuf,
@@ -70,7 +70,7 @@ pub enum TrainError {
     #[error(transparent)]
     Model(#[from] ModelError),
     /// The loss became NaN or infinite: training diverged.
-    #[error("training diverged at epoch {epoch}, batch {batch}: the loss is {loss}; try a lower --lr or some --warmup-epochs")]
+    #[error("training diverged at epoch {epoch}, batch {batch}: the loss is {loss}; try a lower learning rate or some warm-up epochs")]
     Diverged {
         /// 1-based epoch.
         epoch: usize,

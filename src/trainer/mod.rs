@@ -1,6 +1,17 @@
-//! Training on CIFAR-10: SGD with momentum and weight decay, cross-entropy (optional label
-//! smoothing), cosine / step / constant schedules with warm-up, test evaluation, and a run
-//! directory with checkpoints that resume exactly, metrics and plots.
+//! Training on any [`Dataset`](crate::data::Dataset) (CIFAR-10 first): SGD with momentum and
+//! weight decay, cross-entropy (optional label smoothing), cosine / step / constant schedules
+//! with warm-up, test evaluation, and a run directory with checkpoints that resume exactly,
+//! metrics and plots.
+//!
+//! The parts, each in its own module:
+//!
+//! * [`TrainStep`]: one step (forward and loss under the run's precision, backward, the
+//!   [`GradientHook`], the SGD update), separate from the loop;
+//! * [`EpochAccumulator`]: the epoch's loss and accuracy sums, kept on the device;
+//! * [`Trainer`]: the loop over epochs and batches, evaluation, stop and resume;
+//! * [`files`], [`epoch_line`], [`curves_svg`]: what a run writes and prints;
+//! * [`Schedule`] with [`TrainConfig::lr_at`]: the learning rate of every epoch;
+//! * [`tune_process_for_training`]: the process-wide settings, made explicit.
 //!
 //! A run directory holds (see [`files`]):
 //!
@@ -15,28 +26,39 @@
 //!
 //! Every file is written atomically (temporary file, fsync, rename): a kill at any instant
 //! leaves the last complete checkpoint readable.
+mod accumulate;
 mod checkpoint;
 mod config;
 mod error;
 mod evaluate;
+mod lr_schedule;
 mod metrics;
+mod outputs;
 mod plot;
 mod precision;
+mod process;
+mod progress;
 mod run;
-mod schedule;
 mod sgd;
+mod step;
 
+pub use accumulate::{EpochAccumulator, RunningMetrics};
 pub use checkpoint::{
     load_checkpoint, read_checkpoint_state, save_checkpoint, EpochProgress, TrainState,
     CHECKPOINT_FORMAT,
 };
-pub use config::{Schedule, TrainConfig, SCHEDULE_NAMES};
+pub use config::TrainConfig;
 pub use error::TrainError;
 pub use evaluate::evaluate;
+pub use lr_schedule::{Schedule, SCHEDULE_NAMES};
 pub use metrics::{ClassAccuracy, EpochMetrics, Evaluation, Summary};
+pub use outputs::{epoch_line, files};
 pub use plot::curves_svg;
 #[doc(hidden)]
 pub use precision::{autocast_dtype_code, set_autocast_dtype_code};
 pub use precision::{set_cuda_autocast_dtype, Execution, LossScale, Precision, PRECISION_NAMES};
-pub use run::{epoch_line, files, BatchControl, EvalForm, Outcome, ProgressMode, Trainer};
+pub use process::tune_process_for_training;
+pub use progress::ProgressMode;
+pub use run::{BatchControl, EvalForm, Outcome, Trainer};
 pub use sgd::{Sgd, SgdConfig};
+pub use step::{GradientHook, StepOutput, TrainStep};

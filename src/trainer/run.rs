@@ -1,56 +1,27 @@
-//! The training loop and its run directory.
-use std::io::IsTerminal;
+//! The trainer: its construction, the loop over epochs and batches, and its stop handling.
+//! The step itself is [`TrainStep`], the epoch's sums [`EpochAccumulator`], the files
+//! [`super::outputs`].
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tch::nn::{self, ModuleT};
-use tch::{Device, Kind, Reduction, Tensor};
+use tch::{Device, Tensor};
 
 use super::checkpoint::{load_checkpoint, read_checkpoint_state, save_checkpoint};
+use super::outputs::{self, files};
+use super::progress::bar_message;
 use super::{
-    curves_svg, evaluate, ClassAccuracy, EpochMetrics, EpochProgress, Evaluation, Execution,
-    LossScale, Precision, Sgd, SgdConfig, Summary, TrainConfig, TrainError, TrainState,
+    evaluate, tune_process_for_training, EpochAccumulator, EpochMetrics, Evaluation, Execution,
+    LossScale, Precision, ProgressMode, Sgd, SgdConfig, Summary, TrainConfig, TrainError,
+    TrainState, TrainStep,
 };
-use crate::data::{BatchConfig, Cifar10, DeviceDataset};
+use crate::data::{epoch_batches, BatchConfig, DataSplits, Dataset};
 use crate::inference::InferenceModel;
 use crate::io::write_atomic;
 use crate::layout::vars_to_channels_last;
 use crate::resnext::ResNeXt;
-use crate::weights::save_weights;
-
-/// Files of a run directory.
-pub mod files {
-    /// The resolved configuration.
-    pub const CONFIG: &str = "config.json";
-    /// One JSON object per completed epoch.
-    pub const METRICS: &str = "metrics.jsonl";
-    /// Loss and accuracy curves.
-    pub const CURVES: &str = "curves.svg";
-    /// The outcome of a completed run.
-    pub const SUMMARY: &str = "summary.json";
-    /// Weights, momentum buffers and trainer state (see [`super::super::save_checkpoint`]).
-    pub const CHECKPOINT: &str = "checkpoint.safetensors";
-    /// Weights after the latest epoch (torchvision names).
-    pub const LAST: &str = "last.safetensors";
-    /// Weights of the epoch with the best test accuracy (torchvision names).
-    pub const BEST: &str = "best.safetensors";
-}
-
-/// What the trainer prints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ProgressMode {
-    /// A progress bar per epoch on stderr when it is a terminal, and one line per epoch on
-    /// stdout.
-    #[default]
-    Auto,
-    /// Only the line per epoch (for logs, or `--quiet`).
-    Lines,
-    /// Nothing.
-    Silent,
-}
 
 /// What a batch hook (see [`Trainer::on_batch`]) asks the trainer to do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,16 +59,16 @@ type BatchHook = Box<dyn FnMut(usize, usize) -> BatchControl>;
 /// [`Trainer::with_eval_form`]).
 pub type EvalForm<M> = Box<dyn Fn(&M) -> Result<Box<dyn ModuleT>, TrainError>>;
 
-/// Trains any [`ModuleT`] whose variables live in a [`nn::VarStore`] on CIFAR-10 with SGD,
-/// cross-entropy and a learning-rate schedule, checkpointing after every epoch.
+/// Trains any [`ModuleT`] whose variables live in a [`nn::VarStore`] on any [`Dataset`] with
+/// SGD, cross-entropy and a learning-rate schedule, checkpointing after every epoch.
 ///
 /// ```no_run
 /// use resnext::data::Cifar10;
 /// use resnext::trainer::{Outcome, TrainConfig, Trainer};
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let data = Cifar10::load("data")?;
 /// let config = TrainConfig { model: "tiny".into(), epochs: 5, ..TrainConfig::default() };
 /// let mut trainer = Trainer::resnext(config)?.with_run_dir(std::path::Path::new("runs/tiny"))?;
+/// let data = Cifar10::load("data")?.splits(trainer.device())?;
 /// if let Outcome::Completed(summary) = trainer.fit(&data)? {
 ///     println!("best test accuracy {:.2}%", summary.best_test_acc);
 /// }
@@ -108,6 +79,7 @@ pub struct Trainer<M: ModuleT> {
     model: M,
     device: Device,
     exec: Execution,
+    step: TrainStep,
     sgd: Sgd,
     state: TrainState,
     run_dir: Option<PathBuf>,
@@ -130,13 +102,15 @@ impl<M: ModuleT> std::fmt::Debug for Trainer<M> {
 impl Trainer<ResNeXt> {
     /// A trainer for the ResNeXt named by `config.model` (10 classes), built on the configured
     /// device with `tch::manual_seed(config.seed)`, so the same seed gives the same initial
-    /// weights.
+    /// weights. It evaluates with [`InferenceModel`] in fp32 runs (see
+    /// [`Trainer::with_eval_form`]) and calls [`tune_process_for_training`] for the device.
     ///
     /// # Errors
     /// [`TrainError::InvalidConfig`] or [`TrainError::DeviceUnavailable`].
     pub fn resnext(config: TrainConfig) -> Result<Self, TrainError> {
         config.validate()?;
         let device = config.resolve_device()?;
+        tune_process_for_training(device);
         let model_config = config.model_config()?;
         tch::manual_seed(config.seed as i64);
         let vs = nn::VarStore::new(device);
@@ -149,7 +123,8 @@ impl Trainer<ResNeXt> {
     }
 
     /// Reopens the run in `run_dir` with the configuration saved there, on the device saved
-    /// there unless `device` names another (for example `cpu` for a run started on CUDA).
+    /// there unless `device` names another (for example `cpu` for a run started on CUDA), as
+    /// [`Trainer::resnext`] builds it.
     ///
     /// # Errors
     /// [`TrainError::Checkpoint`] / [`TrainError::TensorFile`] for a missing, corrupt or
@@ -173,7 +148,8 @@ impl Trainer<ResNeXt> {
 impl<M: ModuleT> Trainer<M> {
     /// A trainer for `model`, whose variables are those of `vs` (on the device training runs
     /// on). No run directory: call [`Trainer::with_run_dir`] to get checkpoints and files.
-    /// On the CPU it calls [`crate::memory::keep_freed_memory`] (much faster steps).
+    /// Process-wide settings are left alone: call [`tune_process_for_training`] for faster
+    /// steps.
     ///
     /// # Errors
     /// [`TrainError::InvalidConfig`] for a bad configuration.
@@ -182,11 +158,6 @@ impl<M: ModuleT> Trainer<M> {
         let exec = Execution::new(&config, vs.device());
         if exec.channels_last {
             vars_to_channels_last(&vs)?;
-        }
-        if exec.device.is_cuda() {
-            tch::Cuda::cudnn_set_benchmark(true);
-        } else {
-            crate::memory::keep_freed_memory();
         }
         let mut state = TrainState::new(config.clone());
         if exec.precision == Precision::Fp16 {
@@ -203,6 +174,7 @@ impl<M: ModuleT> Trainer<M> {
         Ok(Trainer {
             device: vs.device(),
             exec,
+            step: TrainStep::new(exec, config.label_smoothing),
             vs,
             model,
             sgd,
@@ -296,6 +268,16 @@ impl<M: ModuleT> Trainer<M> {
         self.on_batch = Some(Box::new(hook));
     }
 
+    /// Calls `hook` on every training step between backward and the optimiser update, with
+    /// the trainable parameters and their gradients (see [`GradientHook`](super::GradientHook)):
+    /// the place for a gradient all-reduce or clipping.
+    pub fn on_gradients(
+        &mut self,
+        hook: impl FnMut(&[(String, Tensor)]) -> Result<(), TrainError> + 'static,
+    ) {
+        self.step.set_gradient_hook(Box::new(hook));
+    }
+
     /// The trainer state: configuration, position, metrics so far.
     pub fn state(&self) -> &TrainState {
         &self.state
@@ -322,25 +304,45 @@ impl<M: ModuleT> Trainer<M> {
     }
 
     fn say(&self, line: &str) {
-        if self.progress != ProgressMode::Silent {
-            println!("{line}");
-        }
+        self.progress.say(line);
     }
 
-    /// Trains until every epoch is done or a stop is requested, evaluating on the test set
-    /// and writing the run directory's files after every epoch.
+    /// Trains until every epoch is done or a stop is requested: batches of `data.train`
+    /// (moved to the trainer's device if they are elsewhere), an evaluation of `data.test`
+    /// after every `eval_every` epochs and the last, and the run directory's files after every
+    /// epoch. [`Cifar10::splits`](crate::data::Cifar10::splits) gives CIFAR-10 in this form;
+    /// any [`Dataset`] works.
     ///
     /// # Errors
     /// Data, libtorch or I/O errors, and [`TrainError::Diverged`] when the loss is not finite.
     /// The last checkpoint written stays valid.
-    pub fn fit(&mut self, data: &Cifar10) -> Result<Outcome, TrainError> {
+    pub fn fit(&mut self, data: &DataSplits) -> Result<Outcome, TrainError> {
         if self.state.finished() {
             return Ok(Outcome::AlreadyComplete);
         }
-        let cfg = self.state.config.clone();
-        let train = DeviceDataset::new(&data.train_images, &data.train_labels, self.device)?;
-        let test = DeviceDataset::new(&data.test_images, &data.test_labels, self.device)?;
-        let batch_cfg = BatchConfig {
+        let batch_cfg = self.batch_config();
+        let num_batches = batch_cfg.num_batches(data.train.len());
+        self.announce(data, &batch_cfg, num_batches);
+        while !self.state.finished() {
+            if let Some(stopped) = self.train_epoch(&data.train, &batch_cfg, num_batches)? {
+                return Ok(stopped);
+            }
+            self.finish_epoch(&data.test)?;
+        }
+        let checkpoint = self.checkpoint_path();
+        let summary =
+            outputs::summary(&self.state, data.train.classes(), self.device, &checkpoint)?;
+        if let Some(dir) = &self.run_dir {
+            outputs::write_summary(dir, &summary)?;
+        }
+        self.say(&outputs::done_line(&summary));
+        Ok(Outcome::Completed(summary))
+    }
+
+    /// How the training set is batched: the run's batch size, seed, augmentation and limit.
+    fn batch_config(&self) -> BatchConfig {
+        let cfg = &self.state.config;
+        BatchConfig {
             batch_size: cfg.batch_size,
             shuffle: true,
             augment: cfg.augment,
@@ -348,18 +350,23 @@ impl<M: ModuleT> Trainer<M> {
             limit: cfg.limit_train,
             seed: cfg.seed,
             ..BatchConfig::default()
-        };
-        let num_batches = batch_cfg.num_batches(train.len());
+        }
+    }
+
+    /// The first line of a run, or of a resumed one.
+    fn announce(&self, data: &DataSplits, batch_cfg: &BatchConfig, num_batches: usize) {
+        let cfg = &self.state.config;
         if self.state.epoch == 0 && self.state.batch == 0 {
+            let test = data.test.len();
             self.say(&format!(
                 "training {} on {:?}: {} epochs of {} images ({} batches of {}), test on {} images",
                 cfg.model,
                 self.device,
                 cfg.epochs,
-                batch_cfg.used_len(train.len()),
+                batch_cfg.used_len(data.train.len()),
                 num_batches,
                 cfg.batch_size,
-                cfg.limit_test.map_or(test.len(), |l| l.min(test.len())),
+                cfg.limit_test.map_or(test, |l| l.min(test)),
             ));
         } else {
             self.say(&format!(
@@ -369,140 +376,52 @@ impl<M: ModuleT> Trainer<M> {
                 self.state.batch
             ));
         }
-        let classes = data.classes.clone();
-        while !self.state.finished() {
-            if let Some(stopped) = self.train_epoch(&train, &batch_cfg, num_batches)? {
-                return Ok(stopped);
-            }
-            self.finish_epoch(&test, &classes)?;
-        }
-        let summary = self.summary(&classes)?;
-        if let Some(dir) = &self.run_dir {
-            let json = serde_json::to_string_pretty(&summary).unwrap_or_default();
-            write_atomic(&dir.join(files::SUMMARY), json.as_bytes())?;
-        }
-        self.say(&format!(
-            "done: best test accuracy {:.2}% (epoch {}), final {:.2}%, {:.0} s, {:.0} train images/s",
-            summary.best_test_acc,
-            summary.best_epoch,
-            summary.final_test_acc,
-            summary.total_seconds,
-            summary.train_images_per_sec
-        ));
-        Ok(Outcome::Completed(summary))
-    }
-
-    fn progress_bar(&self, num_batches: usize) -> ProgressBar {
-        let show = self.progress == ProgressMode::Auto && std::io::stderr().is_terminal();
-        let bar = ProgressBar::with_draw_target(
-            Some(num_batches as u64),
-            if show {
-                ProgressDrawTarget::stderr()
-            } else {
-                ProgressDrawTarget::hidden()
-            },
-        );
-        if let Ok(style) =
-            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
-        {
-            bar.set_style(style.progress_chars("=> "));
-        }
-        bar
     }
 
     /// Trains the batches of the current epoch from the saved position; `Some` when stopped.
     fn train_epoch(
         &mut self,
-        train: &DeviceDataset,
+        train: &Arc<dyn Dataset>,
         batch_cfg: &BatchConfig,
         num_batches: usize,
     ) -> Result<Option<Outcome>, TrainError> {
-        let cfg = &self.state.config;
         let epoch = self.state.epoch;
-        let lr = cfg
-            .schedule
-            .lr(cfg.lr, epoch, cfg.epochs, cfg.warmup_epochs);
-        let smoothing = cfg.label_smoothing;
-        let bar = self.progress_bar(num_batches);
-        bar.set_prefix(format!("epoch {}/{}", epoch + 1, cfg.epochs));
-        bar.set_position(self.state.batch as u64);
-
-        let started = Instant::now();
-        let base = self.state.progress.clone();
-        let mut loss_sum = Tensor::zeros([], (Kind::Double, self.device));
-        let mut correct = Tensor::zeros([], (Kind::Int64, self.device));
-        let mut seen = 0u64;
-        // On CUDA reading a value waits for the GPU: read the sums only now and then.
-        let read_every = if self.device == Device::Cpu { 1 } else { 25 };
-        let mut batches = train.batches(batch_cfg, epoch as u64, self.state.batch)?;
+        let lr = self.state.config.lr_at(epoch);
+        let epochs = self.state.config.epochs;
+        let bar = self
+            .progress
+            .epoch_bar(epoch + 1, epochs, self.state.batch, num_batches);
+        let mut sums = EpochAccumulator::new(self.state.progress.clone(), self.device);
+        let start = self.state.batch;
+        let mut batches = epoch_batches(Arc::clone(train), batch_cfg, epoch as u64, start)?;
         let mut control = BatchControl::Continue;
         for batch in &mut batches {
-            self.sgd.zero_grad();
-            let images = self.exec.input(&batch.images)?;
-            let (logits, loss) = self.exec.run(|| -> Result<_, TrainError> {
-                let logits = self.model.forward_t(&images, true);
-                let loss = logits.f_cross_entropy_loss::<Tensor>(
-                    &batch.labels,
-                    None,
-                    Reduction::Mean,
-                    -100,
-                    smoothing,
-                )?;
-                Ok((logits, loss))
-            })?;
-            match &mut self.state.loss_scale {
-                Some(scale) => {
-                    (&loss * scale.scale).backward();
-                    let finite = self.sgd.scale_grads(1.0 / scale.scale);
-                    if finite {
-                        self.sgd.step(lr);
-                    }
-                    scale.update(finite);
-                }
-                None => {
-                    loss.backward();
-                    self.sgd.step(lr);
-                }
-            }
-            let n = batch.indices.len() as u64;
-            tch::no_grad(|| {
-                loss_sum += loss.detach().to_kind(Kind::Double) * n as f64;
-                correct += logits
-                    .argmax(-1, false)
-                    .eq_tensor(&batch.labels)
-                    .sum(Kind::Int64);
-            });
-            seen += n;
+            let images = batch.images.f_to_device(self.device)?;
+            let labels = batch.labels.f_to_device(self.device)?;
+            let out = self.step.run(
+                &self.model,
+                &mut self.sgd,
+                &mut self.state.loss_scale,
+                &images,
+                &labels,
+                lr,
+            )?;
+            sums.add(&out);
             self.state.steps += 1;
             self.state.batch = batch.index + 1;
-            // Wall time of the batches (data waits included; on CUDA the reads below wait
-            // for the GPU, so over an epoch this is the device time too).
-            let train_seconds = started.elapsed().as_secs_f64();
-            if batch.index % read_every == 0 || batch.index + 1 == num_batches {
-                let value = loss.double_value(&[]);
-                if !value.is_finite() {
+            if sums.is_read_due(batch.index, num_batches) {
+                let running = sums.read(&out)?;
+                if !running.batch_loss.is_finite() {
                     return Err(TrainError::Diverged {
                         epoch: epoch + 1,
                         batch: batch.index,
-                        loss: value,
+                        loss: running.batch_loss,
                     });
                 }
-                let total_seen = base.seen + seen;
-                let acc = 100.0 * (base.correct as f64 + correct.double_value(&[]))
-                    / total_seen.max(1) as f64;
-                let avg = (base.loss_sum + loss_sum.double_value(&[])) / total_seen.max(1) as f64;
-                bar.set_message(format!(
-                    "loss {avg:.4} acc {acc:.2}% {:.0} img/s",
-                    seen as f64 / train_seconds.max(1e-9)
-                ));
+                bar.set_message(bar_message(&running));
             }
             bar.set_position(self.state.batch as u64);
-            if let Some(hook) = &mut self.on_batch {
-                control = hook(epoch + 1, batch.index);
-            }
-            if self.stop.load(Ordering::SeqCst) && control == BatchControl::Continue {
-                control = BatchControl::Stop;
-            }
+            control = self.control_after(epoch + 1, batch.index);
             if control != BatchControl::Continue {
                 break;
             }
@@ -512,13 +431,28 @@ impl<M: ModuleT> Trainer<M> {
             return Err(e.into());
         }
         drop(batches);
-        self.state.progress = EpochProgress {
-            loss_sum: base.loss_sum + loss_sum.double_value(&[]),
-            correct: base.correct + correct.int64_value(&[]) as u64,
-            seen: base.seen + seen,
-            seconds: base.seconds + started.elapsed().as_secs_f64(),
-            train_seconds: base.train_seconds + started.elapsed().as_secs_f64(),
-        };
+        self.state.progress = sums.progress()?;
+        self.stop_if_asked(control, num_batches)
+    }
+
+    /// What the batch hook and the stop flag ask for after batch `batch` of `epoch`.
+    fn control_after(&mut self, epoch: usize, batch: usize) -> BatchControl {
+        let mut control = BatchControl::Continue;
+        if let Some(hook) = &mut self.on_batch {
+            control = hook(epoch, batch);
+        }
+        if self.stop.load(Ordering::SeqCst) && control == BatchControl::Continue {
+            control = BatchControl::Stop;
+        }
+        control
+    }
+
+    /// Saves the checkpoint on a stop; `Some` when the loop must end.
+    fn stop_if_asked(
+        &mut self,
+        control: BatchControl,
+        num_batches: usize,
+    ) -> Result<Option<Outcome>, TrainError> {
         let (epoch, batch) = (self.state.epoch + 1, self.state.batch);
         match control {
             BatchControl::Continue => Ok(None),
@@ -530,9 +464,7 @@ impl<M: ModuleT> Trainer<M> {
             BatchControl::Stop => {
                 self.save_checkpoint()?;
                 let how = match &self.run_dir {
-                    Some(dir) => {
-                        format!("checkpoint saved; continue with --resume {}", dir.display())
-                    }
+                    Some(dir) => format!("checkpoint saved in {}", dir.display()),
                     None => "no run directory: nothing saved".to_string(),
                 };
                 self.say(&format!(
@@ -547,30 +479,36 @@ impl<M: ModuleT> Trainer<M> {
         }
     }
 
+    /// Evaluates `test` with the evaluation form (fp32 runs) or the trained model.
+    fn evaluate_test(&self, test: &Arc<dyn Dataset>) -> Result<Evaluation, TrainError> {
+        let cfg = &self.state.config;
+        let fast = match &self.eval_form {
+            Some(form) if self.exec.precision == Precision::Fp32 => Some(form(&self.model)?),
+            _ => None,
+        };
+        let model: &dyn ModuleT = match &fast {
+            Some(m) => m.as_ref(),
+            None => &self.model,
+        };
+        evaluate(
+            model,
+            test,
+            cfg.batch_size.max(256),
+            cfg.limit_test,
+            test.classes().len() as i64,
+            &self.exec,
+        )
+    }
+
     /// Evaluates (when due), records the epoch's metrics, moves to the next epoch and writes
     /// the checkpoint and the run directory's files.
-    fn finish_epoch(&mut self, test: &DeviceDataset, classes: &[String]) -> Result<(), TrainError> {
-        let cfg = self.state.config.clone();
+    fn finish_epoch(&mut self, test: &Arc<dyn Dataset>) -> Result<(), TrainError> {
         let epoch = self.state.epoch + 1;
+        let epochs = self.state.config.epochs;
         let started = Instant::now();
-        let due = epoch % cfg.eval_every == 0 || epoch == cfg.epochs;
+        let due = epoch % self.state.config.eval_every == 0 || epoch == epochs;
         let eval = if due {
-            let fast = match &self.eval_form {
-                Some(form) if self.exec.precision == Precision::Fp32 => Some(form(&self.model)?),
-                _ => None,
-            };
-            let model: &dyn ModuleT = match &fast {
-                Some(m) => m.as_ref(),
-                None => &self.model,
-            };
-            Some(evaluate(
-                model,
-                test,
-                cfg.batch_size.max(256),
-                cfg.limit_test,
-                classes.len() as i64,
-                &self.exec,
-            )?)
+            Some(self.evaluate_test(test)?)
         } else {
             None
         };
@@ -582,9 +520,7 @@ impl<M: ModuleT> Trainer<M> {
             train_acc: 100.0 * p.correct as f64 / seen,
             test_loss: eval.as_ref().map(|e| e.loss),
             test_acc: eval.as_ref().map(|e| e.acc),
-            lr: cfg
-                .schedule
-                .lr(cfg.lr, epoch - 1, cfg.epochs, cfg.warmup_epochs),
+            lr: self.state.config.lr_at(epoch - 1),
             seconds: p.seconds + started.elapsed().as_secs_f64(),
             train_images: p.seen,
             train_images_per_sec: p.seen as f64 / p.train_seconds.max(1e-9),
@@ -600,15 +536,21 @@ impl<M: ModuleT> Trainer<M> {
         if eval.is_some() {
             self.state.last_eval = eval;
         }
-        self.say(&epoch_line(&metrics, cfg.epochs));
+        self.say(&outputs::epoch_line(&metrics, epochs));
         self.state.metrics.push(metrics);
         self.state.epoch += 1;
         self.state.batch = 0;
         self.save_checkpoint()?;
         if let Some(dir) = &self.run_dir {
-            self.write_outputs(dir, improved)?;
+            outputs::write_epoch_outputs(dir, &self.state, &self.vs, improved)?;
         }
         Ok(())
+    }
+
+    fn checkpoint_path(&self) -> PathBuf {
+        self.run_dir
+            .as_ref()
+            .map_or_else(PathBuf::new, |d| d.join(files::CHECKPOINT))
     }
 
     fn save_checkpoint(&self) -> Result<(), TrainError> {
@@ -622,81 +564,4 @@ impl<M: ModuleT> Trainer<M> {
             None => Ok(()),
         }
     }
-
-    /// metrics.jsonl, curves.svg, last.safetensors and (when improved) best.safetensors.
-    /// All are derived from the checkpoint just written, so a crash between them loses nothing.
-    fn write_outputs(&self, dir: &Path, improved: bool) -> Result<(), TrainError> {
-        let mut jsonl = String::new();
-        for m in &self.state.metrics {
-            jsonl.push_str(&serde_json::to_string(m).unwrap_or_default());
-            jsonl.push('\n');
-        }
-        write_atomic(&dir.join(files::METRICS), jsonl.as_bytes())?;
-        let curves = dir.join(files::CURVES);
-        write_atomic(
-            &curves,
-            curves_svg(&self.state.metrics, &curves)?.as_bytes(),
-        )?;
-        let steps = self.state.steps as i64;
-        save_weights(&self.vs, &dir.join(files::LAST), steps)?;
-        if improved {
-            save_weights(&self.vs, &dir.join(files::BEST), steps)?;
-        }
-        Ok(())
-    }
-
-    fn summary(&self, classes: &[String]) -> Result<Summary, TrainError> {
-        let missing = || TrainError::Checkpoint {
-            path: self
-                .run_dir
-                .as_ref()
-                .map_or_else(PathBuf::new, |d| d.join(files::CHECKPOINT)),
-            problem: "the run has no test evaluation".into(),
-        };
-        let eval: &Evaluation = self.state.last_eval.as_ref().ok_or_else(missing)?;
-        let (best, best_epoch) = self.state.best.ok_or_else(missing)?;
-        let per_class_acc = eval
-            .per_class_acc()
-            .into_iter()
-            .zip(classes)
-            .map(|(acc, class)| ClassAccuracy {
-                class: class.clone(),
-                acc: acc.is_finite().then_some(acc),
-            })
-            .collect();
-        let metrics = &self.state.metrics;
-        let total_seconds: f64 = metrics.iter().map(|m| m.seconds).sum();
-        let images: u64 = metrics.iter().map(|m| m.train_images).sum();
-        let train_seconds: f64 = metrics
-            .iter()
-            .filter(|m| m.train_images_per_sec > 0.0)
-            .map(|m| m.train_images as f64 / m.train_images_per_sec)
-            .sum();
-        Ok(Summary {
-            model: self.state.config.model.clone(),
-            device: format!("{:?}", self.device),
-            epochs: metrics.len(),
-            best_test_acc: best,
-            best_epoch,
-            final_test_acc: eval.acc,
-            final_test_loss: eval.loss,
-            per_class_acc,
-            confusion_matrix: eval.confusion.clone(),
-            classes: classes.to_vec(),
-            total_seconds,
-            train_images_per_sec: images as f64 / train_seconds.max(1e-9),
-        })
-    }
-}
-
-/// The one-line summary of an epoch.
-pub fn epoch_line(m: &EpochMetrics, epochs: usize) -> String {
-    let test = match (m.test_loss, m.test_acc) {
-        (Some(l), Some(a)) => format!("test loss {l:.4} acc {a:6.2}%"),
-        _ => "test -".to_string(),
-    };
-    format!(
-        "epoch {:>3}/{epochs}  train loss {:.4} acc {:6.2}%  {test}  lr {:.5}  {:.1} s  {:.0} img/s",
-        m.epoch, m.train_loss, m.train_acc, m.lr, m.seconds, m.train_images_per_sec
-    )
 }

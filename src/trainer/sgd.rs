@@ -66,6 +66,12 @@ impl Sgd {
         }
     }
 
+    /// The trainable parameters `(name, tensor)` this optimiser updates, sorted by name (their
+    /// gradients are in `tensor.grad()` after backward).
+    pub fn parameters(&self) -> &[(String, Tensor)] {
+        &self.params
+    }
+
     /// The hyper-parameters.
     pub fn config(&self) -> SgdConfig {
         self.config

@@ -1,11 +1,47 @@
-//! Learning-rate schedules.
+//! Learning-rate schedules: [`Schedule`], the names it is known by, and the rate of an epoch.
 use std::f64::consts::PI;
 
-use super::Schedule;
+use serde::{Deserialize, Serialize};
+
+use super::TrainError;
+
+/// How the learning rate moves over training (see [`Schedule::lr`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// Cosine annealing from the base lr to 0 over all epochs after warm-up (the widely used
+    /// PyTorch CIFAR recipe: `CosineAnnealingLR(T_max=epochs)` stepped once per epoch).
+    #[default]
+    Cosine,
+    /// The paper's CIFAR recipe: divide by 10 at 50% and at 75% of the epochs.
+    Step,
+    /// The base lr throughout (the tutorial's literal recipe).
+    Constant,
+}
+
+/// Names accepted for [`Schedule`], as in JSON.
+pub const SCHEDULE_NAMES: [&str; 3] = ["cosine", "step", "constant"];
+
+impl std::str::FromStr for Schedule {
+    type Err = TrainError;
+    fn from_str(s: &str) -> Result<Self, TrainError> {
+        match s {
+            "cosine" => Ok(Schedule::Cosine),
+            "step" => Ok(Schedule::Step),
+            "constant" => Ok(Schedule::Constant),
+            _ => Err(TrainError::InvalidConfig {
+                field: "schedule",
+                value: s.to_string(),
+                expected: format!("one of {}", SCHEDULE_NAMES.join(", ")),
+            }),
+        }
+    }
+}
 
 impl Schedule {
     /// The learning rate of (0-based) `epoch` out of `epochs`, after `warmup` warm-up epochs,
-    /// for base rate `base`. The rate is constant within an epoch.
+    /// for base rate `base`. The rate is constant within an epoch. (A training run reads it
+    /// through [`TrainConfig::lr_at`](super::TrainConfig::lr_at).)
     ///
     /// * warm-up, `epoch < warmup`: `base * (epoch + 1) / (warmup + 1)`, rising linearly;
     /// * then, with `t = epoch - warmup` and `T = epochs - warmup`:

@@ -49,13 +49,21 @@ pub fn augmentation_rng(seed: u64, epoch: u64, batch: usize) -> ChaCha8Rng {
 }
 
 /// The dataset indices of epoch `epoch`, in the order they are batched: the first
-/// `cfg.used_len(len)` indices, shuffled with [`permutation_rng`] when `cfg.shuffle`.
+/// `cfg.used_len(len)` indices, shuffled with [`permutation_rng`] when `cfg.shuffle`, then
+/// `cfg.shard`'s part of them (all of them by default).
 pub fn epoch_order(len: usize, cfg: &BatchConfig, epoch: u64) -> Vec<usize> {
     let mut order: Vec<usize> = (0..cfg.used_len(len)).collect();
     if cfg.shuffle {
         order.shuffle(&mut permutation_rng(cfg.seed, epoch));
     }
-    order
+    cfg.shard.select(order)
+}
+
+/// The dataset indices of batch `batch` of an epoch batched in `order`.
+pub fn batch_indices(order: &[usize], batch_size: usize, batch: usize) -> &[usize] {
+    let start = batch.saturating_mul(batch_size).min(order.len());
+    let end = start.saturating_add(batch_size).min(order.len());
+    &order[start..end]
 }
 
 /// The augmentation of the `count` images of batch `batch` of `epoch`, one

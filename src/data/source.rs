@@ -1,0 +1,148 @@
+//! What the trainer trains on: the [`Dataset`] trait, the batches of an epoch of any dataset
+//! ([`epoch_batches`]), and the two sets of a run ([`DataSplits`]).
+use std::sync::Arc;
+
+use tch::{Device, Tensor};
+
+use super::{batch_indices, epoch_order, BatchConfig, Batches, DataError};
+
+/// What [`Dataset::make_batch`] is asked to make: batch `index` of `epoch`, the examples
+/// `indices` in that order, under `config` (its `seed`, `augment` and `normalization`).
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct BatchRequest<'a> {
+    /// The epoch's batching settings.
+    pub config: &'a BatchConfig,
+    /// 0-based epoch.
+    pub epoch: u64,
+    /// 0-based position of the batch in its epoch.
+    pub index: usize,
+    /// Dataset indices of the batch's examples, in batch order.
+    pub indices: &'a [usize],
+}
+
+/// A labelled dataset that the trainer and [`epoch_batches`] batch.
+///
+/// The order of an epoch (shuffling, `limit`, [`Shard`](super::Shard)) is drawn by the caller
+/// from `(seed, epoch)`; an implementation only makes the batch it is asked for. For exact
+/// resume, [`make_batch`](Self::make_batch) must be a pure function of the request: draw any
+/// augmentation from `(request.config.seed, request.epoch, request.index)` (for example with
+/// [`augmentation_rng`](super::augmentation_rng)), never from a generator shared across calls.
+/// Batches are made on a background thread, hence `Send + Sync`: keep examples in host memory,
+/// or tensors behind a `Mutex`.
+///
+/// ```
+/// use resnext::data::{epoch_batches, BatchConfig, BatchRequest, DataError, Dataset};
+/// use tch::{Device, Tensor};
+///
+/// /// Constant images whose value is their label.
+/// struct Levels { classes: Vec<String> }
+///
+/// impl Dataset for Levels {
+///     fn len(&self) -> usize { 100 }
+///     fn classes(&self) -> &[String] { &self.classes }
+///     fn device(&self) -> Device { Device::Cpu }
+///     fn make_batch(&self, request: &BatchRequest<'_>) -> Result<(Tensor, Tensor), DataError> {
+///         let labels: Vec<i64> = request.indices.iter().map(|&i| (i % 2) as i64).collect();
+///         let labels = Tensor::from_slice(&labels);
+///         let images = labels.to_kind(tch::Kind::Float).view([-1, 1, 1, 1]).expand([-1, 3, 8, 8], false);
+///         Ok((images.contiguous(), labels))
+///     }
+/// }
+///
+/// let data = std::sync::Arc::new(Levels { classes: vec!["dark".into(), "light".into()] });
+/// let cfg = BatchConfig { batch_size: 32, ..BatchConfig::default() };
+/// let sizes: Vec<usize> = epoch_batches(data, &cfg, 0, 0)?.map(|b| b.indices.len()).collect();
+/// assert_eq!(sizes, [32, 32, 32, 4]);
+/// # Ok::<(), DataError>(())
+/// ```
+pub trait Dataset: Send + Sync {
+    /// Number of examples.
+    fn len(&self) -> usize;
+
+    /// Whether there are no examples.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Class names in label order: label `i` is `classes()[i]`.
+    fn classes(&self) -> &[String];
+
+    /// The device the batches are on.
+    fn device(&self) -> Device;
+
+    /// The examples `request.indices` as `f32` images `[B, C, H, W]` and `int64` labels `[B]`
+    /// on [`device`](Self::device), augmented when `request.config.augment`.
+    ///
+    /// # Errors
+    /// A [`DataError`] (a file that cannot be read, a libtorch failure, …); the batch iterator
+    /// ends there and reports it.
+    fn make_batch(&self, request: &BatchRequest<'_>) -> Result<(Tensor, Tensor), DataError>;
+}
+
+/// The batches of `epoch` of `data` from batch `start_batch` on, made one or two ahead on a
+/// background thread. The order is [`epoch_order`] (from `cfg.seed` and `epoch`, with `cfg`'s
+/// limit and shard), so `start_batch = k` yields exactly the batches `k..` of an iteration
+/// from 0.
+///
+/// # Errors
+/// [`DataError::InvalidConfig`] for an invalid `cfg` or a `start_batch` beyond the epoch.
+pub fn epoch_batches(
+    data: Arc<dyn Dataset>,
+    cfg: &BatchConfig,
+    epoch: u64,
+    start_batch: usize,
+) -> Result<Batches, DataError> {
+    cfg.validate()?;
+    let num_batches = cfg.num_batches(data.len());
+    if start_batch > num_batches {
+        return Err(DataError::InvalidConfig {
+            field: "start_batch",
+            value: start_batch.to_string(),
+            expected: format!("at most {num_batches}, the number of batches of this epoch"),
+        });
+    }
+    let order = epoch_order(data.len(), cfg, epoch);
+    let cfg = cfg.clone();
+    let make = move |index: usize| {
+        let indices = batch_indices(&order, cfg.batch_size, index);
+        let request = BatchRequest {
+            config: &cfg,
+            epoch,
+            index,
+            indices,
+        };
+        let (images, labels) = data.make_batch(&request)?;
+        Ok((images, labels, indices.to_vec()))
+    };
+    Batches::spawn(Box::new(make), start_batch, num_batches)
+}
+
+/// The two sets of a training run: batches are drawn from `train`, `test` is evaluated.
+#[derive(Clone)]
+pub struct DataSplits {
+    /// The training set.
+    pub train: Arc<dyn Dataset>,
+    /// The test (or validation) set.
+    pub test: Arc<dyn Dataset>,
+}
+
+impl DataSplits {
+    /// The splits of `train` and `test`.
+    pub fn new(train: impl Dataset + 'static, test: impl Dataset + 'static) -> Self {
+        DataSplits {
+            train: Arc::new(train),
+            test: Arc::new(test),
+        }
+    }
+}
+
+impl std::fmt::Debug for DataSplits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataSplits")
+            .field("train", &self.train.len())
+            .field("test", &self.test.len())
+            .field("classes", &self.train.classes())
+            .finish()
+    }
+}

@@ -1,0 +1,137 @@
+//! One training step: forward and loss under the run's precision, backward, the gradient hook,
+//! and the SGD update (with fp16 loss scaling when the run has it).
+use tch::nn::ModuleT;
+use tch::{Kind, Reduction, Tensor};
+
+use super::{Execution, LossScale, Sgd, TrainError};
+
+/// Code run by [`TrainStep::run`] between backward and the optimiser update, with every
+/// trainable parameter `(name, tensor)` of the optimiser; the gradients are in `tensor.grad()`,
+/// already unscaled under fp16. It runs on every step, also one that fp16 loss scaling then
+/// skips for non-finite gradients. This is where a gradient all-reduce (data-parallel training) or
+/// gradient clipping goes: change the gradients in place, under `tch::no_grad`. An error stops
+/// training before the update.
+pub type GradientHook = Box<dyn FnMut(&[(String, Tensor)]) -> Result<(), TrainError>>;
+
+/// What one step returns. The tensors stay on the training device: reading them waits for the
+/// device, so the loop decides when (see [`EpochAccumulator`](super::EpochAccumulator)).
+#[derive(Debug)]
+pub struct StepOutput {
+    /// The batch's mean loss (label smoothing included), a detached scalar.
+    pub loss: Tensor,
+    /// Correctly classified examples of the batch, an `int64` scalar.
+    pub correct: Tensor,
+    /// Examples in the batch.
+    pub examples: usize,
+}
+
+/// Forward, loss, backward, hook and update for one batch under the run's precision.
+///
+/// ```
+/// use resnext::trainer::{Execution, Sgd, SgdConfig, TrainStep};
+/// use resnext::{ResNeXt, ResNeXtConfig};
+/// use tch::{nn, Device, Kind, Tensor};
+/// let vs = nn::VarStore::new(Device::Cpu);
+/// let net = ResNeXt::new(&vs.root(), &ResNeXtConfig::tiny(10));
+/// let mut sgd = Sgd::new(&vs, SgdConfig::default());
+/// let mut step = TrainStep::new(Execution::plain(Device::Cpu), 0.0);
+/// let images = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu));
+/// let labels = Tensor::from_slice(&[0i64, 1, 2, 3]);
+/// let out = step.run(&net, &mut sgd, &mut None, &images, &labels, 0.1)?;
+/// assert_eq!(out.examples, 4);
+/// assert!(out.loss.double_value(&[]).is_finite());
+/// # Ok::<(), resnext::trainer::TrainError>(())
+/// ```
+pub struct TrainStep {
+    exec: Execution,
+    label_smoothing: f64,
+    hook: Option<GradientHook>,
+}
+
+impl std::fmt::Debug for TrainStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrainStep")
+            .field("exec", &self.exec)
+            .field("label_smoothing", &self.label_smoothing)
+            .field("hook", &self.hook.is_some())
+            .finish()
+    }
+}
+
+impl TrainStep {
+    /// A step running as `exec` says (device, precision, layout), with cross-entropy and
+    /// `label_smoothing`.
+    pub fn new(exec: Execution, label_smoothing: f64) -> Self {
+        TrainStep {
+            exec,
+            label_smoothing,
+            hook: None,
+        }
+    }
+
+    /// Sets the [`GradientHook`] (replacing any earlier one).
+    pub fn set_gradient_hook(&mut self, hook: GradientHook) {
+        self.hook = Some(hook);
+    }
+
+    /// How the step runs.
+    pub fn execution(&self) -> &Execution {
+        &self.exec
+    }
+
+    /// Trains `model` on one batch with learning rate `lr`: zero the gradients, forward and
+    /// loss (under autocast for bf16 / fp16), backward, the hook, then the update. With a
+    /// `loss_scale` (fp16) the loss is scaled before backward and the gradients unscaled
+    /// after; a step whose gradients are not finite is skipped and the scale lowered.
+    ///
+    /// # Errors
+    /// [`TrainError::Torch`] when libtorch fails, or the hook's error.
+    pub fn run<M: ModuleT + ?Sized>(
+        &mut self,
+        model: &M,
+        sgd: &mut Sgd,
+        loss_scale: &mut Option<LossScale>,
+        images: &Tensor,
+        labels: &Tensor,
+        lr: f64,
+    ) -> Result<StepOutput, TrainError> {
+        sgd.zero_grad();
+        let input = self.exec.input(images)?;
+        let smoothing = self.label_smoothing;
+        let (logits, loss) = self.exec.run(|| -> Result<_, TrainError> {
+            let logits = model.forward_t(&input, true);
+            let loss = logits.f_cross_entropy_loss::<Tensor>(
+                labels,
+                None,
+                Reduction::Mean,
+                -100,
+                smoothing,
+            )?;
+            Ok((logits, loss))
+        })?;
+        let apply = match loss_scale {
+            Some(scale) => {
+                (&loss * scale.scale).backward();
+                let finite = sgd.scale_grads(1.0 / scale.scale);
+                scale.update(finite);
+                finite
+            }
+            None => {
+                loss.backward();
+                true
+            }
+        };
+        if let Some(hook) = &mut self.hook {
+            hook(sgd.parameters())?;
+        }
+        if apply {
+            sgd.step(lr);
+        }
+        let correct = tch::no_grad(|| logits.argmax(-1, false).eq_tensor(labels).sum(Kind::Int64));
+        Ok(StepOutput {
+            loss: loss.detach(),
+            correct,
+            examples: labels.size().first().map_or(0, |&n| n as usize),
+        })
+    }
+}
