@@ -26,7 +26,7 @@
 //! assert!(report.unexpected.is_empty());
 //! # Ok(()) }
 //! ```
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -276,13 +276,48 @@ pub(crate) fn load_tensors(
     options: LoadOptions,
 ) -> Result<LoadReport, WeightsError> {
     let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
+    let (found, mut report) = check_tensors(&vars, path, file, options)?;
+    // Convert everything first, so that a libtorch failure still leaves the model untouched.
+    let torch_err = |name: &str| {
+        let name = name.to_string();
+        move |source| WeightsError::Torch {
+            path: path.to_path_buf(),
+            name,
+            source,
+        }
+    };
+    let mut ready = Vec::with_capacity(found.len());
+    for (name, t) in found {
+        let var = &vars[&name];
+        let src = t
+            .f_to_kind(var.kind())
+            .and_then(|s| s.f_to_device(var.device()))
+            .map_err(torch_err(&name))?;
+        ready.push((name, var, src));
+    }
+    tch::no_grad(|| -> Result<(), WeightsError> {
+        for (name, var, src) in &ready {
+            var.shallow_clone().f_copy_(src).map_err(torch_err(name))?;
+        }
+        Ok(())
+    })?;
+    report.loaded = ready.len();
+    Ok(report)
+}
+
+/// Checks the tensors of `file` against `vars` and returns those to load with the report so
+/// far, or [`WeightsError::Incompatible`] listing every problem.
+fn check_tensors(
+    vars: &BTreeMap<String, Tensor>,
+    path: &Path,
+    file: TensorFile,
+    options: LoadOptions,
+) -> Result<(Vec<(String, Tensor)>, LoadReport), WeightsError> {
     let mut report = LoadReport {
         metadata: file.metadata,
         ..LoadReport::default()
     };
-    let mut mismatched = Vec::new();
-    let mut wrong_kind = Vec::new();
-    let mut found: BTreeMap<&str, Tensor> = BTreeMap::new();
+    let (mut mismatched, mut wrong_kind, mut found) = (Vec::new(), Vec::new(), Vec::new());
     for (name, t) in file.tensors {
         let Some(var) = vars.get(&name) else {
             let counter_of_bn = name
@@ -298,81 +333,50 @@ pub(crate) fn load_tensors(
             continue;
         };
         if t.size() != var.size() {
+            let (in_file, in_model) = (t.size(), var.size());
             mismatched.push(ShapeMismatch {
                 name,
-                in_file: t.size(),
-                in_model: var.size(),
+                in_file,
+                in_model,
             });
-            continue;
-        }
-        if t.kind() != var.kind() {
-            if !(is_float(t.kind()) && is_float(var.kind())) {
-                wrong_kind.push(KindMismatch {
-                    in_file: t.kind(),
-                    in_model: var.kind(),
-                    name,
-                });
-                continue;
+        } else if t.kind() != var.kind() && !(is_float(t.kind()) && is_float(var.kind())) {
+            let (in_file, in_model) = (t.kind(), var.kind());
+            wrong_kind.push(KindMismatch {
+                name,
+                in_file,
+                in_model,
+            });
+        } else {
+            if t.kind() != var.kind() {
+                report.converted.push((name.clone(), t.kind()));
             }
-            report.converted.push((name.clone(), t.kind()));
-        }
-        if let Some((key, _)) = vars.get_key_value(&name) {
-            found.insert(key.as_str(), t);
+            found.push((name, t));
         }
     }
     report.unexpected.sort();
-    let missing: Vec<String> = vars
-        .keys()
-        .filter(|k| !found.contains_key(k.as_str()))
-        .filter(|k| {
-            !mismatched.iter().any(|m| &m.name == *k) && !wrong_kind.iter().any(|w| &w.name == *k)
-        })
+    let present: BTreeSet<&str> = (found.iter().map(|(n, _)| n.as_str()))
+        .chain(mismatched.iter().map(|m| m.name.as_str()))
+        .chain(wrong_kind.iter().map(|w| w.name.as_str()))
+        .collect();
+    let missing: Vec<String> = (vars.keys())
+        .filter(|k| !present.contains(k.as_str()))
         .cloned()
         .collect();
     let refuse_unexpected = options.strict && !report.unexpected.is_empty();
-    if !missing.is_empty() || !mismatched.is_empty() || !wrong_kind.is_empty() || refuse_unexpected
-    {
-        return Err(WeightsError::Incompatible {
-            path: path.to_path_buf(),
-            missing,
-            mismatched,
-            wrong_kind,
-            unexpected: if options.strict {
-                report.unexpected
-            } else {
-                Vec::new()
-            },
-        });
+    if missing.is_empty() && mismatched.is_empty() && wrong_kind.is_empty() && !refuse_unexpected {
+        return Ok((found, report));
     }
-
-    // Convert everything first, so that a libtorch failure still leaves the model untouched.
-    let mut ready = Vec::with_capacity(found.len());
-    for (name, t) in found {
-        let torch_err = |source| WeightsError::Torch {
-            path: path.to_path_buf(),
-            name: name.to_string(),
-            source,
-        };
-        let var = &vars[name];
-        let src = t
-            .f_to_kind(var.kind())
-            .and_then(|s| s.f_to_device(var.device()))
-            .map_err(torch_err)?;
-        ready.push((name, var, src));
-    }
-    tch::no_grad(|| -> Result<(), WeightsError> {
-        for (name, var, src) in &ready {
-            let mut var = var.shallow_clone();
-            var.f_copy_(src).map_err(|source| WeightsError::Torch {
-                path: path.to_path_buf(),
-                name: name.to_string(),
-                source,
-            })?;
-        }
-        Ok(())
-    })?;
-    report.loaded = ready.len();
-    Ok(report)
+    Err(WeightsError::Incompatible {
+        path: path.to_path_buf(),
+        missing,
+        mismatched,
+        wrong_kind,
+        unexpected: if options.strict {
+            report.unexpected
+        } else {
+            Vec::new()
+        },
+    })
 }
 
 /// Infers the stem and number of classes of the preset `name` from the tensors of a file.
