@@ -1,4 +1,5 @@
-//! Prints a ResNeXt's per-stage output shapes, its parameter count and forward GFLOPs per image.
+//! Prints a ResNeXt's stage specs, per-stage output shapes, its parameter count and forward
+//! GFLOPs per image.
 //!
 //! ```text
 //! cargo run --example model_summary -- resnext50_32x4d
@@ -6,15 +7,16 @@
 //! ```
 use anyhow::{Context, Result};
 use clap::Parser;
+use resnext::resnext::MODEL_NAMES;
 use resnext::{ResNeXt, ResNeXtConfig, Stem};
 use tch::{nn, Device, Kind, Tensor};
 
 #[derive(Parser, Debug)]
 #[command(about = "Per-stage shapes, parameters and GFLOPs of a ResNeXt configuration")]
 struct Args {
-    /// Configuration name (resnext50_32x4d, resnext101_32x8d, resnext101_64x4d, resnext29_8x64d,
-    /// resnext29_16x64d, resnext29_32x4d, resnext29_2x64d, tiny).
-    #[arg(default_value = "resnext50_32x4d")]
+    /// Configuration name (one of the preset table's).
+    #[arg(default_value = "resnext50_32x4d",
+          value_parser = clap::builder::PossibleValuesParser::new(MODEL_NAMES))]
     model: String,
     /// Use the ImageNet stem (7x7 conv stride 2 + max-pool) instead of the CIFAR stem.
     #[arg(long)]
@@ -50,6 +52,22 @@ fn main() -> Result<()> {
         "{} ({:?} stem, {} classes), input 3x{size}x{size}",
         config.name, config.stem, config.num_classes
     );
+    println!(
+        "{:<8} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}",
+        "stage", "blocks", "in", "width", "groups", "out", "stride"
+    );
+    for stage in config.stages() {
+        println!(
+            "{:<8} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}",
+            stage.name,
+            stage.blocks,
+            stage.in_channels,
+            stage.width,
+            stage.groups,
+            stage.out_channels,
+            stage.stride
+        );
+    }
     println!("{:<8} {:>18} {:>10}", "part", "output [C, H, W]", "GFLOPs");
     let parts = config.stage_shapes(size, size);
     for part in &parts {

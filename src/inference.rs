@@ -43,16 +43,14 @@ use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, TchError, Tensor};
 
 use crate::layout::channels_last;
-use crate::resnext::{ModelError, ResNeXt, ResNeXtConfig, Stem};
+use crate::resnext::{ConvSpec, ModelError, PoolSpec, ResNeXt, ResNeXtBlock, ResNeXtConfig};
 
-/// A convolution with its BN folded in: channels-last weight and a bias.
+/// A convolution with its BN folded in: channels-last weight and a bias, and its geometry.
 #[derive(Debug)]
 struct FoldedConv {
     weight: Tensor,
     bias: Tensor,
-    stride: i64,
-    padding: i64,
-    groups: i64,
+    spec: ConvSpec,
 }
 
 impl FoldedConv {
@@ -60,10 +58,10 @@ impl FoldedConv {
         xs.f_conv2d(
             &self.weight,
             Some(&self.bias),
-            [self.stride, self.stride],
-            [self.padding, self.padding],
+            [self.spec.stride; 2],
+            [self.spec.padding; 2],
             [1, 1],
-            self.groups,
+            self.spec.groups,
         )
     }
 }
@@ -118,19 +116,15 @@ fn fold(conv: &nn::Conv2D, bn: &nn::BatchNorm) -> Result<(Tensor, Tensor), TchEr
 }
 
 fn folded_conv(
+    spec: ConvSpec,
     conv: &nn::Conv2D,
     bn: &nn::BatchNorm,
-    stride: i64,
-    groups: i64,
 ) -> Result<FoldedConv, TchError> {
     let (weight, bias) = fold(conv, bn)?;
-    let padding = weight.size()[3] / 2;
     Ok(FoldedConv {
         weight: channels_last(&weight)?,
         bias,
-        stride,
-        padding,
-        groups,
+        spec,
     })
 }
 
@@ -148,6 +142,27 @@ fn folded_pointwise(conv: &nn::Conv2D, bn: &nn::BatchNorm) -> Result<FoldedPoint
     Ok(FoldedPointwise {
         weight_t: pointwise_matrix(&weight)?,
         bias,
+    })
+}
+
+/// The inference form of one block; the geometry comes from the block's spec.
+fn folded_block(block: &ResNeXtBlock) -> Result<FoldedBlock, TchError> {
+    let [(_, c1, b1), (grouped, c2, b2), (_, c3, b3)] = block.main_path();
+    let expand = folded_pointwise(c3, b3)?;
+    let (downsample, out_bias) = match block.downsample_parts() {
+        Some((spec, conv, bn)) => {
+            let (w, b) = fold(conv, bn)?;
+            let sum = expand.bias.f_add(&b)?;
+            (Some((pointwise_matrix(&w)?, spec.stride)), sum)
+        }
+        None => (None, expand.bias.shallow_clone()),
+    };
+    Ok(FoldedBlock {
+        reduce: folded_pointwise(c1, b1)?,
+        grouped: folded_conv(grouped, c2, b2)?,
+        expand,
+        downsample,
+        out_bias,
     })
 }
 
@@ -184,6 +199,8 @@ pub struct InferenceModel {
     device: Device,
     kind: Kind,
     stem: FoldedConv,
+    /// The max-pool after the stem's ReLU, if any.
+    stem_pool: Option<PoolSpec>,
     blocks: Vec<FoldedBlock>,
     fc_weight: Tensor,
     fc_bias: Option<Tensor>,
@@ -201,42 +218,21 @@ impl InferenceModel {
 
     fn build(net: &ResNeXt) -> Result<Self, TchError> {
         let config = net.config().clone();
-        let (stem_conv, stem_bn) = net.stem_parts();
-        let (_, stem_stride) = net.stem_kernel_stride();
-        let stem = folded_conv(stem_conv, stem_bn, stem_stride, 1)?;
-        let mut blocks = Vec::new();
-        for (i, stage) in net.stages().iter().enumerate() {
-            for (j, block) in stage.iter().enumerate() {
-                let stride = if j == 0 {
-                    ResNeXt::first_block_stride(i)
-                } else {
-                    1
-                };
-                let [(c1, b1), (c2, b2), (c3, b3)] = block.main_path();
-                let expand = folded_pointwise(c3, b3)?;
-                let (downsample, out_bias) = match block.downsample_parts() {
-                    Some((conv, bn)) => {
-                        let (w, b) = fold(conv, bn)?;
-                        let sum = expand.bias.f_add(&b)?;
-                        (Some((pointwise_matrix(&w)?, stride)), sum)
-                    }
-                    None => (None, expand.bias.shallow_clone()),
-                };
-                blocks.push(FoldedBlock {
-                    reduce: folded_pointwise(c1, b1)?,
-                    grouped: folded_conv(c2, b2, stride, config.cardinality)?,
-                    expand,
-                    downsample,
-                    out_bias,
-                });
-            }
-        }
+        let (stem_spec, stem_conv, stem_bn) = net.stem_parts();
+        let stem = folded_conv(stem_spec.conv, stem_conv, stem_bn)?;
+        let blocks = net
+            .stages()
+            .iter()
+            .flatten()
+            .map(folded_block)
+            .collect::<Result<Vec<_>, _>>()?;
         let fc = net.classifier();
         Ok(Self {
             device: stem.weight.device(),
             kind: stem.weight.kind(),
             config,
             stem,
+            stem_pool: stem_spec.max_pool,
             blocks,
             fc_weight: fc.ws.f_detach()?.f_contiguous()?,
             fc_bias: fc.bs.as_ref().map(|b| b.f_detach()).transpose()?,
@@ -310,8 +306,14 @@ impl InferenceModel {
         let xs = xs.f_to_device(self.device)?.f_to_kind(self.kind)?;
         let mut x = self.stem.apply(&channels_last(&xs)?)?;
         let _ = x.f_relu_()?;
-        if self.config.stem == Stem::ImageNet {
-            x = x.f_max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)?;
+        if let Some(pool) = self.stem_pool {
+            x = x.f_max_pool2d(
+                [pool.kernel; 2],
+                [pool.stride; 2],
+                [pool.padding; 2],
+                [1, 1],
+                false,
+            )?;
         }
         let size = x.size();
         let (n, mut c, mut h, mut w) = (size[0], size[1], size[2], size[3]);

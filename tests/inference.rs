@@ -1,8 +1,10 @@
 //! The inference form (`resnext::inference`): same logits as the plain model in evaluation
 //! mode, with randomised BN statistics and affine parameters so that folding is exercised, for
-//! both stems; errors instead of panics for bad inputs; channels-last helpers.
+//! both stems, for every preset of the table and for a configuration outside it; errors
+//! instead of panics for bad inputs; channels-last helpers.
 use resnext::inference::InferenceModel;
 use resnext::layout::{channels_last, vars_to_channels_last};
+use resnext::resnext::PRESETS;
 use resnext::{ModelError, ResNeXt, ResNeXtConfig, Stem};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
@@ -43,14 +45,17 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
     max_abs(&(a - b)) / max_abs(b).max(1e-12)
 }
 
-fn check_equivalence(cfg: &ResNeXtConfig, size: i64, seed: i64) {
+/// Builds `cfg` with random BN statistics and checks that its inference form gives the
+/// eval-mode logits for a random batch of two `size x size` images, and that they depend on the
+/// input. Returns the inference form, the batch and the reference logits.
+fn check_logits(cfg: &ResNeXtConfig, size: i64, seed: i64) -> (InferenceModel, Tensor, Tensor) {
     tch::manual_seed(seed);
     let vs = nn::VarStore::new(Device::Cpu);
     let net = ResNeXt::new(&vs.root(), cfg);
     randomise_bn(&vs);
     let fast = InferenceModel::new(&net).expect("inference form");
     let xs = Tensor::randn([2, 3, size, size], (Kind::Float, Device::Cpu));
-    let reference = net.forward_t(&xs, false);
+    let reference = tch::no_grad(|| net.forward_t(&xs, false));
     let logits = fast.try_forward(&xs).expect("forward");
     assert_eq!(logits.size(), vec![2, cfg.num_classes]);
     let err = rel_err(&logits, &reference);
@@ -62,6 +67,12 @@ fn check_equivalence(cfg: &ResNeXtConfig, size: i64, seed: i64) {
     );
     // The logits must depend on the input (a constant output would match trivially).
     assert!(max_abs(&(logits.get(0) - logits.get(1))) > 1e-6 * max_abs(&reference));
+    (fast, xs, reference)
+}
+
+fn check_equivalence(cfg: &ResNeXtConfig, size: i64, seed: i64) {
+    let (fast, xs, reference) = check_logits(cfg, size, seed);
+    let logits = fast.forward(&xs);
     // A second call reuses the pooled buffers and must give the same values.
     let again = fast.forward(&xs);
     assert!(rel_err(&again, &logits) <= 1e-6);
@@ -71,6 +82,31 @@ fn check_equivalence(cfg: &ResNeXtConfig, size: i64, seed: i64) {
     // Another batch size after the first one.
     let one = fast.forward(&xs.narrow(0, 1, 1));
     assert!(rel_err(&one, &reference.narrow(0, 1, 1)) <= 1e-4);
+}
+
+/// The inference form reads the geometry from the same specs as the network: every line of
+/// the preset table, with both stems, gets a matching inference form (16x16 images for the
+/// CIFAR stem, to keep the large presets quick on CPU).
+#[test]
+fn every_preset_inference_form_matches_eval_mode() {
+    for (i, preset) in PRESETS.iter().enumerate() {
+        let seed = 100 + i as i64;
+        let _ = check_logits(&preset.config(10), 16, seed);
+        let _ = check_logits(&preset.config(10).with_stem(Stem::ImageNet), 64, seed);
+    }
+}
+
+/// A configuration in no table (two stages, cardinality 4, a stride-1 projection and a
+/// stage of two blocks, sizes that are not powers of two) gets a matching inference form.
+#[test]
+fn a_config_outside_the_table_gets_a_matching_inference_form() {
+    let mut custom = ResNeXtConfig::tiny(6);
+    custom.name = "custom".into();
+    custom.stem_channels = 16;
+    (custom.blocks, custom.planes) = (vec![1, 2], vec![8, 32]);
+    (custom.cardinality, custom.base_width) = (4, 32);
+    check_equivalence(&custom, 30, 7);
+    check_equivalence(&custom.with_stem(Stem::ImageNet), 45, 8);
 }
 
 #[test]

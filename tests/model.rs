@@ -1,5 +1,9 @@
 //! The ResNeXt model family: shapes, exact parameter counts, gradients, the shortcut, BN
-//! statistics, variable names and input errors, all through the public API.
+//! statistics, variable names and input errors, all through the public API; the preset table
+//! and the stage specs, with FLOPs checked against the convolutions of the built network.
+use std::collections::BTreeMap;
+
+use resnext::resnext::{MODEL_NAMES, PRESETS};
 use resnext::{ModelError, ResNeXt, ResNeXtBlock, ResNeXtConfig, Stem};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
@@ -50,39 +54,185 @@ fn resnext50_defaults_to_the_cifar_stem() {
     );
 }
 
+/// Side of the stem convolution's output for a `size x size` image, from torchvision's
+/// stems (written out here, not read from the crate): the CIFAR 3x3 convolution keeps the
+/// size, the ImageNet 7x7 one (stride 2, padding 3) gives `ceil(size / 2)`.
+fn stem_conv_side(stem: Stem, size: i64) -> i64 {
+    match stem {
+        Stem::Cifar => size,
+        Stem::ImageNet => (size + 1) / 2,
+    }
+}
+
+/// FLOPs of every part (`stem`, `layer1`, …, `fc`) for a `size x size` image, counted from the
+/// built network alone: the shapes of the convolution and classifier weights in the VarStore,
+/// and the sizes of the feature maps `feats` of a real forward pass (`[stem, layer1, …]`). A
+/// convolution weight `[C_out, C_in / groups, k, k]` costs
+/// `2 · C_out · (C_in / groups) · k² · H_out · W_out`.
+fn measured_flops(
+    vs: &nn::VarStore,
+    feats: &[Tensor],
+    stem: Stem,
+    size: i64,
+) -> BTreeMap<String, u64> {
+    let pixels = |i: usize| {
+        let s = feats[i].size();
+        s[2] * s[3]
+    };
+    let mut parts = BTreeMap::new();
+    for (name, w) in vs.variables() {
+        let dims = w.size();
+        let (part, flops) = if name == "fc.weight" {
+            ("fc".to_string(), 2 * dims[0] * dims[1])
+        } else if dims.len() != 4 {
+            continue;
+        } else if name == "conv1.weight" {
+            let side = stem_conv_side(stem, size);
+            (
+                "stem".to_string(),
+                2 * dims.iter().product::<i64>() * side * side,
+            )
+        } else {
+            // `layerS.B.<conv>.weight`: every convolution of a stage produces the stage's output
+            // size, and reads it too except the first 1x1 of the first block, which reads
+            // the previous stage's output; 1x1 convolutions keep the size they read.
+            let fields: Vec<&str> = name.split('.').collect();
+            let stage: usize = fields[0].trim_start_matches("layer").parse().unwrap();
+            let first_reduce = fields[1] == "0" && fields[2] == "conv1";
+            let source = if first_reduce { stage - 1 } else { stage };
+            (
+                fields[0].to_string(),
+                2 * dims.iter().product::<i64>() * pixels(source),
+            )
+        };
+        *parts.entry(part).or_insert(0) += flops as u64;
+    }
+    parts
+}
+/// Builds `cfg`, checks the logits' shape in both modes, and checks the analytic stage shapes,
+/// FLOPs and feature info against the network's real feature maps and weights for one
+/// `size x size` image.
+fn check_specs_against_network(cfg: &ResNeXtConfig, size: i64) {
+    let label = format!("{} ({:?} stem, {size}x{size})", cfg.name, cfg.stem);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = ResNeXt::new(&vs.root(), cfg);
+    let train = net.forward_t(
+        &Tensor::randn([2, 3, size, size], (Kind::Float, Device::Cpu)),
+        true,
+    );
+    assert_eq!(train.size(), vec![2, cfg.num_classes], "{label} train");
+    let x = Tensor::randn([1, 3, size, size], (Kind::Float, Device::Cpu));
+    let eval = tch::no_grad(|| net.forward_t(&x, false));
+    assert_eq!(eval.size(), vec![1, cfg.num_classes], "{label} eval");
+    let feats = tch::no_grad(|| net.try_forward_features_t(&x, false).unwrap());
+    let shapes = cfg.stage_shapes(size, size);
+    assert_eq!(
+        shapes.len(),
+        feats.len() + 1,
+        "{label}: stem, stages and fc"
+    );
+    for (f, s) in feats.iter().zip(&shapes) {
+        assert_eq!(f.size()[1..], s.shape[..], "{label} {}", s.name);
+    }
+    let info = cfg.feature_info();
+    assert_eq!(info.len(), feats.len(), "{label}");
+    for (f, i) in feats.iter().zip(&info) {
+        let side = (size + i.reduction - 1) / i.reduction;
+        assert_eq!(
+            f.size()[1..],
+            [i.channels, side, side],
+            "{label} {}",
+            i.name
+        );
+    }
+    let analytic: BTreeMap<String, u64> =
+        shapes.iter().map(|s| (s.name.clone(), s.flops)).collect();
+    assert_eq!(
+        measured_flops(&vs, &feats, cfg.stem, size),
+        analytic,
+        "{label}"
+    );
+    let total: u64 = analytic.values().sum();
+    assert_eq!(cfg.forward_flops(size, size), total, "{label}");
+}
+
+/// For every preset of the table and both stems: the output shapes, and the FLOPs and stage
+/// shapes computed from the specs are those of the network built from the same table line.
 #[test]
-fn output_shapes_for_every_config_and_both_stems() {
-    for name in resnext::resnext::MODEL_NAMES {
+fn shapes_and_flops_of_every_preset_follow_the_built_network() {
+    for preset in PRESETS {
         for (stem, size) in [(Stem::Cifar, 32), (Stem::ImageNet, 64)] {
-            let cfg = ResNeXtConfig::from_name(name, 7).unwrap().with_stem(stem);
-            let vs = nn::VarStore::new(Device::Cpu);
-            let net = ResNeXt::new(&vs.root(), &cfg);
-            let train = net.forward_t(
-                &Tensor::randn([2, 3, size, size], (Kind::Float, Device::Cpu)),
-                true,
-            );
-            assert_eq!(train.size(), vec![2, 7], "{name} {stem:?} train");
-            let eval = tch::no_grad(|| {
-                net.forward_t(
-                    &Tensor::randn([1, 3, size, size], (Kind::Float, Device::Cpu)),
-                    false,
-                )
-            });
-            assert_eq!(eval.size(), vec![1, 7], "{name} {stem:?} eval");
-            // The analytic stage shapes agree with the real ones.
-            let feats = tch::no_grad(|| {
-                net.try_forward_features_t(
-                    &Tensor::zeros([1, 3, size, size], (Kind::Float, Device::Cpu)),
-                    false,
-                )
-                .unwrap()
-            });
-            let shapes = cfg.stage_shapes(size, size);
-            for (f, s) in feats.iter().zip(&shapes) {
-                assert_eq!(f.size()[1..], s.shape[..], "{name} {stem:?} {}", s.name);
-            }
+            check_specs_against_network(&preset.config(7).with_stem(stem), size);
         }
     }
+}
+
+/// A configuration that is in no table (two stages, cardinality 4, odd channel counts, sizes
+/// that are not powers of two) gets its FLOPs, shapes and stage specs from the same code.
+#[test]
+fn a_config_outside_the_table_gets_matching_flops_and_specs() {
+    let custom = ResNeXtConfig {
+        name: "custom".into(),
+        stem: Stem::Cifar,
+        stem_channels: 24,
+        blocks: vec![2, 1],
+        planes: vec![16, 48],
+        cardinality: 4,
+        base_width: 16,
+        num_classes: 5,
+        zero_init_residual: false,
+    };
+    let stages = custom.stages();
+    let summary: Vec<_> = stages
+        .iter()
+        .map(|s| {
+            (
+                s.name.as_str(),
+                s.in_channels,
+                s.width,
+                s.groups,
+                s.out_channels,
+                s.stride,
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [("layer1", 24, 16, 4, 64, 1), ("layer2", 64, 48, 4, 192, 2)]
+    );
+    let blocks: Vec<_> = stages
+        .iter()
+        .flat_map(|s| s.block_specs())
+        .map(|b| (b.in_channels, b.stride, b.has_projection()))
+        .collect();
+    assert_eq!(blocks, [(24, 1, true), (64, 1, false), (64, 2, true)]);
+    check_specs_against_network(&custom, 36);
+    check_specs_against_network(&custom.clone().with_stem(Stem::ImageNet), 70);
+}
+
+/// The preset table is the only list: the names, `from_name` and the named constructors all
+/// read it.
+#[test]
+fn the_preset_table_drives_names_and_from_name() {
+    let names: Vec<&str> = PRESETS.iter().map(|p| p.name).collect();
+    assert_eq!(names, MODEL_NAMES);
+    for preset in PRESETS {
+        let cfg = ResNeXtConfig::from_name(preset.name, 3).unwrap();
+        assert_eq!(cfg, preset.config(3));
+        assert_eq!(
+            (cfg.blocks.as_slice(), cfg.planes.as_slice()),
+            (preset.blocks, preset.planes)
+        );
+        assert_eq!(
+            (cfg.cardinality, cfg.base_width),
+            (preset.cardinality, preset.base_width)
+        );
+        assert_eq!((cfg.stem, cfg.num_classes), (Stem::Cifar, 3));
+    }
+    assert_eq!(
+        ResNeXtConfig::from_name("resnext29_8x64d", 10).unwrap(),
+        ResNeXtConfig::resnext29_8x64d(10)
+    );
 }
 
 #[test]
@@ -90,7 +240,7 @@ fn from_name_rejects_unknown_names_listing_valid_ones() {
     let err = ResNeXtConfig::from_name("resnext51", 10).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, ModelError::UnknownModel { .. }));
-    for name in resnext::resnext::MODEL_NAMES {
+    for name in MODEL_NAMES {
         assert!(msg.contains(name), "{msg}");
     }
 }

@@ -1,7 +1,7 @@
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
-use super::config::EXPANSION;
+use super::spec::{BlockSpec, ConvSpec};
 
 /// Kaiming-normal initialisation with fan-out and ReLU gain, as torchvision does for convolutions.
 pub(crate) const CONV_INIT: nn::Init = nn::Init::Kaiming {
@@ -10,24 +10,17 @@ pub(crate) const CONV_INIT: nn::Init = nn::Init::Kaiming {
     non_linearity: nn::init::NonLinearity::ReLU,
 };
 
-/// A bias-free 2-D convolution initialised as torchvision does.
-pub(crate) fn conv2d(
-    p: nn::Path,
-    c_in: i64,
-    c_out: i64,
-    kernel: i64,
-    stride: i64,
-    groups: i64,
-) -> nn::Conv2D {
+/// The bias-free 2-D convolution `spec` describes, initialised as torchvision does.
+pub(crate) fn conv2d(p: nn::Path, spec: &ConvSpec) -> nn::Conv2D {
     let cfg = nn::ConvConfig {
-        stride,
-        padding: kernel / 2,
-        groups,
+        stride: spec.stride,
+        padding: spec.padding,
+        groups: spec.groups,
         bias: false,
         ws_init: CONV_INIT,
         ..Default::default()
     };
-    nn::conv2d(p, c_in, c_out, kernel, cfg)
+    nn::conv2d(p, spec.in_channels, spec.out_channels, spec.kernel, cfg)
 }
 
 /// The epsilon of every batch normalisation of the model (PyTorch's default). tch keeps a
@@ -64,6 +57,7 @@ pub(crate) fn batch_norm(p: nn::Path, channels: i64, zero_weight: bool) -> nn::B
 /// ```
 #[derive(Debug)]
 pub struct ResNeXtBlock {
+    spec: BlockSpec,
     conv1: nn::Conv2D,
     bn1: nn::BatchNorm,
     conv2: nn::Conv2D,
@@ -75,7 +69,8 @@ pub struct ResNeXtBlock {
 
 impl ResNeXtBlock {
     /// A block reading `in_channels` and writing `4 * planes` channels, with variables under `p`
-    /// named `conv1`, `bn1`, `conv2`, `bn2`, `conv3`, `bn3`, `downsample.0`, `downsample.1`.
+    /// named `conv1`, `bn1`, `conv2`, `bn2`, `conv3`, `bn3`, `downsample.0`, `downsample.1`
+    /// (the block of [`BlockSpec::bottleneck`], built by [`ResNeXtBlock::from_spec`]).
     pub fn new(
         p: nn::Path,
         in_channels: i64,
@@ -85,24 +80,38 @@ impl ResNeXtBlock {
         base_width: i64,
         zero_init_residual: bool,
     ) -> Self {
-        let width = planes * base_width / 64 * cardinality;
-        let out = EXPANSION * planes;
-        let downsample = (stride != 1 || in_channels != out).then(|| {
+        let spec = BlockSpec::bottleneck(in_channels, planes, stride, cardinality, base_width);
+        Self::from_spec(p, spec, zero_init_residual)
+    }
+
+    /// The block `spec` describes, with its variables under `p` (see [`ResNeXtBlock::new`]);
+    /// with `zero_init_residual` the weight of `bn3` starts at 0.
+    pub fn from_spec(p: nn::Path, spec: BlockSpec, zero_init_residual: bool) -> Self {
+        let [reduce, grouped, expand] = spec.main_path();
+        // The shortcut is created before the main path: another order would change the
+        // weights a given seed produces.
+        let downsample = spec.projection().map(|conv| {
             let d = &p / "downsample";
             (
-                conv2d(&d / "0", in_channels, out, 1, stride, 1),
-                batch_norm(&d / "1", out, false),
+                conv2d(&d / "0", &conv),
+                batch_norm(&d / "1", conv.out_channels, false),
             )
         });
         Self {
-            conv1: conv2d(&p / "conv1", in_channels, width, 1, 1, 1),
-            bn1: batch_norm(&p / "bn1", width, false),
-            conv2: conv2d(&p / "conv2", width, width, 3, stride, cardinality),
-            bn2: batch_norm(&p / "bn2", width, false),
-            conv3: conv2d(&p / "conv3", width, out, 1, 1, 1),
-            bn3: batch_norm(&p / "bn3", out, zero_init_residual),
+            spec,
+            conv1: conv2d(&p / "conv1", &reduce),
+            bn1: batch_norm(&p / "bn1", reduce.out_channels, false),
+            conv2: conv2d(&p / "conv2", &grouped),
+            bn2: batch_norm(&p / "bn2", grouped.out_channels, false),
+            conv3: conv2d(&p / "conv3", &expand),
+            bn3: batch_norm(&p / "bn3", expand.out_channels, zero_init_residual),
             downsample,
         }
+    }
+
+    /// The geometry of this block.
+    pub fn spec(&self) -> &BlockSpec {
+        &self.spec
     }
 
     /// Whether this block has a projection shortcut.
@@ -110,19 +119,21 @@ impl ResNeXtBlock {
         self.downsample.is_some()
     }
 
-    /// The three convolutions of the main path with the BN after each, in order
-    /// (1x1, grouped 3x3, 1x1), for crate-internal transformations such as BN folding.
-    pub(crate) fn main_path(&self) -> [(&nn::Conv2D, &nn::BatchNorm); 3] {
+    /// The three convolutions of the main path with their specs and the BN after each, in
+    /// order (1x1, grouped 3x3, 1x1), for crate-internal transformations such as BN folding.
+    pub(crate) fn main_path(&self) -> [(ConvSpec, &nn::Conv2D, &nn::BatchNorm); 3] {
+        let [reduce, grouped, expand] = self.spec.main_path();
         [
-            (&self.conv1, &self.bn1),
-            (&self.conv2, &self.bn2),
-            (&self.conv3, &self.bn3),
+            (reduce, &self.conv1, &self.bn1),
+            (grouped, &self.conv2, &self.bn2),
+            (expand, &self.conv3, &self.bn3),
         ]
     }
 
-    /// The projection shortcut (strided 1x1 convolution and its BN), if any.
-    pub(crate) fn downsample_parts(&self) -> Option<(&nn::Conv2D, &nn::BatchNorm)> {
-        self.downsample.as_ref().map(|(c, b)| (c, b))
+    /// The projection shortcut (strided 1x1 convolution with its spec, and its BN), if any.
+    pub(crate) fn downsample_parts(&self) -> Option<(ConvSpec, &nn::Conv2D, &nn::BatchNorm)> {
+        let (conv, bn) = self.downsample.as_ref()?;
+        self.spec.projection().map(|spec| (spec, conv, bn))
     }
 }
 

@@ -1,5 +1,6 @@
 use serde::{Deserialize, Serialize};
 
+use super::spec::bottleneck_width;
 use super::ModelError;
 
 /// The first layers of the network, before the residual stages.
@@ -50,148 +51,7 @@ pub struct ResNeXtConfig {
     pub zero_init_residual: bool,
 }
 
-/// Names accepted by [`ResNeXtConfig::from_name`].
-pub const MODEL_NAMES: [&str; 8] = [
-    "resnext50_32x4d",
-    "resnext101_32x8d",
-    "resnext101_64x4d",
-    "resnext29_8x64d",
-    "resnext29_16x64d",
-    "resnext29_32x4d",
-    "resnext29_2x64d",
-    "tiny",
-];
-
-/// Block expansion of the bottleneck: a block outputs `EXPANSION * planes` channels.
-pub(crate) const EXPANSION: i64 = 4;
-
 impl ResNeXtConfig {
-    #[allow(clippy::too_many_arguments)]
-    fn preset(
-        name: &str,
-        stem_channels: i64,
-        blocks: &[usize],
-        planes: &[i64],
-        cardinality: i64,
-        base_width: i64,
-        num_classes: i64,
-    ) -> Self {
-        Self {
-            name: name.to_string(),
-            stem: Stem::Cifar,
-            stem_channels,
-            blocks: blocks.to_vec(),
-            planes: planes.to_vec(),
-            cardinality,
-            base_width,
-            num_classes,
-            zero_init_residual: false,
-        }
-    }
-
-    /// ResNeXt-50 (32x4d), stages [3, 4, 6, 3], with the CIFAR stem (set `stem` to
-    /// [`Stem::ImageNet`] for torchvision's `resnext50_32x4d`).
-    pub fn resnext50_32x4d(num_classes: i64) -> Self {
-        Self::preset(
-            "resnext50_32x4d",
-            64,
-            &[3, 4, 6, 3],
-            &[64, 128, 256, 512],
-            32,
-            4,
-            num_classes,
-        )
-    }
-
-    /// ResNeXt-101 (32x8d), stages [3, 4, 23, 3], CIFAR stem by default.
-    pub fn resnext101_32x8d(num_classes: i64) -> Self {
-        Self::preset(
-            "resnext101_32x8d",
-            64,
-            &[3, 4, 23, 3],
-            &[64, 128, 256, 512],
-            32,
-            8,
-            num_classes,
-        )
-    }
-
-    /// ResNeXt-101 (64x4d), stages [3, 4, 23, 3], CIFAR stem by default.
-    pub fn resnext101_64x4d(num_classes: i64) -> Self {
-        Self::preset(
-            "resnext101_64x4d",
-            64,
-            &[3, 4, 23, 3],
-            &[64, 128, 256, 512],
-            64,
-            4,
-            num_classes,
-        )
-    }
-
-    fn resnext29(name: &str, cardinality: i64, base_width: i64, num_classes: i64) -> Self {
-        Self::preset(
-            name,
-            64,
-            &[3, 3, 3],
-            &[64, 128, 256],
-            cardinality,
-            base_width,
-            num_classes,
-        )
-    }
-
-    /// The paper's CIFAR network ResNeXt-29 (8x64d): CIFAR stem, three stages of three blocks.
-    pub fn resnext29_8x64d(num_classes: i64) -> Self {
-        Self::resnext29("resnext29_8x64d", 8, 64, num_classes)
-    }
-
-    /// The paper's CIFAR network ResNeXt-29 (16x64d).
-    pub fn resnext29_16x64d(num_classes: i64) -> Self {
-        Self::resnext29("resnext29_16x64d", 16, 64, num_classes)
-    }
-
-    /// ResNeXt-29 (32x4d), a small CIFAR ResNeXt.
-    pub fn resnext29_32x4d(num_classes: i64) -> Self {
-        Self::resnext29("resnext29_32x4d", 32, 4, num_classes)
-    }
-
-    /// ResNeXt-29 (2x64d).
-    pub fn resnext29_2x64d(num_classes: i64) -> Self {
-        Self::resnext29("resnext29_2x64d", 2, 64, num_classes)
-    }
-
-    /// A genuine but small ResNeXt (grouped bottlenecks with shortcuts, three stages of one
-    /// block, 8 groups) for tests and quick CPU runs: about 0.3M parameters and 48 MFLOPs per
-    /// 32x32 image.
-    pub fn tiny(num_classes: i64) -> Self {
-        Self::preset("tiny", 32, &[1, 1, 1], &[16, 32, 64], 8, 8, num_classes)
-    }
-
-    /// The preset called `name` (one of [`MODEL_NAMES`]).
-    ///
-    /// # Errors
-    /// [`ModelError::UnknownModel`] listing the valid names.
-    pub fn from_name(name: &str, num_classes: i64) -> Result<Self, ModelError> {
-        let cfg = match name {
-            "resnext50_32x4d" => Self::resnext50_32x4d(num_classes),
-            "resnext101_32x8d" => Self::resnext101_32x8d(num_classes),
-            "resnext101_64x4d" => Self::resnext101_64x4d(num_classes),
-            "resnext29_8x64d" => Self::resnext29_8x64d(num_classes),
-            "resnext29_16x64d" => Self::resnext29_16x64d(num_classes),
-            "resnext29_32x4d" => Self::resnext29_32x4d(num_classes),
-            "resnext29_2x64d" => Self::resnext29_2x64d(num_classes),
-            "tiny" => Self::tiny(num_classes),
-            _ => {
-                return Err(ModelError::UnknownModel {
-                    name: name.to_string(),
-                    valid: MODEL_NAMES.iter().map(|s| s.to_string()).collect(),
-                })
-            }
-        };
-        Ok(cfg)
-    }
-
     /// This configuration with another stem.
     pub fn with_stem(mut self, stem: Stem) -> Self {
         self.stem = stem;
@@ -200,14 +60,14 @@ impl ResNeXtConfig {
 
     /// Width of the grouped 3x3 convolution of a block with `planes` planes.
     pub fn group_width(&self, planes: i64) -> i64 {
-        planes * self.base_width / 64 * self.cardinality
+        bottleneck_width(planes, self.base_width, self.cardinality)
     }
 
     /// Number of channels the classifier sees (`4 * planes` of the last stage).
     pub fn feature_channels(&self) -> i64 {
-        self.planes
+        self.stages()
             .last()
-            .map_or(self.stem_channels, |p| EXPANSION * p)
+            .map_or(self.stem_channels, |stage| stage.out_channels)
     }
 
     /// Checks that every size is positive and that the stage lists agree.

@@ -1,5 +1,5 @@
-use super::config::EXPANSION;
-use super::{ResNeXtConfig, Stem};
+use super::spec::STEM_NAME;
+use super::ResNeXtConfig;
 
 /// Output shape of one part of the network for one image, with the FLOPs spent in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -10,16 +10,6 @@ pub struct StageShape {
     pub shape: [i64; 3],
     /// Forward FLOPs of this part for one image (a multiply-add counts as 2).
     pub flops: u64,
-}
-
-/// Output size of a convolution or pooling along one axis.
-fn out_size(size: i64, kernel: i64, stride: i64, padding: i64) -> i64 {
-    (size + 2 * padding - kernel) / stride + 1
-}
-
-/// FLOPs of a bias-free convolution producing `[c_out, h, w]`.
-fn conv_flops(c_in: i64, c_out: i64, kernel: i64, groups: i64, h: i64, w: i64) -> u64 {
-    (2 * c_out * h * w * (c_in / groups) * kernel * kernel) as u64
 }
 
 impl ResNeXtConfig {
@@ -42,50 +32,33 @@ impl ResNeXtConfig {
             .sum()
     }
 
-    /// See [`ResNeXtConfig::forward_flops`]: the per-part breakdown.
+    /// See [`ResNeXtConfig::forward_flops`]: the per-part breakdown, read from the specs
+    /// ([`ResNeXtConfig::stem_spec`], [`ResNeXtConfig::stages`]) the network is built from.
     pub fn stage_shapes(&self, height: i64, width: i64) -> Vec<StageShape> {
-        let mut parts = Vec::new();
-        let (k, s) = match self.stem {
-            Stem::Cifar => (3, 1),
-            Stem::ImageNet => (7, 2),
-        };
-        let (mut h, mut w) = (out_size(height, k, s, k / 2), out_size(width, k, s, k / 2));
-        let mut c = self.stem_channels;
-        let stem_flops = conv_flops(3, c, k, 1, h, w);
-        if self.stem == Stem::ImageNet {
-            h = out_size(h, 3, 2, 1);
-            w = out_size(w, 3, 2, 1);
-        }
-        parts.push(StageShape {
-            name: "stem".into(),
-            shape: [c, h, w],
-            flops: stem_flops,
-        });
-        for (i, (&n, &planes)) in self.blocks.iter().zip(&self.planes).enumerate() {
-            let width_g = self.group_width(planes);
-            let out = EXPANSION * planes;
+        let stem = self.stem_spec();
+        let (mut h, mut w) = stem.output_size(height, width);
+        let mut parts = vec![StageShape {
+            name: STEM_NAME.into(),
+            shape: [stem.channels(), h, w],
+            flops: stem.conv.flops(height, width),
+        }];
+        for stage in self.stages() {
             let mut flops = 0;
-            for j in 0..n {
-                let stride = if i > 0 && j == 0 { 2 } else { 1 };
-                let (ho, wo) = (out_size(h, 3, stride, 1), out_size(w, 3, stride, 1));
-                flops += conv_flops(c, width_g, 1, 1, h, w);
-                flops += conv_flops(width_g, width_g, 3, self.cardinality, ho, wo);
-                flops += conv_flops(width_g, out, 1, 1, ho, wo);
-                if stride != 1 || c != out {
-                    flops += conv_flops(c, out, 1, 1, ho, wo);
-                }
-                (h, w, c) = (ho, wo, out);
+            for block in stage.block_specs() {
+                flops += block.flops(h, w);
+                (h, w) = block.output_size(h, w);
             }
             parts.push(StageShape {
-                name: format!("layer{}", i + 1),
-                shape: [c, h, w],
+                name: stage.name,
+                shape: [stage.out_channels, h, w],
                 flops,
             });
         }
+        let features = self.feature_channels();
         parts.push(StageShape {
             name: "fc".into(),
             shape: [self.num_classes, 1, 1],
-            flops: (2 * c * self.num_classes) as u64,
+            flops: (2 * features * self.num_classes) as u64,
         });
         parts
     }

@@ -2,7 +2,12 @@
 //!
 //! * [`ResNeXtBlock`]: the grouped bottleneck block with its shortcut,
 //! * [`ResNeXt`]: stem, stages built from a [`ResNeXtConfig`], pooling and classifier,
-//! * [`ResNeXtConfig`]: the architecture as data, with the paper's and torchvision's presets,
+//! * [`ResNeXtConfig`]: the architecture as data; [`PRESETS`]: the paper's and torchvision's
+//!   named architectures, one line each,
+//! * [`StemSpec`], [`StageSpec`], [`BlockSpec`], [`ConvSpec`]: the geometry of every layer,
+//!   derived once from a configuration ([`ResNeXtConfig::stem_spec`],
+//!   [`ResNeXtConfig::stages`]) and read by the network builder, the FLOP count and the
+//!   inference form,
 //! * [`flops`](ResNeXtConfig::forward_flops): analytic FLOP counts and stage shapes.
 //!
 //! Parameter and buffer names are exactly those of torchvision's `state_dict`
@@ -14,9 +19,13 @@ mod config;
 mod error;
 mod flops;
 mod network;
+mod presets;
+mod spec;
 
 pub use block::ResNeXtBlock;
-pub use config::{ResNeXtConfig, Stem, MODEL_NAMES};
+pub use config::{ResNeXtConfig, Stem};
 pub use error::ModelError;
 pub use flops::StageShape;
 pub use network::ResNeXt;
+pub use presets::{Preset, MODEL_NAMES, PRESETS};
+pub use spec::{BlockSpec, ConvSpec, FeatureInfo, PoolSpec, StageSpec, StemSpec};

@@ -2,8 +2,8 @@ use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
 
 use super::block::{batch_norm, conv2d, ResNeXtBlock, BN_EPS};
-use super::config::EXPANSION;
-use super::{ModelError, ResNeXtConfig, Stem};
+use super::spec::{StageSpec, StemSpec};
+use super::{ModelError, ResNeXtConfig};
 
 /// A ResNeXt network: stem, residual stages, global average pooling, linear classifier.
 ///
@@ -23,6 +23,7 @@ use super::{ModelError, ResNeXtConfig, Stem};
 #[derive(Debug)]
 pub struct ResNeXt {
     config: ResNeXtConfig,
+    stem: StemSpec,
     conv1: nn::Conv2D,
     bn1: nn::BatchNorm,
     stages: Vec<Vec<ResNeXtBlock>>,
@@ -51,26 +52,13 @@ impl ResNeXt {
     /// [`ModelError::InvalidConfig`].
     pub fn try_new(p: &nn::Path, config: &ResNeXtConfig) -> Result<Self, ModelError> {
         config.validate()?;
-        let (kernel, stride) = stem_geometry(config.stem);
-        let conv1 = conv2d(p / "conv1", 3, config.stem_channels, kernel, stride, 1);
-        let bn1 = batch_norm(p / "bn1", config.stem_channels, false);
-        let mut in_channels = config.stem_channels;
+        let stem = config.stem_spec();
+        let conv1 = conv2d(p / "conv1", &stem.conv);
+        let bn1 = batch_norm(p / "bn1", stem.channels(), false);
         let stages = config
-            .blocks
+            .stages()
             .iter()
-            .zip(&config.planes)
-            .enumerate()
-            .map(|(i, (&n, &planes))| {
-                let stride = stage_stride(i);
-                make_layer(
-                    p / format!("layer{}", i + 1),
-                    config,
-                    &mut in_channels,
-                    planes,
-                    n,
-                    stride,
-                )
-            })
+            .map(|stage| make_layer(p, stage, config.zero_init_residual))
             .collect();
         let fc_in = config.feature_channels();
         let bound = 1.0 / (fc_in as f64).sqrt();
@@ -92,6 +80,7 @@ impl ResNeXt {
         );
         Ok(Self {
             config: config.clone(),
+            stem,
             conv1,
             bn1,
             stages,
@@ -104,9 +93,10 @@ impl ResNeXt {
         &self.config
     }
 
-    /// The stem convolution and its BN, for crate-internal transformations (BN folding).
-    pub(crate) fn stem_parts(&self) -> (&nn::Conv2D, &nn::BatchNorm) {
-        (&self.conv1, &self.bn1)
+    /// The stem's geometry, its convolution and its BN, for crate-internal transformations
+    /// (BN folding).
+    pub(crate) fn stem_parts(&self) -> (&StemSpec, &nn::Conv2D, &nn::BatchNorm) {
+        (&self.stem, &self.conv1, &self.bn1)
     }
 
     /// The residual stages, each a list of blocks.
@@ -121,16 +111,6 @@ impl ResNeXt {
 
     /// The epsilon of every BN layer of the network.
     pub(crate) const BN_EPS: f64 = BN_EPS;
-
-    /// Kernel size and stride of the stem convolution (its padding is `kernel / 2`).
-    pub(crate) fn stem_kernel_stride(&self) -> (i64, i64) {
-        stem_geometry(self.config.stem)
-    }
-
-    /// Stride of the first block of stage `index` (0-based); the other blocks have stride 1.
-    pub(crate) fn first_block_stride(index: usize) -> i64 {
-        stage_stride(index)
-    }
 
     /// Checks that `xs` is a float tensor of shape `[N, 3, H, W]`.
     ///
@@ -186,9 +166,15 @@ impl ResNeXt {
     fn forward_stem(&self, xs: &Tensor, train: bool) -> Tensor {
         let mut x = xs.apply(&self.conv1).apply_t(&self.bn1, train);
         let _ = x.relu_();
-        match self.config.stem {
-            Stem::Cifar => x,
-            Stem::ImageNet => x.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false),
+        match self.stem.max_pool {
+            None => x,
+            Some(pool) => x.max_pool2d(
+                [pool.kernel; 2],
+                [pool.stride; 2],
+                [pool.padding; 2],
+                [1, 1],
+                false,
+            ),
         }
     }
 
@@ -197,49 +183,14 @@ impl ResNeXt {
     }
 }
 
-/// Kernel size and stride of the stem convolution (its padding is `kernel / 2`).
-fn stem_geometry(stem: Stem) -> (i64, i64) {
-    match stem {
-        Stem::Cifar => (3, 1),
-        Stem::ImageNet => (7, 2),
-    }
-}
-
-/// Stride of the first block of stage `index` (0-based): the first stage keeps the resolution,
-/// every later one halves it. The other blocks of a stage have stride 1.
-fn stage_stride(index: usize) -> i64 {
-    if index == 0 {
-        1
-    } else {
-        2
-    }
-}
-
-/// torchvision's `_make_layer`: `n` blocks, the first one with `stride` and a projection shortcut
-/// when needed; updates `in_channels` to the stage's output channels.
-fn make_layer(
-    p: nn::Path,
-    cfg: &ResNeXtConfig,
-    in_channels: &mut i64,
-    planes: i64,
-    n: usize,
-    stride: i64,
-) -> Vec<ResNeXtBlock> {
-    (0..n)
-        .map(|j| {
-            let s = if j == 0 { stride } else { 1 };
-            let block = ResNeXtBlock::new(
-                &p / j,
-                *in_channels,
-                planes,
-                s,
-                cfg.cardinality,
-                cfg.base_width,
-                cfg.zero_init_residual,
-            );
-            *in_channels = EXPANSION * planes;
-            block
-        })
+/// torchvision's `_make_layer`: the blocks of `stage`, with their variables under
+/// `p / stage.name` (`layer1.0.conv1`, …); the first block has the stage's stride and a
+/// projection shortcut when needed.
+fn make_layer(p: &nn::Path, stage: &StageSpec, zero_init_residual: bool) -> Vec<ResNeXtBlock> {
+    let layer = p / stage.name.as_str();
+    stage
+        .block_specs()
+        .map(|block| ResNeXtBlock::from_spec(&layer / block.index, block, zero_init_residual))
         .collect()
 }
 

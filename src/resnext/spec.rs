@@ -1,0 +1,358 @@
+//! The architecture as a list of specs, derived once from a [`ResNeXtConfig`]: the stem, every
+//! stage, every block and every convolution, with their channels, kernels, strides and groups.
+//!
+//! The network builder ([`ResNeXt`](super::ResNeXt)), the FLOP count and stage shapes
+//! ([`ResNeXtConfig::stage_shapes`]) and the inference form ([`crate::inference`]) all read
+//! these specs, so each fact about the geometry is written here and nowhere else.
+use super::{ResNeXtConfig, Stem};
+
+/// Block expansion of the bottleneck: a block outputs `EXPANSION * planes` channels.
+pub(crate) const EXPANSION: i64 = 4;
+
+/// Name of the stem's output in [`FeatureInfo`] and [`StageShape`](super::StageShape).
+pub(crate) const STEM_NAME: &str = "stem";
+
+/// Kernel size of the grouped convolution of every block.
+const GROUPED_KERNEL: i64 = 3;
+
+/// Output size of a convolution or pooling along one axis.
+fn out_size(size: i64, kernel: i64, stride: i64, padding: i64) -> i64 {
+    (size + 2 * padding - kernel) / stride + 1
+}
+
+/// Width of the grouped convolution of a bottleneck with `planes` planes:
+/// `floor(planes * base_width / 64) * cardinality` (torchvision's `Bottleneck`).
+pub(crate) fn bottleneck_width(planes: i64, base_width: i64, cardinality: i64) -> i64 {
+    planes * base_width / 64 * cardinality
+}
+
+/// One bias-free 2-D convolution of the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvSpec {
+    /// Input channels.
+    pub in_channels: i64,
+    /// Output channels.
+    pub out_channels: i64,
+    /// Kernel size (square).
+    pub kernel: i64,
+    /// Stride along both axes.
+    pub stride: i64,
+    /// Zero padding along both axes (`kernel / 2`, "same" padding at stride 1).
+    pub padding: i64,
+    /// Number of groups.
+    pub groups: i64,
+}
+
+impl ConvSpec {
+    /// A convolution with "same" padding (`kernel / 2`).
+    pub fn new(in_channels: i64, out_channels: i64, kernel: i64, stride: i64, groups: i64) -> Self {
+        Self {
+            in_channels,
+            out_channels,
+            kernel,
+            stride,
+            padding: kernel / 2,
+            groups,
+        }
+    }
+
+    /// Output `(height, width)` for a `height x width` input.
+    pub fn output_size(&self, height: i64, width: i64) -> (i64, i64) {
+        let size = |s| out_size(s, self.kernel, self.stride, self.padding);
+        (size(height), size(width))
+    }
+
+    /// Forward FLOPs for one `height x width` input (a multiply-add counts as 2).
+    pub fn flops(&self, height: i64, width: i64) -> u64 {
+        let (h, w) = self.output_size(height, width);
+        let per_output = self.in_channels / self.groups * self.kernel * self.kernel;
+        (2 * self.out_channels * h * w * per_output) as u64
+    }
+}
+
+/// A max-pooling layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSpec {
+    /// Kernel size (square).
+    pub kernel: i64,
+    /// Stride along both axes.
+    pub stride: i64,
+    /// Padding along both axes.
+    pub padding: i64,
+}
+
+impl PoolSpec {
+    /// Output `(height, width)` for a `height x width` input.
+    pub fn output_size(&self, height: i64, width: i64) -> (i64, i64) {
+        let size = |s| out_size(s, self.kernel, self.stride, self.padding);
+        (size(height), size(width))
+    }
+}
+
+/// The stem: a convolution from the 3 input channels, BN, ReLU and an optional max-pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StemSpec {
+    /// The stem convolution (`conv1`).
+    pub conv: ConvSpec,
+    /// The max-pool after the ReLU, if any.
+    pub max_pool: Option<PoolSpec>,
+}
+
+impl StemSpec {
+    /// Output channels of the stem.
+    pub fn channels(&self) -> i64 {
+        self.conv.out_channels
+    }
+
+    /// Total stride of the stem (convolution and pooling).
+    pub fn reduction(&self) -> i64 {
+        self.conv.stride * self.max_pool.map_or(1, |p| p.stride)
+    }
+
+    /// Output `(height, width)` for a `height x width` image.
+    pub fn output_size(&self, height: i64, width: i64) -> (i64, i64) {
+        let (h, w) = self.conv.output_size(height, width);
+        self.max_pool.map_or((h, w), |p| p.output_size(h, w))
+    }
+}
+
+/// One bottleneck block: 1x1 reduce, grouped 3x3 (with the block's stride), 1x1 expand, and a
+/// projection shortcut when the stride or the channel count changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockSpec {
+    /// Position of the block in its stage (its variables live under `layerS.<index>`).
+    pub index: usize,
+    /// Input channels.
+    pub in_channels: i64,
+    /// Channels of the grouped convolution.
+    pub width: i64,
+    /// Groups of the grouped convolution (the cardinality).
+    pub groups: i64,
+    /// Output channels (`4 * planes`).
+    pub out_channels: i64,
+    /// Stride of the grouped convolution and of the projection shortcut.
+    pub stride: i64,
+}
+
+impl BlockSpec {
+    /// The block torchvision's `Bottleneck(in_channels, planes, stride, groups = cardinality,
+    /// width_per_group = base_width)` builds, at position 0 of its stage.
+    pub fn bottleneck(
+        in_channels: i64,
+        planes: i64,
+        stride: i64,
+        cardinality: i64,
+        base_width: i64,
+    ) -> Self {
+        Self {
+            index: 0,
+            in_channels,
+            width: bottleneck_width(planes, base_width, cardinality),
+            groups: cardinality,
+            out_channels: EXPANSION * planes,
+            stride,
+        }
+    }
+
+    /// Whether the shortcut is a projection (strided 1x1 convolution and BN) rather than the
+    /// identity.
+    pub fn has_projection(&self) -> bool {
+        self.stride != 1 || self.in_channels != self.out_channels
+    }
+
+    /// The three convolutions of the main path, in order: `conv1` (1x1 reduce), `conv2`
+    /// (grouped 3x3 with the block's stride), `conv3` (1x1 expand).
+    pub fn main_path(&self) -> [ConvSpec; 3] {
+        [
+            ConvSpec::new(self.in_channels, self.width, 1, 1, 1),
+            ConvSpec::new(
+                self.width,
+                self.width,
+                GROUPED_KERNEL,
+                self.stride,
+                self.groups,
+            ),
+            ConvSpec::new(self.width, self.out_channels, 1, 1, 1),
+        ]
+    }
+
+    /// The projection shortcut's convolution (`downsample.0`), if the block has one.
+    pub fn projection(&self) -> Option<ConvSpec> {
+        self.has_projection()
+            .then(|| ConvSpec::new(self.in_channels, self.out_channels, 1, self.stride, 1))
+    }
+
+    /// Output `(height, width)` for a `height x width` input.
+    pub fn output_size(&self, height: i64, width: i64) -> (i64, i64) {
+        self.main_path()[1].output_size(height, width)
+    }
+
+    /// Forward FLOPs of the block's convolutions for one `height x width` input.
+    pub fn flops(&self, height: i64, width: i64) -> u64 {
+        let [reduce, grouped, expand] = self.main_path();
+        let (h, w) = grouped.output_size(height, width);
+        reduce.flops(height, width)
+            + grouped.flops(height, width)
+            + expand.flops(h, w)
+            + self.projection().map_or(0, |p| p.flops(height, width))
+    }
+}
+
+/// One residual stage (torchvision's `layer1`, `layer2`, …): `blocks` bottlenecks, the first
+/// with the stage's stride and input channels, the others with stride 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageSpec {
+    /// `layer1`, `layer2`, …: the stage's variables live under this name.
+    pub name: String,
+    /// Number of blocks.
+    pub blocks: usize,
+    /// Planes of every block (a block outputs `4 * planes` channels).
+    pub planes: i64,
+    /// Channels of the grouped convolution of every block.
+    pub width: i64,
+    /// Groups of the grouped convolution (the cardinality).
+    pub groups: i64,
+    /// Stride of the first block (the others have stride 1).
+    pub stride: i64,
+    /// Input channels of the first block.
+    pub in_channels: i64,
+    /// Output channels of every block.
+    pub out_channels: i64,
+}
+
+impl StageSpec {
+    /// Stride of block `j` (0-based): the stage's stride for the first block, 1 for the others.
+    pub fn block_stride(&self, j: usize) -> i64 {
+        if j == 0 {
+            self.stride
+        } else {
+            1
+        }
+    }
+
+    /// Input channels of block `j`: the stage's input for the first block, its output after.
+    pub fn block_in_channels(&self, j: usize) -> i64 {
+        if j == 0 {
+            self.in_channels
+        } else {
+            self.out_channels
+        }
+    }
+
+    /// The spec of block `j` (0-based).
+    pub fn block(&self, j: usize) -> BlockSpec {
+        BlockSpec {
+            index: j,
+            in_channels: self.block_in_channels(j),
+            width: self.width,
+            groups: self.groups,
+            out_channels: self.out_channels,
+            stride: self.block_stride(j),
+        }
+    }
+
+    /// The specs of the stage's blocks, in order.
+    pub fn block_specs(&self) -> impl Iterator<Item = BlockSpec> + '_ {
+        (0..self.blocks).map(|j| self.block(j))
+    }
+}
+
+/// Channels and total stride of one feature map, as timm's `feature_info`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeatureInfo {
+    /// `stem`, `layer1`, `layer2`, … (the outputs of
+    /// [`ResNeXt::try_forward_features_t`](super::ResNeXt::try_forward_features_t), in order).
+    pub name: String,
+    /// Channels of the feature map.
+    pub channels: i64,
+    /// Total stride from the input: an `H x W` image gives a `ceil(H / reduction) x
+    /// ceil(W / reduction)` map.
+    pub reduction: i64,
+}
+
+impl ResNeXtConfig {
+    /// The stem: for [`Stem::Cifar`] a 3x3 convolution with stride 1 and no pooling, for
+    /// [`Stem::ImageNet`] a 7x7 convolution with stride 2 and a 3x3 max-pool with stride 2.
+    pub fn stem_spec(&self) -> StemSpec {
+        match self.stem {
+            Stem::Cifar => StemSpec {
+                conv: ConvSpec::new(3, self.stem_channels, 3, 1, 1),
+                max_pool: None,
+            },
+            Stem::ImageNet => StemSpec {
+                conv: ConvSpec::new(3, self.stem_channels, 7, 2, 1),
+                max_pool: Some(PoolSpec {
+                    kernel: 3,
+                    stride: 2,
+                    padding: 1,
+                }),
+            },
+        }
+    }
+
+    /// The residual stages, in order. The first stage keeps the resolution, every later one
+    /// halves it in its first block; each stage reads the previous one's output channels.
+    ///
+    /// ```
+    /// use resnext::ResNeXtConfig;
+    /// let stages = ResNeXtConfig::resnext50_32x4d(10).stages();
+    /// let layer2 = &stages[1];
+    /// assert_eq!((layer2.name.as_str(), layer2.blocks, layer2.stride), ("layer2", 4, 2));
+    /// assert_eq!((layer2.in_channels, layer2.width, layer2.out_channels), (256, 256, 512));
+    /// assert!(layer2.block(0).has_projection() && !layer2.block(1).has_projection());
+    /// ```
+    pub fn stages(&self) -> Vec<StageSpec> {
+        let mut in_channels = self.stem_channels;
+        let mut stages = Vec::with_capacity(self.blocks.len());
+        for (i, (&blocks, &planes)) in self.blocks.iter().zip(&self.planes).enumerate() {
+            let stride = if i == 0 { 1 } else { 2 };
+            let first = BlockSpec::bottleneck(
+                in_channels,
+                planes,
+                stride,
+                self.cardinality,
+                self.base_width,
+            );
+            stages.push(StageSpec {
+                name: format!("layer{}", i + 1),
+                blocks,
+                planes,
+                width: first.width,
+                groups: first.groups,
+                stride,
+                in_channels,
+                out_channels: first.out_channels,
+            });
+            in_channels = first.out_channels;
+        }
+        stages
+    }
+
+    /// Channels and total stride of the stem's and every stage's output (timm's
+    /// `feature_info`).
+    ///
+    /// ```
+    /// use resnext::{ResNeXtConfig, Stem};
+    /// let cfg = ResNeXtConfig::resnext50_32x4d(1000).with_stem(Stem::ImageNet);
+    /// let info: Vec<_> = cfg.feature_info().iter().map(|f| (f.channels, f.reduction)).collect();
+    /// assert_eq!(info, [(64, 4), (256, 4), (512, 8), (1024, 16), (2048, 32)]);
+    /// ```
+    pub fn feature_info(&self) -> Vec<FeatureInfo> {
+        let stem = self.stem_spec();
+        let mut reduction = stem.reduction();
+        let mut info = vec![FeatureInfo {
+            name: STEM_NAME.into(),
+            channels: stem.channels(),
+            reduction,
+        }];
+        for stage in self.stages() {
+            reduction *= stage.stride;
+            info.push(FeatureInfo {
+                name: stage.name,
+                channels: stage.out_channels,
+                reduction,
+            });
+        }
+        info
+    }
+}
