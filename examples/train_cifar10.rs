@@ -217,6 +217,9 @@ fn cli_hint(e: &TrainError) -> Option<String> {
             path.display()
         )),
         TrainError::Diverged { .. } => Some("try a lower --lr or some --warmup-epochs".into()),
+        TrainError::TensorFile(resnext::io::IoError::Locked { .. }) => {
+            Some("let that run finish, or stop it (Ctrl-C), before resuming here".into())
+        }
         _ => None,
     }
 }
@@ -237,17 +240,12 @@ fn run(args: Args) -> Result<ExitCode> {
             eprintln!("error: {}", describe(&usage));
             return Ok(ExitCode::from(2));
         }
-        Err(Err(e)) => return Err(e.into()),
+        Err(Err(e)) => {
+            eprintln!("error: {}", describe(&e));
+            return Ok(ExitCode::FAILURE);
+        }
     };
     let dir = trainer.run_dir().map(PathBuf::from).unwrap_or_default();
-    if trainer.state().finished() {
-        println!(
-            "the run in {} is already complete ({} epochs); see its summary.json",
-            dir.display(),
-            trainer.state().config.epochs
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
     trainer.set_progress(if args.quiet {
         ProgressMode::Lines
     } else {
@@ -279,7 +277,14 @@ fn run(args: Args) -> Result<ExitCode> {
             println!("outputs in {}", dir.display());
             Ok(ExitCode::SUCCESS)
         }
-        Outcome::AlreadyComplete => Ok(ExitCode::SUCCESS),
+        Outcome::AlreadyComplete => {
+            println!(
+                "the run in {} is already complete ({} epochs); its files are up to date, see its summary.json",
+                dir.display(),
+                trainer.state().config.epochs
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Outcome::Stopped { saved, .. } => {
             if saved {
                 println!("continue with --resume {}", dir.display());

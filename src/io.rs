@@ -1,6 +1,7 @@
-//! File I/O shared by weights, checkpoints and run outputs: atomic writes (a kill at any instant
-//! leaves either the old complete file or the new complete file, never a mix) and safetensors
-//! files with string metadata.
+//! File I/O shared by weights, checkpoints, run outputs and downloads: atomic writes (a kill at
+//! any instant leaves either the old complete file or the new complete file, never a mix),
+//! safetensors files with string metadata, folders held by one process at a time
+//! ([`lock_dir`]) and the removal of what interrupted writes left ([`remove_partial_files`]).
 use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
@@ -31,6 +32,17 @@ pub enum IoError {
         path: PathBuf,
         /// What the parser found wrong.
         message: String,
+    },
+    /// Another process holds the folder (see [`lock_dir`]).
+    #[error("{} is in use by {}: one process at a time may work in it (its lock file is {})",
+        dir.display(),
+        holder.map_or("another process".to_string(), |pid| format!("process {pid}")),
+        dir.join(LOCK_FILE).display())]
+    Locked {
+        /// The folder.
+        dir: PathBuf,
+        /// The process id the holder wrote into the lock file, when it could be read.
+        holder: Option<u32>,
     },
     /// A tensor cannot be stored (unsupported element kind) or read back.
     #[error("{}: tensor `{name}`: {message}", path.display())]
@@ -63,8 +75,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
         _ => Path::new("."),
     };
     let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .suffix(".partial")
+        .prefix(ATOMIC_PREFIX)
+        .suffix(PARTIAL_SUFFIX)
         .tempfile_in(dir)
         .map_err(io_err("creating a temporary file for", path))?;
     tmp.write_all(bytes).map_err(io_err("writing", path))?;
@@ -77,6 +89,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
             .map_err(io_err("setting permissions of", path))?;
     }
     tmp.as_file().sync_all().map_err(io_err("syncing", path))?;
+    if fault::strikes() {
+        // As a kill before the rename would: the temporary file stays, `path` is unchanged.
+        let _ = tmp.keep();
+        return Err(io_err("renaming into place", path)(std::io::Error::other(
+            "injected fault (resnext::io::fault)",
+        )));
+    }
     tmp.persist(path)
         .map_err(|e| io_err("renaming into place", path)(e.error))?;
     // Make the rename itself durable. Not every file system lets a folder be fsynced.
@@ -84,6 +103,134 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// Prefix and suffix of [`write_atomic`]'s temporary files.
+const ATOMIC_PREFIX: &str = ".tmp-";
+/// Suffix of every temporary file or folder this crate creates (atomic writes, downloads,
+/// extraction); their names also start with a dot and one of [`PARTIAL_PREFIXES`].
+pub(crate) const PARTIAL_SUFFIX: &str = ".partial";
+/// Name prefixes of this crate's temporary files and folders.
+const PARTIAL_PREFIXES: [&str; 3] = [ATOMIC_PREFIX, ".cifar-10-binary.", ".cifar-10-batches-bin."];
+/// The lock file [`lock_dir`] creates in a folder.
+pub const LOCK_FILE: &str = ".lock";
+
+/// A folder held by this process (see [`lock_dir`]); dropping it releases the folder.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: fs::File,
+    dir: PathBuf,
+}
+
+impl DirLock {
+    /// The folder held.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Takes the advisory lock of `dir` (an exclusive `flock` on `dir/.lock`, which records this
+/// process's id) for as long as the returned [`DirLock`] lives. The operating system releases
+/// the lock when the process ends, however it ends, so a lock file left by a killed process
+/// never blocks anyone.
+///
+/// # Errors
+/// [`IoError::Locked`] at once (no waiting) when another process, or another [`DirLock`] of
+/// this one, holds `dir`, naming the holder's process id; [`IoError::Io`] when the lock file
+/// cannot be opened.
+pub fn lock_dir(dir: &Path) -> Result<DirLock, IoError> {
+    let path = dir.join(LOCK_FILE);
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_err("opening the lock file", &path))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let holder = fs::read_to_string(&path)
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
+            return Err(IoError::Locked {
+                dir: dir.to_path_buf(),
+                holder,
+            });
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(io_err("locking", &path)(e)),
+    }
+    // Best effort: the id is only for the message another process shows.
+    let _ = file
+        .set_len(0)
+        .and_then(|()| write!(file, "{}", std::process::id()));
+    Ok(DirLock {
+        _file: file,
+        dir: dir.to_path_buf(),
+    })
+}
+
+/// Removes from `dir` the temporary files and folders that interrupted writes of this crate
+/// left (atomic writes, downloads, extractions: hidden names ending in `.partial`) and returns
+/// how many there were. Hold `dir`'s [`lock_dir`] while calling it: a live writer's
+/// temporary file looks the same.
+///
+/// # Errors
+/// [`IoError::Io`] naming the entry that could not be removed.
+pub fn remove_partial_files(dir: &Path) -> Result<usize, IoError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io_err("listing", dir)(e)),
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let ours = PARTIAL_PREFIXES.iter().any(|p| name.starts_with(p));
+        if !(ours && name.ends_with(PARTIAL_SUFFIX)) {
+            continue;
+        }
+        let path = entry.path();
+        let gone = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        gone.map_err(io_err("removing the leftover", &path))?;
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+/// Fault injection for tests: make a chosen [`write_atomic`] fail as a crash or a full disk
+/// would at that instant. Process-wide; not for use outside tests.
+#[doc(hidden)]
+pub mod fault {
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    /// Writes left before the failing one; negative when off.
+    static COUNTDOWN: AtomicI64 = AtomicI64::new(-1);
+
+    /// Makes the `n`-th next atomic write (1 = the very next) fail before its rename, leaving
+    /// its temporary file behind; later writes succeed again.
+    pub fn fail_nth_write(n: u32) {
+        COUNTDOWN.store(i64::from(n), Ordering::SeqCst);
+    }
+
+    /// Turns injection off; returns whether the armed failure was not reached.
+    pub fn disarm() -> bool {
+        COUNTDOWN.swap(-1, Ordering::SeqCst) > 0
+    }
+
+    /// Whether this write fails.
+    pub(crate) fn strikes() -> bool {
+        COUNTDOWN
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n > 0).then(|| n - 1)
+            })
+            .is_ok_and(|before| before == 1)
+    }
 }
 
 fn dtype_of(kind: Kind) -> Option<Dtype> {

@@ -84,3 +84,20 @@ pub fn vars_to_channels_last(vs: &nn::VarStore) -> Result<(), TchError> {
         Ok(())
     })
 }
+
+/// The reverse of [`vars_to_channels_last`]: gives every 4-D variable of `vs` contiguous
+/// (NCHW) strides in place, keeping values, names and identities.
+///
+/// # Errors
+/// A libtorch error (for example when out of memory).
+pub fn vars_to_contiguous(vs: &nn::VarStore) -> Result<(), TchError> {
+    tch::no_grad(|| {
+        for (_, mut var) in vs.variables() {
+            if var.dim() == 4 && !var.is_contiguous() {
+                let converted = var.f_detach()?.f_contiguous()?;
+                var.f_set_data(&converted)?;
+            }
+        }
+        Ok(())
+    })
+}

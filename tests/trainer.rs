@@ -61,18 +61,23 @@ fn config(epochs: usize) -> TrainConfig {
 /// (`Trainer::resnext`), so that tests running in parallel do not interleave their draws.
 static SEEDED_INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Runs `f`, which seeds or draws from libtorch's global generator, holding [`SEEDED_INIT`].
+fn seeded<T>(f: impl FnOnce() -> T) -> T {
+    let _init = SEEDED_INIT.lock().unwrap_or_else(|e| e.into_inner());
+    f()
+}
+
 fn trainer(cfg: TrainConfig, dir: &Path) -> Trainer<ResNeXt> {
-    let built = {
-        let _init = SEEDED_INIT.lock().unwrap_or_else(|e| e.into_inner());
-        Trainer::resnext(cfg).unwrap()
-    };
+    let built = seeded(|| Trainer::resnext(cfg).unwrap());
     let mut t = built.with_run_dir(dir).unwrap();
     t.set_progress(ProgressMode::Silent);
     t
 }
 
 fn resume(dir: &Path) -> Trainer<ResNeXt> {
-    let mut t = Trainer::resume(dir, None).unwrap();
+    // Building the model seeds and draws from the global generator, as in `trainer`.
+    let resumed = seeded(|| Trainer::resume(dir, None));
+    let mut t = resumed.unwrap();
     t.set_progress(ProgressMode::Silent);
     t
 }
@@ -207,6 +212,7 @@ fn resume_after_a_stop_request_is_bitwise_exact() {
         assert_eq!(x.train_acc, y.train_acc);
     }
     // A completed run resumed says so and trains nothing.
+    drop(b); // releases the run directory
     let mut again = resume(b_dir.path());
     assert_eq!(again.fit(&cpu(&data)).unwrap(), Outcome::AlreadyComplete);
 }
@@ -319,7 +325,7 @@ fn bad_checkpoints_are_refused_and_left_alone() {
 
     // Another model: same trainer config, but a network with another classifier size.
     let vs = nn::VarStore::new(Device::Cpu);
-    let other = ResNeXt::new(&vs.root(), &ResNeXtConfig::tiny(7));
+    let other = seeded(|| ResNeXt::new(&vs.root(), &ResNeXtConfig::tiny(7)));
     let err = Trainer::new(config(1), vs, other)
         .unwrap()
         .resume_from(dir.path())
@@ -338,7 +344,9 @@ fn bad_checkpoints_are_refused_and_left_alone() {
 
     // Truncated.
     std::fs::write(&ckpt, &good[..good.len() / 2]).unwrap();
-    let msg = Trainer::resume(dir.path(), None).unwrap_err().to_string();
+    let msg = seeded(|| Trainer::resume(dir.path(), None))
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("checkpoint.safetensors"), "{msg}");
     assert_eq!(
         std::fs::read(&ckpt).unwrap().len(),
@@ -348,13 +356,17 @@ fn bad_checkpoints_are_refused_and_left_alone() {
 
     // Garbage, and a weights file in place of a checkpoint.
     std::fs::write(&ckpt, b"definitely not safetensors").unwrap();
-    let msg = Trainer::resume(dir.path(), None).unwrap_err().to_string();
+    let msg = seeded(|| Trainer::resume(dir.path(), None))
+        .unwrap_err()
+        .to_string();
     assert!(
         msg.contains("checkpoint.safetensors") && msg.contains("not a valid safetensors"),
         "{msg}"
     );
     std::fs::copy(dir.path().join(files::LAST), &ckpt).unwrap();
-    let msg = Trainer::resume(dir.path(), None).unwrap_err().to_string();
+    let msg = seeded(|| Trainer::resume(dir.path(), None))
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("not a resnext training checkpoint"), "{msg}");
 
     // No checkpoint at all, and a fresh run into a directory that holds one.
@@ -362,7 +374,7 @@ fn bad_checkpoints_are_refused_and_left_alone() {
     let msg = Trainer::resume(empty.path(), None).unwrap_err().to_string();
     assert!(msg.contains("no checkpoint"), "{msg}");
     std::fs::write(&ckpt, &good).unwrap();
-    let err = Trainer::resnext(config(1))
+    let err = seeded(|| Trainer::resnext(config(1)))
         .unwrap()
         .with_run_dir(dir.path())
         .unwrap_err();
@@ -487,6 +499,7 @@ fn channels_last_training_keeps_its_layout_and_learns() {
     assert!(m[1].train_loss < m[0].train_loss, "{m:?}");
     // Resuming a channels-last run loads NCHW-ordered data into channels-last variables.
     let before = variables(&t);
+    drop(t); // releases the run directory
     let resumed = resume(dir.path());
     assert_bitwise_equal(&before, &variables(&resumed));
 }
@@ -530,9 +543,11 @@ fn a_custom_eval_form_is_built_at_every_evaluation() {
     let data = dataset(128, 64);
     let mut cfg = config(3);
     cfg.eval_every = 1;
-    tch::manual_seed(5);
     let vs = nn::VarStore::new(Device::Cpu);
-    let net = ResNeXt::new(&vs.root(), &ResNeXtConfig::tiny(10));
+    let net = seeded(|| {
+        tch::manual_seed(5);
+        ResNeXt::new(&vs.root(), &ResNeXtConfig::tiny(10))
+    });
     let builds = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&builds);
     // A form that predicts class 0 for everything: the recorded accuracy is the share of 0s.
@@ -636,4 +651,130 @@ fn checkpoint_states_tolerate_unknown_and_missing_fields_but_not_newer_formats()
     let path = edited_fixture(dir.path(), |s| s["config"]["epochs"] = serde_json::json!(0));
     let msg = read_checkpoint_state(&path).unwrap_err().to_string();
     assert!(msg.contains("epochs"), "{msg}");
+}
+
+#[test]
+fn a_run_directory_is_held_by_one_trainer_at_a_time() {
+    let data = dataset(64, 20);
+    let dir = tempfile::tempdir().unwrap();
+    let first = full_run(dir.path(), &data, 1);
+    // The first trainer still lives: a second one, here or in another process, is refused.
+    let err = seeded(|| Trainer::resume(dir.path(), None)).unwrap_err();
+    let msg = err.to_string();
+    let pid = std::process::id().to_string();
+    assert!(
+        msg.contains(&dir.path().display().to_string()) && msg.contains(&pid),
+        "{msg}"
+    );
+    let out = std::process::Command::new(example("train_cifar10"))
+        .arg("--resume")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&pid) && stderr.contains(&dir.path().display().to_string()),
+        "{stderr}"
+    );
+    assert!(matches!(
+        trainer(config(1), tempfile::tempdir().unwrap().path()).fit(&cpu(&data)),
+        Ok(Outcome::Completed(_))
+    ));
+    drop(first);
+    // Released with the trainer: the run resumes (and, being complete, says so).
+    assert_eq!(
+        resume(dir.path()).fit(&cpu(&data)).unwrap(),
+        Outcome::AlreadyComplete
+    );
+}
+
+#[test]
+fn a_stale_lock_file_and_leftover_temporary_files_do_not_block_a_resume() {
+    let data = dataset(64, 20);
+    let dir = tempfile::tempdir().unwrap();
+    drop(full_run(dir.path(), &data, 1));
+    // What a killed process leaves: its lock file (no lock held any more) and the temporary
+    // file of an interrupted write.
+    std::fs::write(dir.path().join(resnext::io::LOCK_FILE), "4194304").unwrap();
+    let leftover = dir.path().join(".tmp-AbCdEf.partial");
+    std::fs::write(&leftover, vec![0u8; 4096]).unwrap();
+    let unrelated = dir.path().join("notes.partial");
+    std::fs::write(&unrelated, "mine").unwrap();
+    let t = resume(dir.path());
+    assert!(!leftover.exists(), "the leftover was not removed");
+    assert!(unrelated.exists(), "a file that is not ours was removed");
+    drop(t);
+}
+
+#[test]
+fn non_finite_values_in_a_stored_state_round_trip() {
+    let mut state = read_checkpoint_state(Path::new(FIXTURE)).unwrap();
+    state.metrics[0].train_loss = f64::NAN;
+    state.metrics[0].test_loss = Some(f64::INFINITY);
+    state.progress.loss_sum = f64::NEG_INFINITY;
+    if let Some(eval) = &mut state.last_eval {
+        eval.loss = f64::NAN;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _net = seeded(|| ResNeXt::new(&vs.root(), &ResNeXtConfig::tiny(10)));
+    let sgd = resnext::trainer::Sgd::new(&vs, resnext::trainer::SgdConfig::default());
+    let path = dir.path().join(files::CHECKPOINT);
+    resnext::trainer::save_checkpoint(&path, &vs, &sgd, &state).unwrap();
+    let back = read_checkpoint_state(&path).unwrap();
+    assert!(back.metrics[0].train_loss.is_nan());
+    assert_eq!(back.metrics[0].test_loss, Some(f64::INFINITY));
+    assert_eq!(back.progress.loss_sum, f64::NEG_INFINITY);
+    assert!(back.last_eval.unwrap().loss.is_nan());
+    assert_eq!(back.metrics[1..], state.metrics[1..]);
+}
+
+/// The tiny ResNeXt, whose logits turn NaN on the training forward pass number `bad`
+/// (0-based) and only then.
+struct NanAt {
+    net: ResNeXt,
+    calls: std::sync::atomic::AtomicUsize,
+    bad: usize,
+}
+
+impl std::fmt::Debug for NanAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NanAt({})", self.bad)
+    }
+}
+
+impl nn::ModuleT for NanAt {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let logits = self.net.forward_t(xs, train);
+        if train && self.calls.fetch_add(1, Ordering::SeqCst) == self.bad {
+            logits * f64::NAN
+        } else {
+            logits
+        }
+    }
+}
+
+#[test]
+fn a_non_finite_loss_on_any_batch_is_divergence_naming_that_batch() {
+    let data = dataset(128, 20);
+    for bad in [1, 2] {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = seeded(|| ResNeXt::new(&vs.root(), &ResNeXtConfig::tiny(10)));
+        let model = NanAt {
+            net,
+            calls: Default::default(),
+            bad,
+        };
+        let mut t = Trainer::new(config(2), vs, model).unwrap();
+        t.set_progress(ProgressMode::Silent);
+        let err = t.fit(&cpu(&data)).unwrap_err();
+        match err {
+            TrainError::Diverged { epoch, batch, loss } => {
+                assert_eq!((epoch, batch), (1, bad));
+                assert!(loss.is_nan());
+            }
+            other => panic!("expected divergence, got {other}"),
+        }
+    }
 }

@@ -17,8 +17,15 @@ pub struct RunningMetrics {
     pub acc: f64,
     /// Training images per second in this piece of the epoch (since the accumulator started).
     pub images_per_sec: f64,
-    /// The mean loss of the latest batch (for the divergence check).
+    /// The mean loss of the latest batch.
     pub batch_loss: f64,
+    /// Steps of this piece of the epoch whose loss was not finite (steps that fp16 loss
+    /// scaling skipped excluded): any is divergence.
+    pub non_finite: u64,
+    /// The latest of those losses (NaN when there is none).
+    pub non_finite_loss: f64,
+    /// Steps that fp16 loss scaling skipped (not counted in the sums).
+    pub skipped: u64,
 }
 
 /// Loss and accuracy sums of one epoch (or of the rest of one, after a resume), accumulated on
@@ -28,7 +35,10 @@ pub struct EpochAccumulator {
     base: EpochProgress,
     loss_sum: Tensor,
     correct: Tensor,
+    non_finite: Tensor,
+    bad_loss: Tensor,
     seen: u64,
+    skipped: u64,
     started: Instant,
     read_every: usize,
 }
@@ -46,17 +56,29 @@ impl EpochAccumulator {
             base,
             loss_sum: Tensor::zeros([], (Kind::Double, device)),
             correct: Tensor::zeros([], (Kind::Int64, device)),
+            non_finite: Tensor::zeros([], (Kind::Int64, device)),
+            bad_loss: Tensor::full([], f64::NAN, (Kind::Double, device)),
             seen: 0,
+            skipped: 0,
             started: Instant::now(),
             read_every,
         }
     }
 
-    /// Adds one step's loss (weighted by its examples) and correct count, on the device.
+    /// Adds one step's loss (weighted by its examples) and correct count, on the device, and
+    /// notes a non-finite loss there. A step that fp16 loss scaling skipped is only counted.
     pub fn add(&mut self, out: &StepOutput) {
+        if out.skipped {
+            self.skipped += 1;
+            return;
+        }
         let n = out.examples as u64;
         tch::no_grad(|| {
-            self.loss_sum += out.loss.to_kind(Kind::Double) * n as f64;
+            let loss = out.loss.to_kind(Kind::Double);
+            let finite = loss.isfinite();
+            self.non_finite += finite.logical_not().to_kind(Kind::Int64);
+            self.bad_loss = self.bad_loss.where_self(&finite, &loss);
+            self.loss_sum += loss * n as f64;
             self.correct += &out.correct;
         });
         self.seen += n;
@@ -70,7 +92,7 @@ impl EpochAccumulator {
     /// Whether the loop should [`read`](Self::read) after batch `index` of `num_batches`: every
     /// `read_every` batches and after the last one.
     pub fn is_read_due(&self, index: usize, num_batches: usize) -> bool {
-        index % self.read_every == 0 || index + 1 == num_batches
+        index.is_multiple_of(self.read_every) || index + 1 == num_batches
     }
 
     /// The epoch's running loss and accuracy, with `last`'s loss (waits for the device).
@@ -87,6 +109,9 @@ impl EpochAccumulator {
             acc: 100.0 * correct / total,
             images_per_sec: self.seen as f64 / self.started.elapsed().as_secs_f64().max(1e-9),
             batch_loss,
+            non_finite: self.non_finite.f_int64_value(&[])? as u64,
+            non_finite_loss: self.bad_loss.f_double_value(&[])?,
+            skipped: self.skipped,
         })
     }
 
@@ -115,7 +140,31 @@ mod tests {
             loss: Tensor::from(loss),
             correct: Tensor::from(correct),
             examples,
+            skipped: false,
         }
+    }
+
+    #[test]
+    fn every_non_finite_loss_is_counted_and_skipped_steps_are_left_out() {
+        let mut acc = EpochAccumulator::new(EpochProgress::default(), Device::Cpu);
+        acc.add(&step(1.0, 1, 4));
+        acc.add(&step(f32::INFINITY, 0, 4));
+        acc.add(&step(2.0, 2, 4));
+        let skipped = StepOutput {
+            skipped: true,
+            ..step(f32::NAN, 0, 4)
+        };
+        acc.add(&skipped);
+        let last = step(3.0, 1, 4);
+        acc.add(&last);
+        let read = acc.read(&last).unwrap();
+        assert_eq!((read.non_finite, read.skipped), (1, 1), "{read:?}");
+        assert_eq!(read.non_finite_loss, f64::INFINITY);
+        assert_eq!(acc.seen(), 16);
+        let clean = EpochAccumulator::new(EpochProgress::default(), Device::Cpu);
+        let read = clean.read(&last).unwrap();
+        assert_eq!(read.non_finite, 0);
+        assert!(read.non_finite_loss.is_nan());
     }
 
     #[test]

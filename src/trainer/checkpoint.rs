@@ -33,14 +33,17 @@ const MOMENTUM_PREFIX: &str = "momentum/";
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EpochProgress {
     /// Sum of per-batch mean loss times batch size.
+    #[serde(with = "super::float_json::any")]
     pub loss_sum: f64,
     /// Correctly classified training images.
     pub correct: u64,
     /// Training images seen.
     pub seen: u64,
     /// Seconds spent on the epoch so far.
+    #[serde(with = "super::float_json::any")]
     pub seconds: f64,
     /// Seconds spent in training batches so far.
+    #[serde(with = "super::float_json::any")]
     pub train_seconds: f64,
 }
 

@@ -69,14 +69,19 @@ pub enum TrainError {
     /// The model could not be built or run.
     #[error(transparent)]
     Model(#[from] ModelError),
-    /// The loss became NaN or infinite: training diverged.
+    /// Training diverged: one rule for every precision. Without loss scaling, any batch whose
+    /// loss is NaN or infinite (every batch is checked, on the device; on CUDA the check is
+    /// read every 25 batches, so `batch` is where it was seen, at most 24 batches after the
+    /// first bad one). With fp16 loss scaling, a non-finite step is skipped and the scale
+    /// halved, as PyTorch's `GradScaler` does; it is divergence when a step overflows with
+    /// the scale already at its floor of 1.
     #[error("training diverged at epoch {epoch}, batch {batch}: the loss is {loss}; try a lower learning rate or some warm-up epochs")]
     Diverged {
         /// 1-based epoch.
         epoch: usize,
-        /// 0-based batch within the epoch.
+        /// 0-based batch within the epoch where divergence was seen.
         batch: usize,
-        /// The loss value.
+        /// The non-finite loss (the latest one, when several).
         loss: f64,
     },
     /// libtorch reported an error.

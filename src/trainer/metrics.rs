@@ -8,20 +8,27 @@ pub struct EpochMetrics {
     /// 1-based epoch number.
     pub epoch: usize,
     /// Mean training loss over the epoch (with label smoothing, if any).
+    #[serde(with = "super::float_json::any")]
     pub train_loss: f64,
     /// Training accuracy (percent) over the epoch, on augmented images in train mode.
+    #[serde(with = "super::float_json::any")]
     pub train_acc: f64,
     /// Mean test cross-entropy; `null` on epochs without evaluation (see `eval_every`).
+    #[serde(with = "super::float_json::option")]
     pub test_loss: Option<f64>,
     /// Test accuracy (percent); `null` on epochs without evaluation.
+    #[serde(with = "super::float_json::option")]
     pub test_acc: Option<f64>,
     /// Learning rate of the epoch.
+    #[serde(with = "super::float_json::any")]
     pub lr: f64,
     /// Wall-clock seconds of the epoch, training and evaluation (summed over resumed pieces).
+    #[serde(with = "super::float_json::any")]
     pub seconds: f64,
     /// Training images seen in the epoch.
     pub train_images: u64,
     /// Training images per second over the epoch (training batches only).
+    #[serde(with = "super::float_json::any")]
     pub train_images_per_sec: f64,
 }
 
@@ -29,8 +36,10 @@ pub struct EpochMetrics {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Evaluation {
     /// Mean cross-entropy (no label smoothing).
+    #[serde(with = "super::float_json::any")]
     pub loss: f64,
     /// Accuracy in percent.
+    #[serde(with = "super::float_json::any")]
     pub acc: f64,
     /// Images evaluated.
     pub images: usize,
@@ -71,12 +80,15 @@ pub struct Summary {
     /// Epochs trained.
     pub epochs: usize,
     /// Best test accuracy (percent) over the evaluated epochs.
+    #[serde(with = "super::float_json::any")]
     pub best_test_acc: f64,
     /// Epoch (1-based) of the best test accuracy.
     pub best_epoch: usize,
     /// Test accuracy (percent) after the last epoch.
+    #[serde(with = "super::float_json::any")]
     pub final_test_acc: f64,
     /// Test loss after the last epoch.
+    #[serde(with = "super::float_json::any")]
     pub final_test_loss: f64,
     /// Final test accuracy of each class.
     pub per_class_acc: Vec<ClassAccuracy>,
@@ -85,7 +97,9 @@ pub struct Summary {
     /// Class names, in label order.
     pub classes: Vec<String>,
     /// Seconds of all epochs (training and evaluation), over every resumed piece.
+    #[serde(with = "super::float_json::any")]
     pub total_seconds: f64,
     /// Training images per second over all epochs (training batches only).
+    #[serde(with = "super::float_json::any")]
     pub train_images_per_sec: f64,
 }

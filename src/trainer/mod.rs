@@ -31,6 +31,7 @@ mod checkpoint;
 mod config;
 mod error;
 mod evaluate;
+mod float_json;
 mod lr_schedule;
 mod metrics;
 mod outputs;

@@ -50,6 +50,20 @@ pub(crate) fn write_epoch_outputs(
     vs: &nn::VarStore,
     improved: bool,
 ) -> Result<(), TrainError> {
+    write_metric_files(dir, state)?;
+    let steps = state.steps as i64;
+    save_weights(vs, &dir.join(files::LAST), steps)?;
+    if improved {
+        save_weights(vs, &dir.join(files::BEST), steps)?;
+    }
+    Ok(())
+}
+
+/// Writes `metrics.jsonl` and `curves.svg` of `state` into `dir`, each atomically.
+///
+/// # Errors
+/// [`TrainError::TensorFile`] or [`TrainError::Plot`] naming the file.
+pub(crate) fn write_metric_files(dir: &Path, state: &TrainState) -> Result<(), TrainError> {
     let mut jsonl = String::new();
     for m in &state.metrics {
         jsonl.push_str(&serde_json::to_string(m).unwrap_or_default());
@@ -62,11 +76,6 @@ pub(crate) fn write_epoch_outputs(
         &curves,
         curves_svg(&state.metrics, best_epoch, &curves)?.as_bytes(),
     )?;
-    let steps = state.steps as i64;
-    save_weights(vs, &dir.join(files::LAST), steps)?;
-    if improved {
-        save_weights(vs, &dir.join(files::BEST), steps)?;
-    }
     Ok(())
 }
 

@@ -99,6 +99,7 @@ pub fn set_autocast_dtype_code(cuda: bool, code: i8) {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct LossScale {
     /// The current factor.
+    #[serde(with = "super::float_json::any")]
     pub scale: f64,
     /// Consecutive steps without overflow.
     pub good_steps: u64,

@@ -20,7 +20,8 @@ use super::{
 use crate::data::{epoch_batches, BatchConfig, DataSplits, Dataset};
 use crate::inference::InferenceModel;
 use crate::io::write_atomic;
-use crate::layout::vars_to_channels_last;
+use crate::io::{lock_dir, remove_partial_files, DirLock};
+use crate::layout::{vars_to_channels_last, vars_to_contiguous};
 use crate::resnext::ResNeXt;
 
 /// What a batch hook (see [`Trainer::on_batch`]) asks the trainer to do next.
@@ -83,6 +84,7 @@ pub struct Trainer<M: ModuleT> {
     sgd: Sgd,
     state: TrainState,
     run_dir: Option<PathBuf>,
+    lock: Option<DirLock>,
     stop: Arc<AtomicBool>,
     progress: ProgressMode,
     on_batch: Option<BatchHook>,
@@ -180,6 +182,7 @@ impl<M: ModuleT> Trainer<M> {
             sgd,
             state,
             run_dir: None,
+            lock: None,
             stop: Arc::new(AtomicBool::new(false)),
             progress: ProgressMode::Auto,
             on_batch: None,
@@ -197,22 +200,26 @@ impl<M: ModuleT> Trainer<M> {
         self
     }
 
-    /// Starts a fresh run in `dir` (created if needed) and writes `config.json` there.
+    /// Starts a fresh run in `dir` (created if needed) and writes `config.json` there. The
+    /// trainer holds `dir` (see [`Trainer::resume_from`]) for as long as it lives.
     ///
     /// # Errors
     /// [`TrainError::RunExists`] if `dir` already holds a checkpoint (nothing is overwritten);
-    /// [`TrainError::Io`] if it cannot be created or written.
+    /// [`TrainError::TensorFile`] with [`IoError::Locked`](crate::io::IoError::Locked) when
+    /// another process works in `dir`; [`TrainError::Io`] if it cannot be created or written.
     pub fn with_run_dir(mut self, dir: &Path) -> Result<Self, TrainError> {
-        if dir.join(files::CHECKPOINT).exists() {
-            return Err(TrainError::RunExists {
-                path: dir.to_path_buf(),
-            });
-        }
         std::fs::create_dir_all(dir).map_err(|source| TrainError::Io {
             action: "creating the run directory",
             path: dir.to_path_buf(),
             source,
         })?;
+        let lock = hold_run_dir(dir)?;
+        if dir.join(files::CHECKPOINT).exists() {
+            return Err(TrainError::RunExists {
+                path: dir.to_path_buf(),
+            });
+        }
+        self.lock = Some(lock);
         write_atomic(
             &dir.join(files::CONFIG),
             self.state.config.to_json().as_bytes(),
@@ -222,14 +229,23 @@ impl<M: ModuleT> Trainer<M> {
     }
 
     /// Continues the run in `dir` from its checkpoint: weights, momentum buffers, epoch and
-    /// batch position, metrics. The trainer's own configuration is replaced by the saved one
-    /// (except the device it was built on).
+    /// batch position, metrics. The trainer's own configuration is replaced by the saved one,
+    /// precision and layout included (the device stays the one it was built on).
+    ///
+    /// The trainer holds `dir` for as long as it lives: an advisory lock (see
+    /// [`crate::io::lock_dir`]) that a second trainer, in this process or another, is refused,
+    /// and that the operating system releases when the process ends, however it ends. Holding
+    /// it, the trainer removes the temporary files interrupted writes left in `dir`.
     ///
     /// # Errors
-    /// As [`super::load_checkpoint`]; nothing in `dir` is changed on error.
+    /// As [`super::load_checkpoint`], or [`IoError::Locked`](crate::io::IoError::Locked) (as
+    /// [`TrainError::TensorFile`]) naming the process that holds `dir`; nothing in `dir` is
+    /// changed on error.
     pub fn resume_from(mut self, dir: &Path) -> Result<Self, TrainError> {
+        let lock = hold_run_dir(dir)?;
         let path = dir.join(files::CHECKPOINT);
         let state = load_checkpoint(&path, &mut self.vs, &mut self.sgd)?;
+        self.use_execution_of(&state.config)?;
         let sgd_config = SgdConfig {
             momentum: state.config.momentum,
             weight_decay: state.config.weight_decay,
@@ -242,13 +258,27 @@ impl<M: ModuleT> Trainer<M> {
                 .set_momentum_buffers(buffers)
                 .map_err(|problem| TrainError::Checkpoint { path, problem })?;
         }
-        let loss_scale = self.state.loss_scale;
         self.state = state;
         if self.exec.precision == Precision::Fp16 && self.state.loss_scale.is_none() {
-            self.state.loss_scale = loss_scale;
+            self.state.loss_scale = Some(LossScale::default());
         }
         self.run_dir = Some(dir.to_path_buf());
+        self.lock = Some(lock);
         Ok(self)
+    }
+
+    /// Runs as `config` says on the trainer's device: precision, layout, label smoothing.
+    fn use_execution_of(&mut self, config: &TrainConfig) -> Result<(), TrainError> {
+        let exec = Execution::new(config, self.device);
+        if exec.channels_last {
+            vars_to_channels_last(&self.vs)?;
+        } else {
+            vars_to_contiguous(&self.vs)?;
+        }
+        self.exec = exec;
+        let step = std::mem::replace(&mut self.step, TrainStep::new(exec, 0.0));
+        self.step = step.reconfigured(exec, config.label_smoothing);
+        Ok(())
     }
 
     /// The flag that stops training at the next batch boundary, with a checkpoint (what a
@@ -313,10 +343,17 @@ impl<M: ModuleT> Trainer<M> {
     /// epoch. [`Cifar10::splits`](crate::data::Cifar10::splits) gives CIFAR-10 in this form;
     /// any [`Dataset`] works.
     ///
+    /// Before training, the files of the run directory are brought in line with the
+    /// checkpoint (a run killed between writing its checkpoint and its other files gets them
+    /// here), and a pending stop request is cleared. A finished run gets its files, summary
+    /// included, and [`Outcome::AlreadyComplete`].
+    ///
     /// # Errors
     /// Data, libtorch or I/O errors, and [`TrainError::Diverged`] when the loss is not finite.
     /// The last checkpoint written stays valid.
     pub fn fit(&mut self, data: &DataSplits) -> Result<Outcome, TrainError> {
+        self.stop.store(false, Ordering::SeqCst);
+        self.repair_outputs(data.train.classes())?;
         if self.state.finished() {
             return Ok(Outcome::AlreadyComplete);
         }
@@ -329,14 +366,43 @@ impl<M: ModuleT> Trainer<M> {
             }
             self.finish_epoch(&data.test)?;
         }
+        let summary = self.write_summary(data.train.classes())?;
+        self.say(&outputs::done_line(&summary));
+        Ok(Outcome::Completed(summary))
+    }
+
+    /// The summary of the finished run, written to the run directory if there is one.
+    fn write_summary(&self, classes: &[String]) -> Result<Summary, TrainError> {
         let checkpoint = self.checkpoint_path();
-        let summary =
-            outputs::summary(&self.state, data.train.classes(), self.device, &checkpoint)?;
+        let summary = outputs::summary(&self.state, classes, self.device, &checkpoint)?;
         if let Some(dir) = &self.run_dir {
             outputs::write_summary(dir, &summary)?;
         }
-        self.say(&outputs::done_line(&summary));
-        Ok(Outcome::Completed(summary))
+        Ok(summary)
+    }
+
+    /// Rewrites what the checkpoint determines: `metrics.jsonl` and `curves.svg` always;
+    /// `last.safetensors` (and `best.safetensors` when the last epoch is the best) when the
+    /// checkpoint is at an epoch boundary, whose weights they hold; `summary.json` when the
+    /// run is finished. Files of earlier epochs were complete before a later checkpoint was
+    /// written, so after this the directory is that of an uninterrupted run.
+    fn repair_outputs(&self, classes: &[String]) -> Result<(), TrainError> {
+        let Some(dir) = &self.run_dir else {
+            return Ok(());
+        };
+        if self.state.epoch == 0 {
+            return Ok(());
+        }
+        if self.state.batch == 0 {
+            let best_is_last = self.state.best.is_some_and(|(_, e)| e == self.state.epoch);
+            outputs::write_epoch_outputs(dir, &self.state, &self.vs, best_is_last)?;
+        } else {
+            outputs::write_metric_files(dir, &self.state)?;
+        }
+        if self.state.finished() {
+            self.write_summary(classes)?;
+        }
+        Ok(())
     }
 
     /// How the training set is batched: the run's batch size, seed, augmentation and limit.
@@ -395,28 +461,35 @@ impl<M: ModuleT> Trainer<M> {
         let start = self.state.batch;
         let mut batches = epoch_batches(Arc::clone(train), batch_cfg, epoch as u64, start)?;
         let mut control = BatchControl::Continue;
+        let fp16 = self.exec.precision == Precision::Fp16;
         for batch in &mut batches {
             let images = batch.images.f_to_device(self.device)?;
             let labels = batch.labels.f_to_device(self.device)?;
-            let out = self.step.run(
-                &self.model,
-                &mut self.sgd,
-                &mut self.state.loss_scale,
-                &images,
-                &labels,
-                lr,
-            )?;
+            // Loss scaling only where fp16 runs (a run moved to the CPU keeps its scale).
+            let mut unscaled = None;
+            let scale = match fp16 {
+                true => &mut self.state.loss_scale,
+                false => &mut unscaled,
+            };
+            let out = self
+                .step
+                .run(&self.model, &mut self.sgd, scale, &images, &labels, lr)?;
             sums.add(&out);
             self.state.steps += 1;
             self.state.batch = batch.index + 1;
-            if sums.is_read_due(batch.index, num_batches) {
+            let scale_exhausted = self.state.loss_scale.is_some_and(|s| s.scale <= 1.0);
+            if sums.is_read_due(batch.index, num_batches) || (out.skipped && scale_exhausted) {
                 let running = sums.read(&out)?;
-                if !running.batch_loss.is_finite() {
-                    return Err(TrainError::Diverged {
-                        epoch: epoch + 1,
-                        batch: batch.index,
-                        loss: running.batch_loss,
-                    });
+                let diverged = |loss| TrainError::Diverged {
+                    epoch: epoch + 1,
+                    batch: batch.index,
+                    loss,
+                };
+                if running.non_finite > 0 {
+                    return Err(diverged(running.non_finite_loss));
+                }
+                if out.skipped && scale_exhausted {
+                    return Err(diverged(running.batch_loss));
                 }
                 bar.set_message(bar_message(&running));
             }
@@ -506,7 +579,7 @@ impl<M: ModuleT> Trainer<M> {
         let epoch = self.state.epoch + 1;
         let epochs = self.state.config.epochs;
         let started = Instant::now();
-        let due = epoch % self.state.config.eval_every == 0 || epoch == epochs;
+        let due = epoch.is_multiple_of(self.state.config.eval_every) || epoch == epochs;
         let eval = if due {
             Some(self.evaluate_test(test)?)
         } else {
@@ -564,4 +637,11 @@ impl<M: ModuleT> Trainer<M> {
             None => Ok(()),
         }
     }
+}
+
+/// Takes `dir`'s lock and removes the leftovers of interrupted writes there.
+fn hold_run_dir(dir: &Path) -> Result<DirLock, TrainError> {
+    let lock = lock_dir(dir)?;
+    remove_partial_files(dir)?;
+    Ok(lock)
 }

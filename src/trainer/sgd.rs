@@ -101,7 +101,7 @@ impl Sgd {
                     None => s,
                 });
             }
-            total.map_or(true, |t| t.isfinite().int64_value(&[]) != 0)
+            total.is_none_or(|t| t.isfinite().int64_value(&[]) != 0)
         })
     }
 

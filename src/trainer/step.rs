@@ -23,6 +23,9 @@ pub struct StepOutput {
     pub correct: Tensor,
     /// Examples in the batch.
     pub examples: usize,
+    /// Whether fp16 loss scaling skipped the update because the gradients were not finite
+    /// (always `false` without loss scaling).
+    pub skipped: bool,
 }
 
 /// Forward, loss, backward, hook and update for one batch under the run's precision.
@@ -69,6 +72,15 @@ impl TrainStep {
         }
     }
 
+    /// The same step (and hook) running as `exec` says, with `label_smoothing`.
+    pub fn reconfigured(self, exec: Execution, label_smoothing: f64) -> Self {
+        TrainStep {
+            exec,
+            label_smoothing,
+            ..self
+        }
+    }
+
     /// Sets the [`GradientHook`] (replacing any earlier one).
     pub fn set_gradient_hook(&mut self, hook: GradientHook) {
         self.hook = Some(hook);
@@ -109,7 +121,7 @@ impl TrainStep {
             )?;
             Ok((logits, loss))
         })?;
-        let apply = match loss_scale {
+        let applied = match loss_scale {
             Some(scale) => {
                 (&loss * scale.scale).backward();
                 let finite = sgd.scale_grads(1.0 / scale.scale);
@@ -124,7 +136,7 @@ impl TrainStep {
         if let Some(hook) = &mut self.hook {
             hook(sgd.parameters())?;
         }
-        if apply {
+        if applied {
             sgd.step(lr);
         }
         let correct = tch::no_grad(|| logits.argmax(-1, false).eq_tensor(labels).sum(Kind::Int64));
@@ -132,6 +144,7 @@ impl TrainStep {
             loss: loss.detach(),
             correct,
             examples: labels.size().first().map_or(0, |&n| n as usize),
+            skipped: !applied,
         })
     }
 }
