@@ -18,7 +18,8 @@ use clap::Parser;
 use resnext::data::{ensure_cifar10, Cifar10, DownloadOptions};
 use resnext::resnext::MODEL_NAMES;
 use resnext::trainer::{
-    Outcome, ProgressMode, TrainConfig, TrainError, Trainer, PRECISION_NAMES, SCHEDULE_NAMES,
+    DataLocation, Outcome, ProgressMode, TrainConfig, TrainError, Trainer, PRECISION_NAMES,
+    SCHEDULE_NAMES,
 };
 
 #[derive(Parser, Debug)]
@@ -29,9 +30,10 @@ use resnext::trainer::{
                   checkpoint.safetensors, last.safetensors, best.safetensors."
 )]
 struct Args {
-    /// Root folder holding cifar-10-batches-bin/ (or the folder of the .bin files).
-    #[arg(long, default_value = "data")]
-    data_dir: PathBuf,
+    /// Root folder holding cifar-10-batches-bin/ (or the folder of the .bin files)
+    /// [default: data; with --resume, the folder the run was trained from].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     /// Download CIFAR-10 into --data-dir when it is not there (MD5 checked).
     #[arg(long)]
     download: bool,
@@ -156,9 +158,32 @@ fn resolve_config(args: &Args) -> Result<TrainConfig, TrainError> {
     if args.limit_test.is_some() {
         cfg.limit_test = args.limit_test;
     }
+    cfg.data = data_location(args, &DataLocation::default());
     cfg.validate()?;
     cfg.resolve_device()?;
     Ok(cfg)
+}
+
+/// Where the data is: `saved` (a resumed run's record, or nothing), with the flags given
+/// over it. The folder is made absolute, so that the record holds from any directory.
+fn data_location(args: &Args, saved: &DataLocation) -> DataLocation {
+    let dir = (args.data_dir.clone())
+        .or_else(|| saved.dir.clone())
+        .unwrap_or_else(|| PathBuf::from("data"));
+    let mut location = DataLocation {
+        dir: Some(std::path::absolute(&dir).unwrap_or(dir)),
+        ..saved.clone()
+    };
+    if args.download {
+        let opts = DownloadOptions {
+            url: args.data_url.clone().or(location.url.take()),
+            md5: args.data_md5.clone().or(location.md5.take()),
+            ..DownloadOptions::default()
+        };
+        location.url = Some(opts.resolved_url());
+        location.md5 = opts.md5;
+    }
+    location
 }
 
 /// Builds the trainer; `Err(Ok(e))` is a usage error (exit 2), `Err(Err(e))` any other.
@@ -171,7 +196,14 @@ fn make_trainer(args: &Args) -> Result<Trainer<resnext::ResNeXt>, Result<TrainEr
         e => Err(e),
     };
     match &args.resume {
-        Some(dir) => Trainer::resume(dir, args.device.as_deref()).map_err(usage),
+        Some(dir) => {
+            let mut trainer = Trainer::resume(dir, args.device.as_deref()).map_err(usage)?;
+            let location = data_location(args, &trainer.state().config.data);
+            if location != trainer.state().config.data {
+                trainer.relocate_data(location);
+            }
+            Ok(trainer)
+        }
         None => {
             let cfg = resolve_config(args).map_err(usage)?;
             let out = args
@@ -185,27 +217,30 @@ fn make_trainer(args: &Args) -> Result<Trainer<resnext::ResNeXt>, Result<TrainEr
     }
 }
 
-fn load_data(args: &Args) -> Result<Cifar10> {
-    let dir = if args.download {
-        let mut opts = DownloadOptions::default();
-        if let Some(url) = &args.data_url {
-            opts.url = Some(url.clone());
+/// Loads CIFAR-10 from `location`, downloading it first when its source is recorded (or
+/// `--download` was given) and it is missing.
+fn load_data(location: &DataLocation, resumed: bool, quiet: bool) -> Result<Cifar10> {
+    let root = location
+        .dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("data"));
+    let dir = match &location.url {
+        Some(url) => {
+            let opts = DownloadOptions {
+                url: Some(url.clone()),
+                md5: location.md5.clone(),
+                quiet,
+            };
+            ensure_cifar10(&root, &opts).context("getting CIFAR-10")?
         }
-        if let Some(md5) = &args.data_md5 {
-            opts.md5 = Some(md5.clone());
-        }
-        opts.quiet = args.quiet;
-        ensure_cifar10(&args.data_dir, &opts).context("getting CIFAR-10")?
-    } else {
-        args.data_dir.clone()
+        None => root,
     };
-    let data = Cifar10::load(&dir).with_context(|| {
-        format!(
-            "loading CIFAR-10 from {} (add --download to fetch it)",
-            dir.display()
-        )
-    })?;
-    Ok(data)
+    let hint = if resumed {
+        "the folder this run was trained from; pass --data-dir DIR if the data moved, or --download"
+    } else {
+        "add --download to fetch it"
+    };
+    Cifar10::load(&dir).with_context(|| format!("loading CIFAR-10 from {} ({hint})", dir.display()))
 }
 
 /// What to do about `e` with this program's options, if it is a fix the user makes here.
@@ -251,7 +286,8 @@ fn run(args: Args) -> Result<ExitCode> {
     } else {
         ProgressMode::Auto
     });
-    let data = load_data(&args)?
+    let location = trainer.state().config.data.clone();
+    let data = load_data(&location, args.resume.is_some(), args.quiet)?
         .splits(trainer.device())
         .context("preparing CIFAR-10 for training")?;
 

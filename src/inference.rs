@@ -166,9 +166,11 @@ fn folded_block(block: &ResNeXtBlock) -> Result<FoldedBlock, TchError> {
     })
 }
 
-/// A pool of flat buffers reused between forward passes, keyed by element count.
+/// Flat buffers reused between forward passes, every one sized for `batch` images: the
+/// largest batch seen. A larger batch replaces them; a smaller one uses their first part.
 #[derive(Debug, Default)]
 struct BufferPool {
+    batch: i64,
     free: Vec<Tensor>,
 }
 
@@ -285,21 +287,39 @@ impl InferenceModel {
         self.buffers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A flat buffer of `numel` elements of the model's kind, on its device.
-    fn take(&self, numel: i64) -> Result<Tensor, TchError> {
-        let reused = {
+    /// A flat buffer of the model's kind on its device for `per_image` elements of each of
+    /// `batch` images (or more: use its first `per_image * batch` elements).
+    fn take(&self, per_image: i64, batch: i64) -> Result<Tensor, TchError> {
+        let (reused, capacity) = {
             let mut pool = self.pool();
-            let found = pool.free.iter().position(|t| t.numel() as i64 == numel);
-            found.map(|i| pool.free.swap_remove(i))
+            if batch > pool.batch {
+                // Buffers of a smaller batch are too small for every layer: drop them all.
+                pool.free.clear();
+                pool.batch = batch;
+            }
+            let capacity = per_image * pool.batch;
+            let found = pool.free.iter().position(|t| t.numel() as i64 == capacity);
+            (found.map(|i| pool.free.swap_remove(i)), capacity)
         };
         match reused {
             Some(t) => Ok(t),
-            None => Tensor::f_empty([numel], (self.kind, self.device)),
+            None => Tensor::f_empty([capacity], (self.kind, self.device)),
         }
     }
 
-    fn give(&self, buffer: Tensor) {
-        self.pool().free.push(buffer);
+    /// Returns a buffer of [`take`](Self::take) for `per_image` elements an image; kept only
+    /// if it is sized for the largest batch.
+    fn give(&self, buffer: Tensor, per_image: i64) {
+        let mut pool = self.pool();
+        if buffer.numel() as i64 == per_image * pool.batch {
+            pool.free.push(buffer);
+        }
+    }
+
+    /// Elements held in reused buffers between calls (for tests of the buffer policy).
+    #[doc(hidden)]
+    pub fn buffered_elements(&self) -> usize {
+        self.pool().free.iter().map(Tensor::numel).sum()
     }
 
     fn run(&self, xs: &Tensor) -> Result<Tensor, TchError> {
@@ -320,11 +340,13 @@ impl InferenceModel {
         // Activations as `[N·H·W, C]` matrices in NHWC order; `held` is the pooled buffer
         // behind the current one, returned to the pool once the next block has read it.
         let mut mat = x.f_permute([0, 2, 3, 1])?.f_reshape([-1, c])?;
-        let mut held: Option<Tensor> = None;
+        let mut held: Option<(Tensor, i64)> = None;
         for block in &self.blocks {
             let width = block.reduce.weight_t.size()[1];
-            let t1 = self.take(n * h * w * width)?;
-            let mut t1m = t1.f_reshape([n * h * w, width])?;
+            let t1 = self.take(h * w * width, n)?;
+            let mut t1m = t1
+                .f_narrow(0, 0, n * h * w * width)?
+                .f_reshape([n * h * w, width])?;
             let _ = block
                 .reduce
                 .bias
@@ -333,13 +355,16 @@ impl InferenceModel {
             let t1c = t1m.f_reshape([n, h, w, width])?.f_permute([0, 3, 1, 2])?;
             let mut t2 = block.grouped.apply(&t1c)?;
             drop((t1c, t1m));
-            self.give(t1);
+            self.give(t1, h * w * width);
             let _ = t2.f_relu_()?;
             let (h2, w2) = (t2.size()[2], t2.size()[3]);
             let t2m = t2.f_permute([0, 2, 3, 1])?.f_reshape([-1, width])?;
             let c_out = block.expand.weight_t.size()[1];
-            let out = self.take(n * h2 * w2 * c_out)?;
-            let mut outm = out.f_reshape([n * h2 * w2, c_out])?;
+            let out_per_image = h2 * w2 * c_out;
+            let out = self.take(out_per_image, n)?;
+            let mut outm = out
+                .f_narrow(0, 0, n * out_per_image)?
+                .f_reshape([n * h2 * w2, c_out])?;
             match &block.downsample {
                 Some((weight_t, stride)) => {
                     let shortcut_in = if *stride == 1 {
@@ -361,8 +386,8 @@ impl InferenceModel {
             let _ = outm.f_relu_()?;
             drop((t2m, t2));
             mat = outm;
-            if let Some(previous) = held.replace(out) {
-                self.give(previous);
+            if let Some((previous, per_image)) = held.replace((out, out_per_image)) {
+                self.give(previous, per_image);
             }
             (c, h, w) = (c_out, h2, w2);
         }
@@ -370,8 +395,8 @@ impl InferenceModel {
             .f_reshape([n, h * w, c])?
             .f_mean_dim(1, false, self.kind)?;
         drop(mat);
-        if let Some(buffer) = held {
-            self.give(buffer);
+        if let Some((buffer, per_image)) = held {
+            self.give(buffer, per_image);
         }
         features.f_linear(&self.fc_weight, self.fc_bias.as_ref())
     }

@@ -36,7 +36,11 @@ impl Bars {
             let channel = class / 2;
             for a in 0..16 {
                 for b in 6..10 {
-                    let (y, x) = if class.is_multiple_of(2) { (b, a) } else { (a, b) };
+                    let (y, x) = if class.is_multiple_of(2) {
+                        (b, a)
+                    } else {
+                        (a, b)
+                    };
                     img[channel * 256 + y * 16 + x] = 255;
                 }
             }

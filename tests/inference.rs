@@ -207,3 +207,30 @@ fn channels_last_helpers_keep_values() {
     loss.backward();
     assert!(vs.trainable_variables().iter().all(|t| t.grad().defined()));
 }
+
+#[test]
+fn buffers_of_the_largest_batch_are_kept_and_serve_smaller_ones() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = ResNeXt::new(&vs.root(), &ResNeXtConfig::tiny(10));
+    let fast = InferenceModel::new(&net).unwrap();
+    let input = |n: i64| Tensor::randn([n, 3, 16, 16], (Kind::Float, Device::Cpu));
+    let check = |xs: &Tensor| {
+        let err = rel_err(&fast.forward(xs), &net.forward_t(xs, false));
+        assert!(err < 1e-4, "relative error {err}");
+    };
+    check(&input(8));
+    let at_8 = fast.buffered_elements();
+    assert!(at_8 > 0);
+    // Smaller batches, of several sizes, use the same buffers: nothing more is kept.
+    for n in [3, 5, 1, 8] {
+        check(&input(n));
+        assert_eq!(fast.buffered_elements(), at_8, "after a batch of {n}");
+    }
+    // A larger batch replaces them with buffers twice the size, not added to them.
+    check(&input(16));
+    assert_eq!(fast.buffered_elements(), 2 * at_8);
+    check(&input(8));
+    assert_eq!(fast.buffered_elements(), 2 * at_8);
+    fast.release_buffers();
+    assert_eq!(fast.buffered_elements(), 0);
+}

@@ -164,6 +164,19 @@ fn schedules_follow_their_formulas() {
     let mid = Schedule::Cosine.lr(0.1, 5 + 195 / 2, 200, 5);
     assert!((mid - 0.05 * (1.0 + (pi * 97.0 / 195.0).cos())).abs() < 1e-12);
     assert!((Schedule::Step.lr(0.1, 5 + 98, 200, 5) - 0.01).abs() < 1e-12);
+    // Step milestones are PyTorch's MultiStepLR([int(0.5 * T), int(0.75 * T)]) for every T,
+    // odd ones included (T = 5: the rate drops at epochs 2 and 3).
+    for total in [1usize, 2, 3, 5, 7, 10, 13, 200] {
+        let (m1, m2) = (
+            (0.5 * total as f64) as usize,
+            (0.75 * total as f64) as usize,
+        );
+        for e in 0..total {
+            let expected = 0.1 * 0.1f64.powi((e >= m1) as i32 + (e >= m2) as i32);
+            let lr = Schedule::Step.lr(0.1, e, total, 0);
+            assert!((lr - expected).abs() < 1e-12, "T={total} epoch {e}: {lr}");
+        }
+    }
 }
 
 /// Runs `epochs` epochs of the shared configuration in `dir`, uninterrupted.
@@ -776,5 +789,130 @@ fn a_non_finite_loss_on_any_batch_is_divergence_naming_that_batch() {
             }
             other => panic!("expected divergence, got {other}"),
         }
+    }
+}
+
+/// Writes an all-zero CIFAR-10 (every file at its full size, labels 0) into `dir`.
+fn write_zero_cifar10(dir: &Path) {
+    use resnext::data::{RECORDS_PER_FILE, RECORD_BYTES, TEST_FILE, TRAIN_FILES};
+    std::fs::create_dir_all(dir).unwrap();
+    let zeros = vec![0u8; RECORDS_PER_FILE * RECORD_BYTES];
+    for name in TRAIN_FILES.iter().chain([&TEST_FILE]) {
+        std::fs::write(dir.join(name), &zeros).unwrap();
+    }
+}
+
+#[test]
+fn a_resumed_run_finds_its_data_where_it_was_trained_from() {
+    let root = tempfile::tempdir().unwrap();
+    write_zero_cifar10(&root.path().join("data_a"));
+    let elsewhere = root.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let run_dir = root.path().join("run");
+    let cli = |cwd: &Path, args: &[&str]| {
+        let out = std::process::Command::new(example("train_cifar10"))
+            .current_dir(cwd)
+            .args(args)
+            .arg("--quiet")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        (out.status.success(), text)
+    };
+    let run = run_dir.to_str().unwrap();
+    // A relative --data-dir, resolved against the directory the run started in.
+    let (ok, text) = cli(
+        root.path(),
+        &[
+            "--model",
+            "tiny",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "32",
+            "--limit-train",
+            "64",
+            "--limit-test",
+            "32",
+            "--device",
+            "cpu",
+            "--data-dir",
+            "data_a",
+            "--out",
+            run,
+        ],
+    );
+    assert!(ok, "{text}");
+    // Resumed from another directory, with no data flag: the run's own data is used.
+    let (ok, text) = cli(&elsewhere, &["--resume", run]);
+    assert!(ok && text.contains("already complete"), "{text}");
+    // The data moved: the error names where the run was trained from and how to point at it.
+    std::fs::rename(root.path().join("data_a"), root.path().join("data_b")).unwrap();
+    let (ok, text) = cli(&elsewhere, &["--resume", run]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("data_a") && text.contains("--data-dir"),
+        "{text}"
+    );
+    let data_b = root.path().join("data_b");
+    let (ok, text) = cli(
+        &elsewhere,
+        &["--resume", run, "--data-dir", data_b.to_str().unwrap()],
+    );
+    assert!(ok, "{text}");
+}
+
+#[test]
+fn a_stop_during_evaluation_is_honoured_and_resumes_exactly() {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+    let data = dataset(200, 300);
+    let a_dir = tempfile::tempdir().unwrap();
+    let a = full_run(a_dir.path(), &data, 3);
+
+    let b_dir = tempfile::tempdir().unwrap();
+    let mut b = trainer(config(3), b_dir.path());
+    let flag = b.stop_flag();
+    let evaluations = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&evaluations);
+    // Ask for a stop as the second evaluation starts (what a Ctrl-C then would do).
+    let b = b.with_eval_form(Box::new(move |net: &ResNeXt| {
+        if count.fetch_add(1, Ordering::SeqCst) == 1 {
+            flag.store(true, Ordering::SeqCst);
+        }
+        Ok(Box::new(resnext::inference::InferenceModel::new(net)?) as Box<dyn nn::ModuleT>)
+    }));
+    let mut b = b;
+    let out = b.fit(&cpu(&data)).unwrap();
+    assert_eq!(
+        out,
+        Outcome::Stopped {
+            epoch: 2,
+            batch: 7,
+            saved: true
+        }
+    );
+    drop(b);
+    let state = read_checkpoint_state(&b_dir.path().join(files::CHECKPOINT)).unwrap();
+    assert_eq!((state.epoch, state.batch, state.metrics.len()), (1, 7, 1));
+    let mut b = resume(b_dir.path());
+    assert!(matches!(b.fit(&cpu(&data)).unwrap(), Outcome::Completed(_)));
+    assert_bitwise_equal(&variables(&a), &variables(&b));
+    for (x, y) in a.state().metrics.iter().zip(&b.state().metrics) {
+        assert_eq!((x.train_acc, x.test_acc), (y.train_acc, y.test_acc));
+    }
+}
+
+#[test]
+fn evaluation_refuses_a_class_count_that_does_not_fit() {
+    let data = dataset(32, 20);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = seeded(|| ResNeXt::new(&vs.root(), &ResNeXtConfig::tiny(10)));
+    let exec = resnext::trainer::Execution::plain(Device::Cpu);
+    for classes in [0, -3, 3] {
+        let err = resnext::trainer::evaluate(&net, &cpu(&data).test, 16, None, classes, &exec)
+            .unwrap_err();
+        assert!(err.to_string().contains("num_classes"), "{classes}: {err}");
     }
 }

@@ -181,11 +181,21 @@ fn migrate(mut state: Value) -> Result<Value, String> {
         ));
     }
     // Format steps go here: `if format < 2 { ...rename or fill fields... }`.
-    if let Some(Value::Object(config)) = state.get_mut("config") {
+    if let Some(config) = state.get_mut("config") {
         let known = serde_json::to_value(TrainConfig::default()).unwrap_or(Value::Null);
-        config.retain(|field, _| known.get(field).is_some());
+        retain_known(config, &known);
     }
     Ok(state)
+}
+
+/// Drops the fields of `value` (and of its nested objects) that `known` does not have.
+fn retain_known(value: &mut Value, known: &Value) {
+    if let (Value::Object(fields), Value::Object(known)) = (value, known) {
+        fields.retain(|field, _| known.contains_key(field));
+        for (field, v) in fields.iter_mut() {
+            retain_known(v, &known[field]);
+        }
+    }
 }
 
 /// The tensors of a checkpoint file, split into the model's (without their prefix) and the

@@ -1,5 +1,5 @@
 //! The training configuration, as data (serde, to and from JSON).
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tch::Device;
@@ -59,6 +59,21 @@ pub struct TrainConfig {
     /// Channels-last weights and inputs; `null` (auto) = on. Measured on a 2-core x86 CPU
     /// (oneDNN), it makes a tiny ResNeXt's training step 2.3x faster; cuDNN prefers it too.
     pub channels_last: Option<bool>,
+    /// Where the run's data came from, kept with the run so that a resumed run finds it
+    /// again. The trainer itself takes its data from the caller and does not read this.
+    pub data: DataLocation,
+}
+
+/// Where a run's data came from (see [`TrainConfig::data`]): all `null` when not recorded.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataLocation {
+    /// The data folder, absolute.
+    pub dir: Option<PathBuf>,
+    /// The URL or path the data was downloaded from, if it was.
+    pub url: Option<String>,
+    /// The expected MD5 of that download, if one was given.
+    pub md5: Option<String>,
 }
 
 impl Default for TrainConfig {
@@ -84,6 +99,7 @@ impl Default for TrainConfig {
             augment: true,
             precision: Precision::Auto,
             channels_last: None,
+            data: DataLocation::default(),
         }
     }
 }

@@ -1,4 +1,5 @@
 //! Test-set evaluation: eval mode, no gradients, confusion matrix accumulated on the device.
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tch::nn::ModuleT;
@@ -13,7 +14,9 @@ use crate::data::{epoch_batches, BatchConfig, Dataset};
 /// matrix; `exec` says how batches run (use [`Execution::plain`] for plain fp32).
 ///
 /// # Errors
-/// [`TrainError::Data`] if the data pipeline fails, [`TrainError::Torch`] if libtorch does.
+/// [`TrainError::InvalidConfig`] when `num_classes` is below 1 or the model's logits have
+/// another width; [`TrainError::Data`] if the data pipeline fails, [`TrainError::Torch`] if
+/// libtorch does.
 pub fn evaluate<M: ModuleT + ?Sized>(
     model: &M,
     data: &Arc<dyn Dataset>,
@@ -22,6 +25,32 @@ pub fn evaluate<M: ModuleT + ?Sized>(
     num_classes: i64,
     exec: &Execution,
 ) -> Result<Evaluation, TrainError> {
+    let never = AtomicBool::new(false);
+    let eval = evaluate_until(model, data, batch_size, limit, num_classes, exec, &never)?;
+    eval.ok_or_else(|| TrainError::InvalidConfig {
+        field: "stop",
+        value: "set".into(),
+        expected: "no stop request".into(),
+    })
+}
+
+/// As [`evaluate`], checking `stop` after every batch: `None` when it was set.
+pub(crate) fn evaluate_until<M: ModuleT + ?Sized>(
+    model: &M,
+    data: &Arc<dyn Dataset>,
+    batch_size: usize,
+    limit: Option<usize>,
+    num_classes: i64,
+    exec: &Execution,
+    stop: &AtomicBool,
+) -> Result<Option<Evaluation>, TrainError> {
+    if num_classes < 1 {
+        return Err(TrainError::InvalidConfig {
+            field: "num_classes",
+            value: num_classes.to_string(),
+            expected: "at least 1".into(),
+        });
+    }
     let cfg = BatchConfig {
         limit,
         ..BatchConfig::eval(batch_size)
@@ -31,25 +60,41 @@ pub fn evaluate<M: ModuleT + ?Sized>(
     let mut confusion = Tensor::zeros([num_classes * num_classes], (Kind::Int64, device));
     let mut images = 0usize;
     let mut batches = epoch_batches(Arc::clone(data), &cfg, 0, 0)?;
-    tch::no_grad(|| -> Result<(), TrainError> {
+    let stopped = tch::no_grad(|| -> Result<bool, TrainError> {
         for batch in &mut batches {
             let input = exec.input(&batch.images.f_to_device(device)?)?;
             let labels = batch.labels.f_to_device(device)?;
             let logits = exec
                 .run(|| model.forward_t(&input, false))
-                .to_kind(Kind::Float);
+                .f_to_kind(Kind::Float)?;
+            let width = logits.size().get(1).copied().unwrap_or(0);
+            if width != num_classes {
+                return Err(TrainError::InvalidConfig {
+                    field: "num_classes",
+                    value: num_classes.to_string(),
+                    expected: format!("the width of the model's logits, {width}"),
+                });
+            }
             let loss =
                 logits.f_cross_entropy_loss::<Tensor>(&labels, None, Reduction::Sum, -100, 0.0)?;
-            loss_sum += loss.to_kind(Kind::Double);
-            let pred = logits.argmax(-1, false);
-            let cell = &labels * num_classes + pred;
-            confusion += cell.bincount::<Tensor>(None, num_classes * num_classes);
+            let _ = loss_sum.f_add_(&loss.f_to_kind(Kind::Double)?)?;
+            let pred = logits.f_argmax(-1, false)?;
+            let cell = (&labels * num_classes).f_add(&pred)?;
+            // A label beyond `num_classes` makes the counts longer: an error, not a panic.
+            let _ =
+                confusion.f_add_(&cell.f_bincount::<Tensor>(None, num_classes * num_classes)?)?;
             images += batch.indices.len();
+            if stop.load(Ordering::SeqCst) {
+                return Ok(true);
+            }
         }
-        Ok(())
+        Ok(false)
     })?;
     if let Some(e) = batches.take_error() {
         return Err(e.into());
+    }
+    if stopped {
+        return Ok(None);
     }
     let counts = Vec::<i64>::try_from(&confusion)?;
     let confusion: Vec<Vec<u64>> = counts
@@ -58,10 +103,10 @@ pub fn evaluate<M: ModuleT + ?Sized>(
         .collect();
     let correct: u64 = (0..confusion.len()).map(|i| confusion[i][i]).sum();
     let n = images.max(1) as f64;
-    Ok(Evaluation {
+    Ok(Some(Evaluation {
         loss: loss_sum.double_value(&[]) / n,
         acc: 100.0 * correct as f64 / n,
         images,
         confusion,
-    })
+    }))
 }

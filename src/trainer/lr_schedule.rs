@@ -13,7 +13,8 @@ pub enum Schedule {
     /// PyTorch CIFAR recipe: `CosineAnnealingLR(T_max=epochs)` stepped once per epoch).
     #[default]
     Cosine,
-    /// The paper's CIFAR recipe: divide by 10 at 50% and at 75% of the epochs.
+    /// The paper's CIFAR recipe: divide by 10 at 50% and at 75% of the epochs, as PyTorch's
+    /// `MultiStepLR(milestones=[int(0.5 * T), int(0.75 * T)], gamma=0.1)`.
     Step,
     /// The base lr throughout (the tutorial's literal recipe).
     Constant,
@@ -47,7 +48,9 @@ impl Schedule {
     /// * then, with `t = epoch - warmup` and `T = epochs - warmup`:
     ///   * `Cosine`: `base * (1 + cos(pi * t / T)) / 2` (PyTorch's `CosineAnnealingLR` with
     ///     `T_max = T`, `eta_min = 0`);
-    ///   * `Step`: `base`, divided by 10 from `t >= T/2` and by 100 from `t >= 3T/4`;
+    ///   * `Step`: `base`, divided by 10 from `t >= floor(T/2)` and by 100 from
+    ///     `t >= floor(3T/4)` (PyTorch's `MultiStepLR` with milestones `int(0.5 * T)` and
+    ///     `int(0.75 * T)`);
     ///   * `Constant`: `base`.
     ///
     /// ```
@@ -55,20 +58,23 @@ impl Schedule {
     /// assert_eq!(Schedule::Cosine.lr(0.1, 0, 200, 0), 0.1);
     /// assert!((Schedule::Cosine.lr(0.1, 100, 200, 0) - 0.05).abs() < 1e-12);
     /// assert!((Schedule::Step.lr(0.1, 150, 200, 0) - 0.001).abs() < 1e-12);
+    /// // T = 5: milestones int(2.5) = 2 and int(3.75) = 3.
+    /// assert!((Schedule::Step.lr(0.1, 2, 5, 0) - 0.01).abs() < 1e-12);
     /// assert_eq!(Schedule::Constant.lr(0.1, 0, 200, 4), 0.02);
     /// ```
     pub fn lr(self, base: f64, epoch: usize, epochs: usize, warmup: usize) -> f64 {
         if epoch < warmup {
             return base * (epoch + 1) as f64 / (warmup + 1) as f64;
         }
-        let t = (epoch - warmup) as f64;
-        let total = epochs.saturating_sub(warmup).max(1) as f64;
+        let t = epoch - warmup;
+        let total = epochs.saturating_sub(warmup).max(1);
         match self {
-            Schedule::Cosine => base * (1.0 + (PI * t / total).cos()) / 2.0,
+            Schedule::Cosine => base * (1.0 + (PI * t as f64 / total as f64).cos()) / 2.0,
             Schedule::Step => {
-                if t >= 0.75 * total {
+                // int(0.5 * T) and int(0.75 * T), exactly, in integers.
+                if t >= 3 * total / 4 {
                     base / 100.0
-                } else if t >= 0.5 * total {
+                } else if t >= total / 2 {
                     base / 10.0
                 } else {
                     base

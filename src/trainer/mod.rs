@@ -48,7 +48,7 @@ pub use checkpoint::{
     load_checkpoint, read_checkpoint_state, save_checkpoint, EpochProgress, TrainState,
     CHECKPOINT_FORMAT,
 };
-pub use config::TrainConfig;
+pub use config::{DataLocation, TrainConfig};
 pub use error::TrainError;
 pub use evaluate::evaluate;
 pub use lr_schedule::{Schedule, SCHEDULE_NAMES};

@@ -13,9 +13,9 @@ use super::checkpoint::{load_checkpoint, read_checkpoint_state, save_checkpoint}
 use super::outputs::{self, files};
 use super::progress::bar_message;
 use super::{
-    evaluate, tune_process_for_training, EpochAccumulator, EpochMetrics, Evaluation, Execution,
-    LossScale, Precision, ProgressMode, Sgd, SgdConfig, Summary, TrainConfig, TrainError,
-    TrainState, TrainStep,
+    evaluate::evaluate_until, tune_process_for_training, EpochAccumulator, EpochMetrics,
+    Evaluation, Execution, LossScale, Precision, ProgressMode, Sgd, SgdConfig, Summary,
+    TrainConfig, TrainError, TrainState, TrainStep,
 };
 use crate::data::{epoch_batches, BatchConfig, DataSplits, Dataset};
 use crate::inference::InferenceModel;
@@ -308,6 +308,12 @@ impl<M: ModuleT> Trainer<M> {
         self.step.set_gradient_hook(Box::new(hook));
     }
 
+    /// Records where the run's data now is (see [`TrainConfig::data`]), for example after it
+    /// moved; saved with the next checkpoint.
+    pub fn relocate_data(&mut self, location: super::DataLocation) {
+        self.state.config.data = location;
+    }
+
     /// The trainer state: configuration, position, metrics so far.
     pub fn state(&self) -> &TrainState {
         &self.state
@@ -364,7 +370,9 @@ impl<M: ModuleT> Trainer<M> {
             if let Some(stopped) = self.train_epoch(&data.train, &batch_cfg, num_batches)? {
                 return Ok(stopped);
             }
-            self.finish_epoch(&data.test)?;
+            if let Some(stopped) = self.finish_epoch(&data.test, num_batches)? {
+                return Ok(stopped);
+            }
         }
         let summary = self.write_summary(data.train.classes())?;
         self.say(&outputs::done_line(&summary));
@@ -552,8 +560,9 @@ impl<M: ModuleT> Trainer<M> {
         }
     }
 
-    /// Evaluates `test` with the evaluation form (fp32 runs) or the trained model.
-    fn evaluate_test(&self, test: &Arc<dyn Dataset>) -> Result<Evaluation, TrainError> {
+    /// Evaluates `test` with the evaluation form (fp32 runs) or the trained model; `None`
+    /// when a stop was requested during the evaluation.
+    fn evaluate_test(&self, test: &Arc<dyn Dataset>) -> Result<Option<Evaluation>, TrainError> {
         let cfg = &self.state.config;
         let fast = match &self.eval_form {
             Some(form) if self.exec.precision == Precision::Fp32 => Some(form(&self.model)?),
@@ -563,27 +572,35 @@ impl<M: ModuleT> Trainer<M> {
             Some(m) => m.as_ref(),
             None => &self.model,
         };
-        evaluate(
+        evaluate_until(
             model,
             test,
             cfg.batch_size.max(256),
             cfg.limit_test,
             test.classes().len() as i64,
             &self.exec,
+            &self.stop,
         )
     }
 
     /// Evaluates (when due), records the epoch's metrics, moves to the next epoch and writes
-    /// the checkpoint and the run directory's files.
-    fn finish_epoch(&mut self, test: &Arc<dyn Dataset>) -> Result<(), TrainError> {
+    /// the checkpoint and the run directory's files; `Some` when a stop request interrupted
+    /// the evaluation (the checkpoint then resumes at the evaluation).
+    fn finish_epoch(
+        &mut self,
+        test: &Arc<dyn Dataset>,
+        num_batches: usize,
+    ) -> Result<Option<Outcome>, TrainError> {
         let epoch = self.state.epoch + 1;
         let epochs = self.state.config.epochs;
         let started = Instant::now();
         let due = epoch.is_multiple_of(self.state.config.eval_every) || epoch == epochs;
-        let eval = if due {
-            Some(self.evaluate_test(test)?)
-        } else {
-            None
+        let eval = match due {
+            true => match self.evaluate_test(test)? {
+                Some(eval) => Some(eval),
+                None => return self.stop_if_asked(BatchControl::Stop, num_batches),
+            },
+            false => None,
         };
         let p = std::mem::take(&mut self.state.progress);
         let seen = p.seen.max(1) as f64;
@@ -617,7 +634,7 @@ impl<M: ModuleT> Trainer<M> {
         if let Some(dir) = &self.run_dir {
             outputs::write_epoch_outputs(dir, &self.state, &self.vs, improved)?;
         }
-        Ok(())
+        Ok(None)
     }
 
     fn checkpoint_path(&self) -> PathBuf {
