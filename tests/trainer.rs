@@ -872,7 +872,7 @@ fn a_stop_during_evaluation_is_honoured_and_resumes_exactly() {
     let a = full_run(a_dir.path(), &data, 3);
 
     let b_dir = tempfile::tempdir().unwrap();
-    let mut b = trainer(config(3), b_dir.path());
+    let b = trainer(config(3), b_dir.path());
     let flag = b.stop_flag();
     let evaluations = Arc::new(AtomicUsize::new(0));
     let count = Arc::clone(&evaluations);
