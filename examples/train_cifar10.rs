@@ -252,6 +252,7 @@ fn cli_hint(e: &TrainError) -> Option<String> {
             path.display()
         )),
         TrainError::Diverged { .. } => Some("try a lower --lr or some --warmup-epochs".into()),
+        TrainError::OutOfMemory { .. } => Some("try a smaller --batch-size".into()),
         TrainError::TensorFile(resnext::io::IoError::Locked { .. }) => {
             Some("let that run finish, or stop it (Ctrl-C), before resuming here".into())
         }

@@ -301,3 +301,59 @@ fn a_shard_is_batched_and_a_bad_shard_is_refused() {
         assert!(err.to_string().contains("shard"), "{err}");
     }
 }
+
+#[test]
+fn a_dataset_whose_classes_the_model_does_not_fit_is_refused_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = {
+        let _init = SEEDED_INIT.lock().unwrap_or_else(|e| e.into_inner());
+        ResNeXt::try_new(&vs.root(), &ResNeXtConfig::tiny(10)).unwrap()
+    };
+    let mut t = Trainer::new(config(1), vs, net)
+        .unwrap()
+        .with_run_dir(dir.path())
+        .unwrap();
+    t.set_progress(ProgressMode::Silent);
+    match t.fit(&splits()) {
+        Err(TrainError::ClassCount {
+            outputs, classes, ..
+        }) => assert_eq!((outputs, classes), (10, 4)),
+        other => panic!("expected a class-count error, got {other:?}"),
+    }
+    assert_eq!(t.state().steps, 0);
+    assert!(!dir
+        .path()
+        .join(resnext::trainer::files::CHECKPOINT)
+        .exists());
+}
+
+/// A model whose training forward pass asks for more memory than any machine has.
+#[derive(Debug)]
+struct Greedy(ResNeXt);
+
+impl nn::ModuleT for Greedy {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        if train {
+            let _huge = Tensor::empty([1i64 << 46], (Kind::Float, Device::Cpu));
+        }
+        self.0.forward_t(xs, train)
+    }
+}
+
+#[test]
+fn running_out_of_memory_is_an_error_naming_the_batch_size() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = {
+        let _init = SEEDED_INIT.lock().unwrap_or_else(|e| e.into_inner());
+        ResNeXt::try_new(&vs.root(), &ResNeXtConfig::tiny(4)).unwrap()
+    };
+    let mut t = Trainer::new(config(1), vs, Greedy(net)).unwrap();
+    t.set_progress(ProgressMode::Silent);
+    match t.fit(&splits()) {
+        Err(e @ TrainError::OutOfMemory { batch: 32, .. }) => {
+            assert!(e.to_string().contains("smaller batch size"), "{e}");
+        }
+        other => panic!("expected out of memory, got {other:?}"),
+    }
+}

@@ -487,3 +487,20 @@ fn invalid_configs_are_errors_not_panics() {
         })
     ));
 }
+
+#[test]
+fn an_input_of_another_kind_or_device_is_an_error_not_a_panic() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = ResNeXt::new(&vs.root(), &ResNeXtConfig::tiny(10));
+    let xs = Tensor::zeros([2, 3, 32, 32], (Kind::Double, Device::Cpu));
+    match net.try_forward_t(&xs, false) {
+        Err(e @ resnext::ModelError::InputPlacement { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("Double") && msg.contains("Float"), "{msg}");
+        }
+        other => panic!("expected an input placement error, got {other:?}"),
+    }
+    assert!(net.try_forward_features_t(&xs, false).is_err());
+    let ok = Tensor::zeros([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+    assert_eq!(net.try_forward_t(&ok, false).unwrap().size(), [2, 10]);
+}

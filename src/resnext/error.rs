@@ -29,6 +29,18 @@ pub enum ModelError {
         /// The element kind that was passed.
         kind: tch::Kind,
     },
+    /// The input tensor is not of the element kind or not on the device of the weights.
+    #[error("bad input: the network's weights are {weights_kind:?} on {weights_device:?}, the input is {kind:?} on {device:?}; convert it with `to_kind` / `to_device` first")]
+    InputPlacement {
+        /// The input's element kind.
+        kind: tch::Kind,
+        /// The input's device.
+        device: tch::Device,
+        /// The weights' element kind.
+        weights_kind: tch::Kind,
+        /// The weights' device.
+        weights_device: tch::Device,
+    },
     /// libtorch reported an error.
     #[error("libtorch error: {0}")]
     Torch(#[from] tch::TchError),

@@ -129,6 +129,26 @@ impl ResNeXt {
         Ok(())
     }
 
+    /// Checks that `xs` suits this network: [`ResNeXt::check_input`], and the element kind and
+    /// device of the weights (under autocast, whose casts libtorch makes, only the device).
+    ///
+    /// # Errors
+    /// [`ModelError::InputShape`] or [`ModelError::InputPlacement`].
+    pub fn check_input_for(&self, xs: &Tensor) -> Result<(), ModelError> {
+        Self::check_input(xs)?;
+        let (weights_kind, weights_device) = (self.conv1.ws.kind(), self.conv1.ws.device());
+        let autocast = weights_device.is_cuda() && cuda_autocast_enabled();
+        if xs.device() != weights_device || (xs.kind() != weights_kind && !autocast) {
+            return Err(ModelError::InputPlacement {
+                kind: xs.kind(),
+                device: xs.device(),
+                weights_kind,
+                weights_device,
+            });
+        }
+        Ok(())
+    }
+
     /// The output of the stem and of every stage, in order: `[stem, layer1, layer2, …]`.
     ///
     /// # Errors
@@ -138,7 +158,7 @@ impl ResNeXt {
         xs: &Tensor,
         train: bool,
     ) -> Result<Vec<Tensor>, ModelError> {
-        Self::check_input(xs)?;
+        self.check_input_for(xs)?;
         let mut x = self.forward_stem(xs, train);
         let mut outs = vec![x.shallow_clone()];
         for stage in &self.stages {
@@ -155,7 +175,7 @@ impl ResNeXt {
     /// # Errors
     /// [`ModelError::InputShape`] for an input that is not `[N, 3, H, W]`.
     pub fn try_forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor, ModelError> {
-        Self::check_input(xs)?;
+        self.check_input_for(xs)?;
         let mut x = self.forward_stem(xs, train);
         for block in self.stages.iter().flatten() {
             x = block.forward_t(&x, train);
@@ -204,4 +224,10 @@ impl ModuleT for ResNeXt {
             Err(e) => panic!("{e}"),
         }
     }
+}
+
+/// Whether `tch::autocast` is on (tch keeps its getter private).
+fn cuda_autocast_enabled() -> bool {
+    // SAFETY: a plain getter of libtorch's thread-local autocast flag, without arguments.
+    unsafe { torch_sys::at_autocast_is_enabled() != 0 }
 }

@@ -84,6 +84,28 @@ pub enum TrainError {
         /// The non-finite loss (the latest one, when several).
         loss: f64,
     },
+    /// libtorch ran out of memory running a batch.
+    #[error("out of memory on {device} with a batch of {batch} images: {message}; try a smaller batch size (or a smaller model)")]
+    OutOfMemory {
+        /// The device, as `Cpu` or `Cuda(0)`.
+        device: String,
+        /// Images in the batch that failed.
+        batch: usize,
+        /// libtorch's message (its first line).
+        message: String,
+    },
+    /// The model's output does not fit the data's classes.
+    #[error("the model outputs {outputs} logits but the {split} set has {classes} classes ({names}); build the model with {classes} classes")]
+    ClassCount {
+        /// Width of the model's logits.
+        outputs: i64,
+        /// `training` or `test`.
+        split: &'static str,
+        /// Number of classes of that set.
+        classes: usize,
+        /// Their names, abbreviated.
+        names: String,
+    },
     /// libtorch reported an error.
     #[error("libtorch error: {0}")]
     Torch(#[from] tch::TchError),

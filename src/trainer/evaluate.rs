@@ -5,6 +5,7 @@ use std::sync::Arc;
 use tch::nn::ModuleT;
 use tch::{Kind, Reduction, Tensor};
 
+use super::guard::torch_guard;
 use super::{Evaluation, Execution, TrainError};
 use crate::data::{epoch_batches, BatchConfig, Dataset};
 
@@ -64,9 +65,10 @@ pub(crate) fn evaluate_until<M: ModuleT + ?Sized>(
         for batch in &mut batches {
             let input = exec.input(&batch.images.f_to_device(device)?)?;
             let labels = batch.labels.f_to_device(device)?;
-            let logits = exec
-                .run(|| model.forward_t(&input, false))
-                .f_to_kind(Kind::Float)?;
+            let logits = torch_guard(batch.indices.len(), device, || {
+                Ok(exec.run(|| model.forward_t(&input, false)))
+            })?
+            .f_to_kind(Kind::Float)?;
             let width = logits.size().get(1).copied().unwrap_or(0);
             if width != num_classes {
                 return Err(TrainError::InvalidConfig {

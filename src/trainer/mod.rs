@@ -32,6 +32,7 @@ mod config;
 mod error;
 mod evaluate;
 mod float_json;
+mod guard;
 mod lr_schedule;
 mod metrics;
 mod outputs;

@@ -13,11 +13,11 @@ use super::checkpoint::{load_checkpoint, read_checkpoint_state, save_checkpoint}
 use super::outputs::{self, files};
 use super::progress::bar_message;
 use super::{
-    evaluate::evaluate_until, tune_process_for_training, EpochAccumulator, EpochMetrics,
-    Evaluation, Execution, LossScale, Precision, ProgressMode, Sgd, SgdConfig, Summary,
-    TrainConfig, TrainError, TrainState, TrainStep,
+    evaluate::evaluate_until, guard::torch_guard, tune_process_for_training, EpochAccumulator,
+    EpochMetrics, Evaluation, Execution, LossScale, Precision, ProgressMode, Sgd, SgdConfig,
+    Summary, TrainConfig, TrainError, TrainState, TrainStep,
 };
-use crate::data::{epoch_batches, BatchConfig, DataSplits, Dataset};
+use crate::data::{epoch_batches, BatchConfig, BatchRequest, DataSplits, Dataset};
 use crate::inference::InferenceModel;
 use crate::io::write_atomic;
 use crate::io::{lock_dir, remove_partial_files, DirLock};
@@ -359,6 +359,7 @@ impl<M: ModuleT> Trainer<M> {
     /// The last checkpoint written stays valid.
     pub fn fit(&mut self, data: &DataSplits) -> Result<Outcome, TrainError> {
         self.stop.store(false, Ordering::SeqCst);
+        self.check_classes(data)?;
         self.repair_outputs(data.train.classes())?;
         if self.state.finished() {
             return Ok(Outcome::AlreadyComplete);
@@ -409,6 +410,50 @@ impl<M: ModuleT> Trainer<M> {
         }
         if self.state.finished() {
             self.write_summary(classes)?;
+        }
+        Ok(())
+    }
+
+    /// Refuses, before anything is trained or written, data whose classes the model's output
+    /// does not fit (one training image through the model in eval mode tells its width).
+    fn check_classes(&self, data: &DataSplits) -> Result<(), TrainError> {
+        if data.train.is_empty() {
+            return Ok(());
+        }
+        let cfg = BatchConfig::eval(1);
+        let request = BatchRequest {
+            config: &cfg,
+            epoch: 0,
+            index: 0,
+            indices: &[0],
+        };
+        let (images, _) = data.train.make_batch(&request)?;
+        let input = self.exec.input(&images.f_to_device(self.device)?)?;
+        let logits = torch_guard(1, self.device, || {
+            Ok(tch::no_grad(|| {
+                self.exec.run(|| self.model.forward_t(&input, false))
+            }))
+        })?;
+        let outputs = logits.size().last().copied().unwrap_or(0);
+        for (split, set) in [("training", &data.train), ("test", &data.test)] {
+            let classes = set.classes();
+            if classes.len() as i64 != outputs {
+                let mut names = classes
+                    .iter()
+                    .take(5)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                if classes.len() > 5 {
+                    names.push_str(", …");
+                }
+                return Err(TrainError::ClassCount {
+                    outputs,
+                    split,
+                    classes: classes.len(),
+                    names,
+                });
+            }
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 use tch::nn::ModuleT;
 use tch::{Kind, Reduction, Tensor};
 
+use super::guard::torch_guard;
 use super::{Execution, LossScale, Sgd, TrainError};
 
 /// Code run by [`TrainStep::run`] between backward and the optimiser update, with every
@@ -97,8 +98,25 @@ impl TrainStep {
     /// after; a step whose gradients are not finite is skipped and the scale lowered.
     ///
     /// # Errors
-    /// [`TrainError::Torch`] when libtorch fails, or the hook's error.
+    /// [`TrainError::OutOfMemory`] when the batch does not fit in memory,
+    /// [`TrainError::Torch`] when libtorch fails otherwise (also inside the model's forward
+    /// pass, where tch would panic), or the hook's error.
     pub fn run<M: ModuleT + ?Sized>(
+        &mut self,
+        model: &M,
+        sgd: &mut Sgd,
+        loss_scale: &mut Option<LossScale>,
+        images: &Tensor,
+        labels: &Tensor,
+        lr: f64,
+    ) -> Result<StepOutput, TrainError> {
+        let batch = labels.size().first().map_or(0, |&n| n as usize);
+        torch_guard(batch, self.exec.device, || {
+            self.run_unguarded(model, sgd, loss_scale, images, labels, lr)
+        })
+    }
+
+    fn run_unguarded<M: ModuleT + ?Sized>(
         &mut self,
         model: &M,
         sgd: &mut Sgd,
@@ -123,13 +141,13 @@ impl TrainStep {
         })?;
         let applied = match loss_scale {
             Some(scale) => {
-                (&loss * scale.scale).backward();
+                (&loss * scale.scale).f_backward()?;
                 let finite = sgd.scale_grads(1.0 / scale.scale);
                 scale.update(finite);
                 finite
             }
             None => {
-                loss.backward();
+                loss.f_backward()?;
                 true
             }
         };
