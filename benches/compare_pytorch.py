@@ -12,7 +12,9 @@ crate links. This script:
   this script with ``--serve``; both answer ``setup``/``run`` commands on a pipe, time their
   own iterations and use the same number of intra-op threads;
 * sets every variant up (two warm-up iterations each), then runs ROUNDS rounds; in each round
-  every variant runs once, ours and PyTorch's alternating;
+  every variant runs once, ours and PyTorch's alternating: one untimed iteration, then
+  ``--steps`` iterations back to back, timed together (a plain loop's steady state, which is
+  how users run either side; ``--steps 0`` times one lone iteration instead);
 * prints, per workload, the median images/s of every variant, and one table of
   ``workload | ours images/s | PyTorch eager images/s | ratio``.
 
@@ -166,9 +168,10 @@ class Worker:
             raise RuntimeError(f"{self.p.args[0]}: `{line}` -> `{answer or 'no answer'}`")
         return answer
 
-    def setup(self, kind, model, batch, variant):
+    def setup(self, kind, model, batch, variant, steps):
         self.ask(f"setup w {kind} {model} {batch} {variant}")
-        return lambda: float(self.ask("run w"))
+        command = f"run w {steps}" if steps > 0 else "run w"
+        return lambda: float(self.ask(command))
 
     def close(self):
         try:
@@ -192,6 +195,10 @@ def serve(args):
                 answer = "ok"
             elif words[:1] == ["run"] and len(words) == 2:
                 answer = repr(workloads[words[1]].run())
+            elif words[:1] == ["run"] and len(words) == 3 and int(words[2]) > 0:
+                w, k = workloads[words[1]], int(words[2])
+                w.run()  # untimed, then k back to back as a plain loop runs them
+                answer = repr(sum(w.run() for _ in range(k)) / k)
             elif words[:1] == ["drop"] and len(words) == 2:
                 workloads.pop(words[1], None)
                 answer = "ok"
@@ -253,6 +260,10 @@ def main():
     ap.add_argument("--train-rounds", type=int, default=5, help="rounds for ResNeXt-50 training")
     ap.add_argument("--tiny-rounds", type=int, default=11, help="rounds for the tiny model")
     ap.add_argument("--only", default="", help="run only workloads whose name contains this")
+    ap.add_argument("--steps", type=int, default=3,
+                    help="per sample: one untimed iteration, then this many back to back, timed "
+                         "(a plain loop's steady state); 0: one lone iteration per sample, as "
+                         "before 2026-11-29")
     ap.add_argument("--malloc", default="ours", choices=["ours", "both"],
                     help="ours: each side as it comes (ours keeps freed memory, see "
                          "resnext::memory; PyTorch with glibc's defaults); both: both sides "
@@ -271,7 +282,9 @@ def main():
     print(f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')}  host: {platform.node()}  cpu: {cpu_name()}")
     print(f"# torch {torch.__version__} from {os.path.dirname(torch.__file__)}; device {device}; "
           f"intra-op threads: {torch.get_num_threads()} (both sides); fp32, 3x32x32 random inputs")
-    print("# each round runs every variant once, ours and PyTorch's alternating; "
+    per = (f"1 untimed + {args.steps} back-to-back timed iterations" if args.steps > 0
+           else "1 lone iteration")
+    print(f"# each round runs every variant once ({per}), ours and PyTorch's alternating; "
           "numbers are medians over rounds; each variant had two warm-up iterations", flush=True)
     env = None
     if args.malloc == "both":
@@ -296,7 +309,7 @@ def main():
                 for side, argv, variant in (("ours", ours_argv, ov), ("torch", torch_argv, pv)):
                     w = Worker(argv, env)
                     workers.append(w)
-                    runners.append(((side, variant), w.setup(kind, model, batch, variant)))
+                    runners.append(((side, variant), w.setup(kind, model, batch, variant, args.steps)))
             for _, f in runners:  # one more warm-up round, alternating, not counted
                 f()
             times = {k: [] for k, _ in runners}

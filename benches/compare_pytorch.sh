@@ -3,7 +3,7 @@
 # prints one table (workload | ours images/s | PyTorch eager images/s | ratio).
 #
 #   benches/compare_pytorch.sh [--threads N] [--device cpu|cuda] [--rounds R] [--train-rounds R]
-#                              [--tiny-rounds R] [--only NAME] [--malloc ours|both]
+#                              [--tiny-rounds R] [--only NAME] [--malloc ours|both] [--steps K]
 #
 # * builds examples/bench_step.rs in release mode (the Rust side, driven over a pipe);
 # * runs benches/compare_pytorch.py with the torch package whose libtorch the crate links:

@@ -10,6 +10,8 @@
 //!   Train variants (forward, cross-entropy, backward, [`Sgd`] step with momentum 0.9 and
 //!   weight decay 5e-4): `nchw`, `cl` (channels-last weights and input).
 //! * `run ID`: runs the workload once, answers the wall time in seconds;
+//! * `run ID K`: runs it once untimed, then `K` times back to back, as a plain training loop
+//!   does, and answers the mean wall time of those `K` in seconds;
 //! * `drop ID`: frees it, answers `ok`;
 //! * `quit`.
 //!
@@ -110,6 +112,31 @@ impl Workload {
     }
 }
 
+/// Runs `w` `untimed` times, then `timed` times back to back; answers the mean seconds of the
+/// timed runs.
+fn time_runs(w: &mut Workload, device: Device, untimed: u32, timed: u32) -> Result<String> {
+    let sync = || {
+        if device.is_cuda() {
+            tch::Cuda::synchronize(0);
+        }
+    };
+    for _ in 0..untimed {
+        w.run()?;
+    }
+    sync();
+    let t = Instant::now();
+    let mut v = 0.0;
+    for _ in 0..timed {
+        v += w.run()?;
+    }
+    sync();
+    let secs = t.elapsed().as_secs_f64() / f64::from(timed);
+    if !v.is_finite() {
+        bail!("non-finite output {v}");
+    }
+    Ok(format!("{secs}"))
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     tch::set_num_threads(args.threads);
@@ -138,22 +165,13 @@ fn main() -> Result<()> {
                 Ok("ok".into())
             })(),
             ["run", id] => match workloads.get_mut(*id) {
-                Some(w) => (|| -> Result<String> {
-                    if device.is_cuda() {
-                        tch::Cuda::synchronize(0);
-                    }
-                    let t = Instant::now();
-                    let v = w.run()?;
-                    if device.is_cuda() {
-                        tch::Cuda::synchronize(0);
-                    }
-                    let secs = t.elapsed().as_secs_f64();
-                    if !v.is_finite() {
-                        bail!("non-finite output {v}");
-                    }
-                    Ok(format!("{secs}"))
-                })(),
+                Some(w) => time_runs(w, device, 0, 1),
                 None => Err(anyhow::anyhow!("unknown workload {id}")),
+            },
+            ["run", id, k] => match (workloads.get_mut(*id), k.parse::<u32>()) {
+                (Some(w), Ok(k)) if k > 0 => time_runs(w, device, 1, k),
+                (None, _) => Err(anyhow::anyhow!("unknown workload {id}")),
+                _ => Err(anyhow::anyhow!("bad count `{k}`")),
             },
             ["drop", id] => {
                 workloads.remove(*id);

@@ -114,6 +114,8 @@ enum Reply {
     Status(u16, &'static str),
     /// Announces the full length and sends only `sent` bytes.
     CutShort(Arc<Vec<u8>>, usize),
+    /// The bytes, labelled `Content-Encoding: gzip` (as some servers label a `.tar.gz`).
+    GzipLabelled(Arc<Vec<u8>>),
 }
 
 struct Server {
@@ -139,13 +141,17 @@ fn serve(reply: Reply) -> Server {
                     Ok(n) => head.extend_from_slice(&chunk[..n]),
                 }
             }
+            let encoding = match &reply {
+                Reply::GzipLabelled(_) => "Content-Encoding: gzip\r\n",
+                _ => "",
+            };
             let (status, body, declared): (String, &[u8], usize) = match &reply {
-                Reply::Body(b) => ("200 OK".into(), b, b.len()),
+                Reply::Body(b) | Reply::GzipLabelled(b) => ("200 OK".into(), b, b.len()),
                 Reply::Status(code, text) => (format!("{code} {text}"), b"error page", 10),
                 Reply::CutShort(b, sent) => ("200 OK".into(), &b[..*sent], b.len()),
             };
             let header = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: application/gzip\r\nContent-Length: \
+                "HTTP/1.1 {status}\r\nContent-Type: application/gzip\r\n{encoding}Content-Length: \
                  {declared}\r\nConnection: close\r\n\r\n"
             );
             let _ = s.write_all(header.as_bytes());
@@ -253,6 +259,44 @@ fn http_download_extracts_and_a_second_call_makes_no_request() {
     assert_eq!(ensure_cifar10(&root, &opts(&server.url, md5)).unwrap(), dir);
     assert_eq!(server.hits.load(Ordering::SeqCst), 1);
     assert!(Cifar10::is_present(&root));
+}
+
+#[test]
+fn an_archive_served_with_content_encoding_gzip_arrives_as_its_raw_bytes() {
+    // The MD5 is that of the .tar.gz itself: a client that decoded the transfer encoding
+    // would hash the tar inside and refuse a good download.
+    let (archive, md5) = archive();
+    let server = serve(Reply::GzipLabelled(Arc::clone(archive)));
+    let (_top, root) = fresh_root();
+    let dir = ensure_cifar10(&root, &opts(&server.url, md5)).unwrap();
+    assert_valid(&dir, &root);
+    let kept = fs::read(root.join("cifar-10-binary.tar.gz")).unwrap();
+    assert!(
+        kept == **archive,
+        "the kept archive is not the bytes served"
+    );
+}
+
+#[test]
+fn leftovers_of_an_interrupted_download_are_removed_on_the_next_one() {
+    let (archive, md5) = archive();
+    let server = serve(Reply::Body(Arc::clone(archive)));
+    let (_top, root) = fresh_root();
+    // What a kill during a download and during an extraction leaves behind.
+    fs::write(
+        root.join(".cifar-10-binary.Ab12Cd.tar.gz.partial"),
+        vec![7u8; 1 << 20],
+    )
+    .unwrap();
+    fs::create_dir_all(root.join(".cifar-10-batches-bin.Xy34Zw.partial/sub")).unwrap();
+    fs::write(root.join("mine.partial"), "not ours").unwrap();
+    let dir = ensure_cifar10(&root, &opts(&server.url, md5)).unwrap();
+    assert_valid(&dir, &root);
+    assert_eq!(
+        listing(&root),
+        [BATCHES_DIR, "cifar-10-binary.tar.gz", "mine.partial"],
+        "the leftovers are gone, the user's file is not"
+    );
 }
 
 #[test]

@@ -13,6 +13,8 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use md5::{Digest, Md5};
 
+use crate::io::{remove_partial_files, IoError};
+
 use super::cifar::BATCHES_DIR;
 use super::extract::extract_batches;
 use super::{Cifar10, DataError};
@@ -99,6 +101,20 @@ pub fn ensure_cifar10(root: &Path, opts: &DownloadOptions) -> Result<PathBuf, Da
     let md5 = opts.resolved_md5()?;
     let source = Source::parse(&url)?;
     fs::create_dir_all(root).map_err(|e| DataError::io("create", root, e))?;
+    // One process at a time fetches into `root`; the others wait, then find its result.
+    let _held = hold_folder(root)?;
+    if let Ok(dir) = Cifar10::locate(root) {
+        return Ok(dir);
+    }
+    // What an interrupted download or extraction left (no live writer: the folder is held).
+    remove_partial_files(root).map_err(|e| match e {
+        IoError::Io {
+            action,
+            path,
+            source,
+        } => DataError::io(action, path, source),
+        other => DataError::io("clean", root, std::io::Error::other(other.to_string())),
+    })?;
 
     let (archive, fetched_now) = match source {
         Source::Local(path) => {
@@ -235,42 +251,65 @@ fn file_md5(path: &Path, quiet: bool) -> Result<String, DataError> {
     Ok(hex(&hasher.finalize()))
 }
 
+/// Takes `root`'s advisory lock (an exclusive `flock` on the folder itself, so nothing is
+/// created in it), waiting while another process holds it. The operating system releases it
+/// when the process ends, however it ends.
+fn hold_folder(root: &Path) -> Result<fs::File, DataError> {
+    let folder = fs::File::open(root).map_err(|e| DataError::io("open", root, e))?;
+    match folder.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            eprintln!(
+                "another process is fetching CIFAR-10 into {}; waiting for it",
+                root.display()
+            );
+            folder.lock().map_err(|e| DataError::io("lock", root, e))?;
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(DataError::io("lock", root, e)),
+    }
+    Ok(folder)
+}
+
 /// Downloads `url` into a temporary file in `root`, checks its MD5 and renames it to `kept`.
 fn download(url: &str, root: &Path, kept: &Path, md5: &str, quiet: bool) -> Result<(), DataError> {
-    let agent = ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(30))
-        .timeout_read(Duration::from_secs(120))
-        .build();
-    let response = match agent.get(url).call() {
-        Ok(r) => r,
-        Err(ureq::Error::Status(status, r)) => {
-            return Err(DataError::HttpStatus {
-                url: url.into(),
-                status,
-                status_text: r.status_text().to_string(),
-            })
-        }
-        Err(ureq::Error::Transport(t)) => {
-            return Err(DataError::Network {
-                url: url.into(),
-                message: t.to_string(),
-            })
-        }
+    // Plain bytes: ureq is built without gzip, so no transparent decoding ever changes what
+    // is hashed, and the Content-Length (when sent) is the length of those bytes.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_connect(Some(Duration::from_secs(30)))
+        .timeout_per_read(Some(Duration::from_secs(120)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let network = |message: String| DataError::Network {
+        url: url.into(),
+        message,
     };
-    // With a Content-Encoding, ureq decodes the body and the length no longer applies.
-    let total = match response.header("Content-Encoding") {
-        Some(_) => None,
-        None => response
-            .header("Content-Length")
-            .and_then(|v| v.trim().parse::<u64>().ok()),
-    };
+    let response = (agent.get(url))
+        .header("Accept-Encoding", "identity")
+        .call()
+        .map_err(|e| network(e.to_string()))?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(DataError::HttpStatus {
+            url: url.into(),
+            status: status.as_u16(),
+            status_text: status.canonical_reason().unwrap_or_default().to_string(),
+        });
+    }
+    let total = (response.headers().get("Content-Length"))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
     let mut tmp = tempfile::Builder::new()
         .prefix(".cifar-10-binary.")
         .suffix(".tar.gz.partial")
         .tempfile_in(root)
         .map_err(|e| DataError::io("create a temporary file in", root, e))?;
     let bar = progress_bar(total, quiet, format!("Downloading {url}"));
-    let mut reader = response.into_reader();
+    let mut reader = response
+        .into_body()
+        .into_with_config()
+        .limit(u64::MAX)
+        .reader();
     let mut hasher = Md5::new();
     let mut buf = vec![0u8; 1 << 16];
     let mut received = 0u64;

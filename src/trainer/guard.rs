@@ -46,9 +46,14 @@ fn is_torch_error(message: &str) -> bool {
 /// Whether a libtorch error message reports exhausted memory (CUDA or host).
 fn is_out_of_memory(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
-    ["out of memory", "not enough memory", "can't allocate memory", "cannot allocate memory"]
-        .iter()
-        .any(|s| m.contains(s))
+    [
+        "out of memory",
+        "not enough memory",
+        "can't allocate memory",
+        "cannot allocate memory",
+    ]
+    .iter()
+    .any(|s| m.contains(s))
 }
 
 /// libtorch's own message inside tch's panic message, up to its C++ stack trace: the text
@@ -136,7 +141,10 @@ mod tests {
         .unwrap_err();
         assert!(matches!(err, TrainError::Torch(_)), "{err}");
         let message = err.to_string();
-        assert!(message.contains("mat1 and mat2") && !message.contains("frame #"), "{message}");
+        assert!(
+            message.contains("mat1 and mat2") && !message.contains("frame #"),
+            "{message}"
+        );
         let caught = panic::catch_unwind(|| {
             let _ = torch_guard(8, Device::Cpu, || -> Result<(), TrainError> {
                 panic!("a bug, not libtorch")
