@@ -916,3 +916,26 @@ fn evaluation_refuses_a_class_count_that_does_not_fit() {
         assert!(err.to_string().contains("num_classes"), "{classes}: {err}");
     }
 }
+
+#[test]
+fn resume_from_runs_with_the_saved_precision_and_layout_not_the_trainers() {
+    let data = dataset(64, 20);
+    let dir = tempfile::tempdir().unwrap();
+    let mut saved = config(1);
+    saved.channels_last = Some(true);
+    saved.label_smoothing = 0.1;
+    let mut t = trainer(saved, dir.path());
+    assert!(matches!(t.fit(&cpu(&data)).unwrap(), Outcome::Completed(_)));
+    drop(t);
+    // A trainer built for NCHW takes the run's channels-last layout when it resumes it.
+    let mut nchw = config(1);
+    nchw.channels_last = Some(false);
+    let t = seeded(|| Trainer::resnext(nchw)).unwrap();
+    let conv =
+        |t: &Trainer<ResNeXt>| t.var_store().variables()["layer1.0.conv2.weight"].shallow_clone();
+    assert!(!resnext::layout::is_channels_last(&conv(&t)));
+    let t = t.resume_from(dir.path()).unwrap();
+    assert_eq!(t.state().config.channels_last, Some(true));
+    assert_eq!(t.state().config.label_smoothing, 0.1);
+    assert!(resnext::layout::is_channels_last(&conv(&t)));
+}
