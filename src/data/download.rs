@@ -272,30 +272,7 @@ fn hold_folder(root: &Path) -> Result<fs::File, DataError> {
 
 /// Downloads `url` into a temporary file in `root`, checks its MD5 and renames it to `kept`.
 fn download(url: &str, root: &Path, kept: &Path, md5: &str, quiet: bool) -> Result<(), DataError> {
-    // Plain bytes: ureq is built without gzip, so no transparent decoding ever changes what
-    // is hashed, and the Content-Length (when sent) is the length of those bytes.
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_connect(Some(Duration::from_secs(30)))
-        .timeout_per_read(Some(Duration::from_secs(120)))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let network = |message: String| DataError::Network {
-        url: url.into(),
-        message,
-    };
-    let response = (agent.get(url))
-        .header("Accept-Encoding", "identity")
-        .call()
-        .map_err(|e| network(e.to_string()))?;
-    let status = response.status();
-    if !status.is_success() {
-        return Err(DataError::HttpStatus {
-            url: url.into(),
-            status: status.as_u16(),
-            status_text: status.canonical_reason().unwrap_or_default().to_string(),
-        });
-    }
+    let response = request(url)?;
     let total = (response.headers().get("Content-Length"))
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
@@ -333,13 +310,11 @@ fn download(url: &str, root: &Path, kept: &Path, md5: &str, quiet: bool) -> Resu
         bar.set_position(received);
     }
     bar.finish_and_clear();
-    if let Some(total) = total {
-        if received != total {
-            return Err(DataError::Network {
-                url: url.into(),
-                message: format!("truncated download: received {received} of {total} bytes"),
-            });
-        }
+    if let Some(total) = total.filter(|&t| t != received) {
+        return Err(DataError::Network {
+            url: url.into(),
+            message: format!("truncated download: received {received} of {total} bytes"),
+        });
     }
     check_md5(url, md5, hex(&hasher.finalize()))?;
     tmp.flush()
@@ -347,4 +322,33 @@ fn download(url: &str, root: &Path, kept: &Path, md5: &str, quiet: bool) -> Resu
     tmp.persist(kept)
         .map_err(|e| DataError::io("rename the download to", kept, e.error))?;
     Ok(())
+}
+
+/// GETs `url`: the response of a success status, else [`DataError::HttpStatus`] or
+/// [`DataError::Network`]. Plain bytes: ureq is built without gzip, so no transparent
+/// decoding ever changes what is hashed, and the Content-Length (when sent) is the length of
+/// those bytes.
+fn request(url: &str) -> Result<ureq::http::Response<ureq::Body>, DataError> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_connect(Some(Duration::from_secs(30)))
+        .timeout_per_read(Some(Duration::from_secs(120)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let response = (agent.get(url))
+        .header("Accept-Encoding", "identity")
+        .call()
+        .map_err(|e| DataError::Network {
+            url: url.into(),
+            message: e.to_string(),
+        })?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(DataError::HttpStatus {
+            url: url.into(),
+            status: status.as_u16(),
+            status_text: status.canonical_reason().unwrap_or_default().to_string(),
+        });
+    }
+    Ok(response)
 }

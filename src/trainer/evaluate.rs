@@ -57,9 +57,7 @@ pub(crate) fn evaluate_until<M: ModuleT + ?Sized>(
         ..BatchConfig::eval(batch_size)
     };
     let device = exec.device;
-    let mut loss_sum = Tensor::zeros([], (Kind::Double, device));
-    let mut confusion = Tensor::zeros([num_classes * num_classes], (Kind::Int64, device));
-    let mut images = 0usize;
+    let mut sums = EvalSums::new(num_classes, device);
     let mut batches = epoch_batches(Arc::clone(data), &cfg, 0, 0)?;
     let stopped = tch::no_grad(|| -> Result<bool, TrainError> {
         for batch in &mut batches {
@@ -67,25 +65,8 @@ pub(crate) fn evaluate_until<M: ModuleT + ?Sized>(
             let labels = batch.labels.f_to_device(device)?;
             let logits = torch_guard(batch.indices.len(), device, || {
                 Ok(exec.run(|| model.forward_t(&input, false)))
-            })?
-            .f_to_kind(Kind::Float)?;
-            let width = logits.size().get(1).copied().unwrap_or(0);
-            if width != num_classes {
-                return Err(TrainError::InvalidConfig {
-                    field: "num_classes",
-                    value: num_classes.to_string(),
-                    expected: format!("the width of the model's logits, {width}"),
-                });
-            }
-            let loss =
-                logits.f_cross_entropy_loss::<Tensor>(&labels, None, Reduction::Sum, -100, 0.0)?;
-            let _ = loss_sum.f_add_(&loss.f_to_kind(Kind::Double)?)?;
-            let pred = logits.f_argmax(-1, false)?;
-            let cell = (&labels * num_classes).f_add(&pred)?;
-            // A label beyond `num_classes` makes the counts longer: an error, not a panic.
-            let _ =
-                confusion.f_add_(&cell.f_bincount::<Tensor>(None, num_classes * num_classes)?)?;
-            images += batch.indices.len();
+            })?;
+            sums.add(&logits.f_to_kind(Kind::Float)?, &labels)?;
             if stop.load(Ordering::SeqCst) {
                 return Ok(true);
             }
@@ -95,20 +76,67 @@ pub(crate) fn evaluate_until<M: ModuleT + ?Sized>(
     if let Some(e) = batches.take_error() {
         return Err(e.into());
     }
-    if stopped {
-        return Ok(None);
+    match stopped {
+        true => Ok(None),
+        false => sums.finish().map(Some),
     }
-    let counts = Vec::<i64>::try_from(&confusion)?;
-    let confusion: Vec<Vec<u64>> = counts
-        .chunks(num_classes as usize)
-        .map(|row| row.iter().map(|&c| c as u64).collect())
-        .collect();
-    let correct: u64 = (0..confusion.len()).map(|i| confusion[i][i]).sum();
-    let n = images.max(1) as f64;
-    Ok(Some(Evaluation {
-        loss: loss_sum.double_value(&[]) / n,
-        acc: 100.0 * correct as f64 / n,
-        images,
-        confusion,
-    }))
+}
+
+/// Loss and confusion counts of an evaluation, kept on the device.
+struct EvalSums {
+    num_classes: i64,
+    loss_sum: Tensor,
+    confusion: Tensor,
+    images: usize,
+}
+
+impl EvalSums {
+    fn new(num_classes: i64, device: tch::Device) -> Self {
+        EvalSums {
+            num_classes,
+            loss_sum: Tensor::zeros([], (Kind::Double, device)),
+            confusion: Tensor::zeros([num_classes * num_classes], (Kind::Int64, device)),
+            images: 0,
+        }
+    }
+
+    /// Adds a batch's `f32` logits and its labels.
+    fn add(&mut self, logits: &Tensor, labels: &Tensor) -> Result<(), TrainError> {
+        let nc = self.num_classes;
+        let width = logits.size().get(1).copied().unwrap_or(0);
+        if width != nc {
+            return Err(TrainError::InvalidConfig {
+                field: "num_classes",
+                value: nc.to_string(),
+                expected: format!("the width of the model's logits, {width}"),
+            });
+        }
+        let loss =
+            logits.f_cross_entropy_loss::<Tensor>(labels, None, Reduction::Sum, -100, 0.0)?;
+        let _ = self.loss_sum.f_add_(&loss.f_to_kind(Kind::Double)?)?;
+        let cell = (labels * nc).f_add(&logits.f_argmax(-1, false)?)?;
+        // A label beyond `num_classes` makes the counts longer: an error, not a panic.
+        let _ = self
+            .confusion
+            .f_add_(&cell.f_bincount::<Tensor>(None, nc * nc)?)?;
+        self.images += labels.size().first().copied().unwrap_or(0) as usize;
+        Ok(())
+    }
+
+    /// The evaluation (reads the device).
+    fn finish(self) -> Result<Evaluation, TrainError> {
+        let counts = Vec::<i64>::try_from(&self.confusion)?;
+        let confusion: Vec<Vec<u64>> = counts
+            .chunks(self.num_classes as usize)
+            .map(|row| row.iter().map(|&c| c as u64).collect())
+            .collect();
+        let correct: u64 = (0..confusion.len()).map(|i| confusion[i][i]).sum();
+        let n = self.images.max(1) as f64;
+        Ok(Evaluation {
+            loss: self.loss_sum.f_double_value(&[])? / n,
+            acc: 100.0 * correct as f64 / n,
+            images: self.images,
+            confusion,
+        })
+    }
 }
