@@ -79,7 +79,6 @@ pub struct Trainer<M: ModuleT> {
     vs: nn::VarStore,
     model: M,
     device: Device,
-    exec: Execution,
     step: TrainStep,
     sgd: Sgd,
     state: TrainState,
@@ -175,7 +174,6 @@ impl<M: ModuleT> Trainer<M> {
         );
         Ok(Trainer {
             device: vs.device(),
-            exec,
             step: TrainStep::new(exec, config.label_smoothing),
             vs,
             model,
@@ -259,7 +257,7 @@ impl<M: ModuleT> Trainer<M> {
                 .map_err(|problem| TrainError::Checkpoint { path, problem })?;
         }
         self.state = state;
-        if self.exec.precision == Precision::Fp16 && self.state.loss_scale.is_none() {
+        if self.step.execution().precision == Precision::Fp16 && self.state.loss_scale.is_none() {
             self.state.loss_scale = Some(LossScale::default());
         }
         self.run_dir = Some(dir.to_path_buf());
@@ -275,9 +273,7 @@ impl<M: ModuleT> Trainer<M> {
         } else {
             vars_to_contiguous(&self.vs)?;
         }
-        self.exec = exec;
-        let step = std::mem::replace(&mut self.step, TrainStep::new(exec, 0.0));
-        self.step = step.reconfigured(exec, config.label_smoothing);
+        self.step.reconfigure(exec, config.label_smoothing);
         Ok(())
     }
 
@@ -428,10 +424,15 @@ impl<M: ModuleT> Trainer<M> {
             indices: &[0],
         };
         let (images, _) = data.train.make_batch(&request)?;
-        let input = self.exec.input(&images.f_to_device(self.device)?)?;
+        let input = self
+            .step
+            .execution()
+            .input(&images.f_to_device(self.device)?)?;
         let logits = torch_guard(1, self.device, || {
             Ok(tch::no_grad(|| {
-                self.exec.run(|| self.model.forward_t(&input, false))
+                self.step
+                    .execution()
+                    .run(|| self.model.forward_t(&input, false))
             }))
         })?;
         let outputs = logits.size().last().copied().unwrap_or(0);
@@ -514,7 +515,7 @@ impl<M: ModuleT> Trainer<M> {
         let start = self.state.batch;
         let mut batches = epoch_batches(Arc::clone(train), batch_cfg, epoch as u64, start)?;
         let mut control = BatchControl::Continue;
-        let fp16 = self.exec.precision == Precision::Fp16;
+        let fp16 = self.step.execution().precision == Precision::Fp16;
         for batch in &mut batches {
             let images = batch.images.f_to_device(self.device)?;
             let labels = batch.labels.f_to_device(self.device)?;
@@ -610,7 +611,9 @@ impl<M: ModuleT> Trainer<M> {
     fn evaluate_test(&self, test: &Arc<dyn Dataset>) -> Result<Option<Evaluation>, TrainError> {
         let cfg = &self.state.config;
         let fast = match &self.eval_form {
-            Some(form) if self.exec.precision == Precision::Fp32 => Some(form(&self.model)?),
+            Some(form) if self.step.execution().precision == Precision::Fp32 => {
+                Some(form(&self.model)?)
+            }
             _ => None,
         };
         let model: &dyn ModuleT = match &fast {
@@ -623,7 +626,7 @@ impl<M: ModuleT> Trainer<M> {
             cfg.batch_size.max(256),
             cfg.limit_test,
             test.classes().len() as i64,
-            &self.exec,
+            self.step.execution(),
             &self.stop,
         )
     }

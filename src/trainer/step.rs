@@ -73,13 +73,10 @@ impl TrainStep {
         }
     }
 
-    /// The same step (and hook) running as `exec` says, with `label_smoothing`.
-    pub fn reconfigured(self, exec: Execution, label_smoothing: f64) -> Self {
-        TrainStep {
-            exec,
-            label_smoothing,
-            ..self
-        }
+    /// Runs from now on as `exec` says, with `label_smoothing` (the hook stays).
+    pub fn reconfigure(&mut self, exec: Execution, label_smoothing: f64) {
+        self.exec = exec;
+        self.label_smoothing = label_smoothing;
     }
 
     /// Sets the [`GradientHook`] (replacing any earlier one).
