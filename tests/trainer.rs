@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-use resnext::data::{Cifar10, DataSplits, CLASS_NAMES};
+use resnext::data::{BatchConfig, Cifar10, DataSplits, CLASS_NAMES};
 use resnext::trainer::{
     files, read_checkpoint_state, BatchControl, Outcome, ProgressMode, Schedule, TrainConfig,
     TrainError, Trainer,
@@ -529,8 +529,7 @@ fn test_set_is_evaluated_with_the_inference_form_with_the_plain_models_results()
     let plain = resnext::trainer::evaluate(
         t.model(),
         &test,
-        256,
-        None,
+        &BatchConfig::eval(256),
         10,
         &resnext::trainer::Execution::plain(Device::Cpu),
     )
@@ -911,8 +910,14 @@ fn evaluation_refuses_a_class_count_that_does_not_fit() {
     let net = seeded(|| ResNeXt::new(&vs.root(), &ResNeXtConfig::tiny(10)));
     let exec = resnext::trainer::Execution::plain(Device::Cpu);
     for classes in [0, -3, 3] {
-        let err = resnext::trainer::evaluate(&net, &cpu(&data).test, 16, None, classes, &exec)
-            .unwrap_err();
+        let err = resnext::trainer::evaluate(
+            &net,
+            &cpu(&data).test,
+            &BatchConfig::eval(16),
+            classes,
+            &exec,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("num_classes"), "{classes}: {err}");
     }
 }

@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 use tch::Device;
 
 use super::{Precision, Schedule, TrainError};
-use crate::resnext::{ResNeXtConfig, MODEL_NAMES};
+use crate::data::Normalization;
+use crate::resnext::{ResNeXtConfig, Stem, MODEL_NAMES};
 
 /// Everything that defines a training run. Saved as `config.json` in the run directory and
 /// inside every checkpoint, so a resumed run continues with exactly this.
@@ -23,6 +24,26 @@ use crate::resnext::{ResNeXtConfig, MODEL_NAMES};
 pub struct TrainConfig {
     /// Model configuration name (see [`ResNeXtConfig::from_name`]).
     pub model: String,
+    /// Number of classes of the classifier (10 for CIFAR-10; the number of class folders of
+    /// an image-folder dataset). The trainer refuses data with another number of classes.
+    pub num_classes: i64,
+    /// The stem, overriding the preset's ([`Stem::Cifar`]); `null` keeps the preset's.
+    pub stem: Option<Stem>,
+    /// Side of the square images the network is trained on (32 for CIFAR-10). The trainer
+    /// records it with the weights; the data pipeline makes images of this size.
+    pub image_size: i64,
+    /// Per-channel normalisation of the images (CIFAR-10's statistics by default; ImageNet's
+    /// for image folders and pretrained weights), used for training and evaluation batches and
+    /// recorded with the weights.
+    pub normalization: Normalization,
+    /// Initial weights (safetensors or PyTorch `.pth` state dict with torchvision's names)
+    /// instead of a random initialisation; `null` for none. The classifier is replaced when
+    /// its number of classes differs. Read when the run starts, not when it resumes.
+    pub pretrained: Option<PathBuf>,
+    /// Train the classifier (`fc`) only: every other parameter keeps its value. BatchNorm
+    /// layers still update their running statistics in training mode, as in PyTorch with
+    /// `requires_grad_(False)` on the backbone.
+    pub freeze_backbone: bool,
     /// Number of epochs.
     pub epochs: usize,
     /// Images per training batch.
@@ -82,6 +103,12 @@ impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
             model: "resnext50_32x4d".into(),
+            num_classes: 10,
+            stem: None,
+            image_size: 32,
+            normalization: Normalization::default(),
+            pretrained: None,
+            freeze_backbone: false,
             epochs: 200,
             batch_size: 128,
             lr: 0.1,
@@ -159,17 +186,23 @@ impl TrainConfig {
         serde_json::to_string_pretty(self).unwrap_or_default()
     }
 
-    /// The model architecture for CIFAR-10 (10 classes).
+    /// The model architecture: the preset `model` with `num_classes` classes and `stem` when
+    /// set.
     ///
     /// # Errors
     /// [`TrainError::InvalidConfig`] listing the valid names for an unknown model.
     pub fn model_config(&self) -> Result<ResNeXtConfig, TrainError> {
-        ResNeXtConfig::from_name(&self.model, 10).map_err(|_| {
-            invalid(
-                "model",
-                &self.model,
-                format!("one of {}", MODEL_NAMES.join(", ")),
-            )
+        let config =
+            ResNeXtConfig::from_name(&self.model, self.num_classes.max(1)).map_err(|_| {
+                invalid(
+                    "model",
+                    &self.model,
+                    format!("one of {}", MODEL_NAMES.join(", ")),
+                )
+            })?;
+        Ok(match self.stem {
+            Some(stem) => config.with_stem(stem),
+            None => config,
         })
     }
 
@@ -213,6 +246,19 @@ impl TrainConfig {
     /// [`TrainError::InvalidConfig`].
     pub fn validate(&self) -> Result<(), TrainError> {
         self.model_config()?;
+        if self.num_classes < 1 {
+            return Err(invalid("num_classes", self.num_classes, "at least 1"));
+        }
+        if self.image_size < 1 {
+            return Err(invalid("image_size", self.image_size, "at least 1"));
+        }
+        self.normalization.validate().map_err(|_| {
+            invalid(
+                "normalization",
+                format!("{:?}", self.normalization),
+                "finite means and finite stds above 0",
+            )
+        })?;
         if self.epochs == 0 {
             return Err(invalid("epochs", self.epochs, "at least 1"));
         }

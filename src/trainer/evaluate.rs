@@ -9,9 +9,10 @@ use super::guard::torch_guard;
 use super::{Evaluation, Execution, TrainError};
 use crate::data::{epoch_batches, BatchConfig, Dataset};
 
-/// Evaluates `model` in eval mode without gradients on the first `limit` images of `data`
-/// (all with `None`), in order and without augmentation, in batches of `batch_size`, on
-/// `exec.device` (batches made elsewhere are moved there). `num_classes` sizes the confusion
+/// Evaluates `model` in eval mode without gradients on the first `batches.limit` images of
+/// `data` (all with `None`), in batches of `batches.batch_size` normalised with
+/// `batches.normalization`, in order and without augmentation whatever `batches` says (start
+/// from [`BatchConfig::eval`]), on `exec.device` (batches made elsewhere are moved there). `num_classes` sizes the confusion
 /// matrix; `exec` says how batches run (use [`Execution::plain`] for plain fp32).
 ///
 /// # Errors
@@ -21,13 +22,12 @@ use crate::data::{epoch_batches, BatchConfig, Dataset};
 pub fn evaluate<M: ModuleT + ?Sized>(
     model: &M,
     data: &Arc<dyn Dataset>,
-    batch_size: usize,
-    limit: Option<usize>,
+    batches: &BatchConfig,
     num_classes: i64,
     exec: &Execution,
 ) -> Result<Evaluation, TrainError> {
     let never = AtomicBool::new(false);
-    let eval = evaluate_until(model, data, batch_size, limit, num_classes, exec, &never)?;
+    let eval = evaluate_until(model, data, batches, num_classes, exec, &never)?;
     eval.ok_or_else(|| TrainError::InvalidConfig {
         field: "stop",
         value: "set".into(),
@@ -39,8 +39,7 @@ pub fn evaluate<M: ModuleT + ?Sized>(
 pub(crate) fn evaluate_until<M: ModuleT + ?Sized>(
     model: &M,
     data: &Arc<dyn Dataset>,
-    batch_size: usize,
-    limit: Option<usize>,
+    batches: &BatchConfig,
     num_classes: i64,
     exec: &Execution,
     stop: &AtomicBool,
@@ -53,8 +52,9 @@ pub(crate) fn evaluate_until<M: ModuleT + ?Sized>(
         });
     }
     let cfg = BatchConfig {
-        limit,
-        ..BatchConfig::eval(batch_size)
+        limit: batches.limit,
+        normalization: batches.normalization,
+        ..BatchConfig::eval(batches.batch_size)
     };
     let device = exec.device;
     let mut sums = EvalSums::new(num_classes, device);

@@ -469,6 +469,7 @@ impl<M: ModuleT> Trainer<M> {
             drop_last: false,
             limit: cfg.limit_train,
             seed: cfg.seed,
+            normalization: cfg.normalization,
             ..BatchConfig::default()
         }
     }
@@ -620,11 +621,15 @@ impl<M: ModuleT> Trainer<M> {
             Some(m) => m.as_ref(),
             None => &self.model,
         };
+        let batches = BatchConfig {
+            limit: cfg.limit_test,
+            normalization: cfg.normalization,
+            ..BatchConfig::eval(cfg.batch_size.max(256))
+        };
         evaluate_until(
             model,
             test,
-            cfg.batch_size.max(256),
-            cfg.limit_test,
+            &batches,
             test.classes().len() as i64,
             self.step.execution(),
             &self.stop,
