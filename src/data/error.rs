@@ -182,6 +182,46 @@ pub enum DataError {
         /// What happened.
         message: String,
     },
+    /// An image folder (or one of its class folders) holds nothing to read.
+    #[error("{} holds no images: expected {expected}", path.display())]
+    EmptyFolder {
+        /// The folder.
+        path: PathBuf,
+        /// What it should hold.
+        expected: &'static str,
+    },
+    /// The training and validation folders of an image dataset have different classes.
+    #[error("the class folders of {} and {} differ: {difference}", train.display(), val.display())]
+    ClassMismatch {
+        /// The training folder.
+        train: PathBuf,
+        /// The validation folder.
+        val: PathBuf,
+        /// The classes present in only one of them.
+        difference: String,
+    },
+    /// An image file could not be decoded (corrupt, truncated, or not the format its
+    /// extension says).
+    #[error("cannot decode image {}: {reason}", path.display())]
+    BadImage {
+        /// The file.
+        path: PathBuf,
+        /// What the decoder reported.
+        reason: String,
+    },
+    /// An image file claims more pixels than the decoding limit (a decompression bomb, or a
+    /// picture far larger than training needs).
+    #[error("image {} claims {width}x{height} pixels, more than the limit of {limit} pixels", path.display())]
+    ImageTooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Width in its header.
+        width: u32,
+        /// Height in its header.
+        height: u32,
+        /// The limit ([`ImageFolderOptions::max_pixels`](super::ImageFolderOptions::max_pixels)).
+        limit: u64,
+    },
     /// libtorch reported an error.
     #[error("libtorch error: {0}")]
     Torch(#[from] tch::TchError),

@@ -1,6 +1,10 @@
-//! Data: the [`Dataset`] trait the trainer consumes, and the CIFAR-10 pipeline that
-//! implements it.
+//! Data: the [`Dataset`] trait the trainer consumes, the CIFAR-10 pipeline and the image
+//! folders that implement it.
 //!
+//! * [`ImageFolder`]: JPEG/PNG files in class folders (`root/<class>/<image>`, as torchvision's
+//!   `ImageFolder`; [`FolderIndex`] lists them, splits them and takes stratified subsets),
+//!   decoded by [`decode_rgb8`] and prepared by a [`Recipe`] (torchvision's ImageNet transforms
+//!   or the CIFAR pad-and-crop) on worker threads;
 //! * [`Dataset`]: any labelled set of images that makes the batch it is asked for;
 //!   [`epoch_batches`] batches one epoch of it (order from [`epoch_order`], optionally one
 //!   [`Shard`] of it) on a background thread; [`DataSplits`] pairs a training and a test set;
@@ -35,11 +39,15 @@ mod batches;
 mod cifar;
 mod config;
 mod dataset;
+mod decode;
 pub mod download;
 mod error;
 mod extract;
+mod folder;
+mod image_folder;
 mod random;
 mod source;
+mod transform;
 
 pub use augment::{augment_image, AugmentParams, MAX_OFFSET, PADDING};
 pub use batches::{batches, Batch, Batches};
@@ -49,9 +57,16 @@ pub use cifar::{
 };
 pub use config::{Affine, BatchConfig, Normalization, Shard};
 pub use dataset::{DeviceDataset, Pipeline};
+pub use decode::{decode_rgb8, decode_rgb8_bytes, MAX_PIXELS};
 pub use download::{ensure_cifar10, DownloadOptions, CIFAR10_MD5, CIFAR10_URL};
 pub use error::DataError;
+pub use folder::{FolderIndex, Ignored, IMAGE_EXTENSIONS};
+pub use image_folder::{ImageFolder, ImageFolderOptions};
 pub use random::{
     augmentation_rng, batch_augment_params, batch_indices, epoch_order, permutation_rng,
 };
 pub use source::{epoch_batches, BatchRequest, DataSplits, Dataset};
+pub use transform::{
+    center_crop_box, prepare, random_resized_crop, resize_crop, CropBox, Draw, Recipe,
+    EVAL_CROP_FRACTION, IMAGENET_NORMALIZATION,
+};
