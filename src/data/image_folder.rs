@@ -45,6 +45,20 @@ impl ImageFolderOptions {
     }
 }
 
+/// Which images of a folder dataset [`ImageFolder::open_splits`] uses.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FolderSplit {
+    /// For a folder without `train/` and `val/`: the fraction of each class held out for
+    /// validation.
+    pub val_fraction: Option<f64>,
+    /// Seed of the held-out draw and of the subsets.
+    pub seed: u64,
+    /// Use a stratified subset of this many training images.
+    pub limit_train: Option<usize>,
+    /// Use a stratified subset of this many validation images.
+    pub limit_test: Option<usize>,
+}
+
 /// A labelled set of image files, as torchvision's `ImageFolder` (see [`FolderIndex`]), that
 /// makes its batches on a pool of worker threads: batch `k` of an epoch is a pure function
 /// of the seed, the epoch and `k` (the [`Recipe::Small`] draws are those of the CIFAR-10
@@ -144,22 +158,55 @@ impl ImageFolder {
         Ok(())
     }
 
-    /// The training and validation sets of `dir`, which holds `train/` and `val/` with the
-    /// same class folders; the training set augmented under `options`, both prepared with
-    /// its recipe.
+    /// The training and validation sets of `dir`: its `train/` and `val/` folders, which must
+    /// have the same classes, or, when it has no `train/` and `split.val_fraction` is set,
+    /// a seeded stratified split of `dir` itself; then each cut to a stratified subset of
+    /// `split.limit_train` / `split.limit_test` images when set. Both are prepared with
+    /// `options` (the training set is augmented when its batches ask for it).
     ///
     /// # Errors
-    /// As [`ImageFolder::open`], and [`DataError::ClassMismatch`] when the two folders have
-    /// other classes.
-    pub fn splits(dir: &Path, options: &ImageFolderOptions) -> Result<DataSplits, DataError> {
-        let (train_dir, val_dir) = (dir.join("train"), dir.join("val"));
-        let train = FolderIndex::scan(&train_dir)?;
-        let val = FolderIndex::scan(&val_dir)?;
-        check_same_classes(&train, &val)?;
-        Ok(DataSplits::new(
-            Self::from_index(train, options.clone())?,
-            Self::from_index(val, options.clone())?,
+    /// As [`ImageFolder::open`]; [`DataError::ClassMismatch`] when the two folders have other
+    /// classes; [`DataError::EmptyFolder`] when `dir` has no `train/` and no fraction is set.
+    pub fn open_splits(
+        dir: &Path,
+        options: &ImageFolderOptions,
+        split: &FolderSplit,
+    ) -> Result<(ImageFolder, ImageFolder), DataError> {
+        let train_dir = dir.join("train");
+        let (train, val) = match split.val_fraction {
+            _ if train_dir.is_dir() => {
+                let train = FolderIndex::scan(&train_dir)?;
+                let val = FolderIndex::scan(&dir.join("val"))?;
+                check_same_classes(&train, &val)?;
+                (train, val)
+            }
+            Some(fraction) => FolderIndex::scan(dir)?.split(fraction, split.seed)?,
+            None => {
+                return Err(DataError::EmptyFolder {
+                    path: dir.to_path_buf(),
+                    expected: "train/ and val/ folders of class folders (or a validation \
+                               fraction to hold out of a folder of class folders)",
+                })
+            }
+        };
+        let cut = |index: FolderIndex, limit: Option<usize>| match limit {
+            Some(n) => index.stratified_subset(n, split.seed),
+            None => index,
+        };
+        Ok((
+            Self::from_index(cut(train, split.limit_train), options.clone())?,
+            Self::from_index(cut(val, split.limit_test), options.clone())?,
         ))
+    }
+
+    /// [`ImageFolder::open_splits`] of `dir` with its `train/` and `val/` folders, whole, as
+    /// the trainer takes them.
+    ///
+    /// # Errors
+    /// As [`ImageFolder::open_splits`].
+    pub fn splits(dir: &Path, options: &ImageFolderOptions) -> Result<DataSplits, DataError> {
+        let (train, val) = Self::open_splits(dir, options, &FolderSplit::default())?;
+        Ok(DataSplits::new(train, val))
     }
 
     /// The files and labels.

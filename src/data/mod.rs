@@ -61,7 +61,7 @@ pub use decode::{decode_rgb8, decode_rgb8_bytes, MAX_PIXELS};
 pub use download::{ensure_cifar10, DownloadOptions, CIFAR10_MD5, CIFAR10_URL};
 pub use error::DataError;
 pub use folder::{FolderIndex, Ignored, IMAGE_EXTENSIONS};
-pub use image_folder::{ImageFolder, ImageFolderOptions};
+pub use image_folder::{FolderSplit, ImageFolder, ImageFolderOptions};
 pub use random::{
     augmentation_rng, batch_augment_params, batch_indices, epoch_order, permutation_rng,
 };

@@ -42,6 +42,16 @@ pub enum Recipe {
 }
 
 impl Recipe {
+    /// The recipe for network inputs of side `size`: [`Recipe::Small`] up to 64 pixels
+    /// (pictures stored at that size, as CIFAR's), [`Recipe::ImageNet`] above.
+    pub fn for_size(size: u32) -> Recipe {
+        if size <= 64 {
+            Recipe::Small { size }
+        } else {
+            Recipe::ImageNet { size }
+        }
+    }
+
     /// Side of the square images it makes.
     pub fn size(&self) -> u32 {
         match *self {

@@ -86,7 +86,7 @@ pub struct TrainConfig {
 }
 
 /// Where a run's data came from (see [`TrainConfig::data`]): all `null` when not recorded.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DataLocation {
     /// The data folder, absolute.
@@ -95,6 +95,11 @@ pub struct DataLocation {
     pub url: Option<String>,
     /// The expected MD5 of that download, if one was given.
     pub md5: Option<String>,
+    /// An image folder without `train/` and `val/`: the fraction of each class held out for
+    /// validation (drawn with the run's seed).
+    pub val_fraction: Option<f64>,
+    /// Image files that do not decode are left out (and listed) instead of stopping the run.
+    pub skip_bad_images: bool,
 }
 
 impl Default for TrainConfig {

@@ -146,16 +146,41 @@ impl Trainer<ResNeXt> {
     }
 }
 
+/// Stops every variable but the classifier's (`fc.*`) from requiring gradients.
+fn freeze_backbone(vs: &nn::VarStore) -> Result<(), TrainError> {
+    let vars = vs.variables();
+    if !vars.keys().any(|name| name.starts_with("fc.")) {
+        return Err(TrainError::InvalidConfig {
+            field: "freeze_backbone",
+            value: "true".into(),
+            expected: "a model with a classifier named `fc` (torchvision's name)".into(),
+        });
+    }
+    for (name, var) in vars {
+        if !name.starts_with("fc.") && var.requires_grad() {
+            let _ = var.set_requires_grad(false);
+        }
+    }
+    Ok(())
+}
+
 impl<M: ModuleT> Trainer<M> {
     /// A trainer for `model`, whose variables are those of `vs` (on the device training runs
     /// on). No run directory: call [`Trainer::with_run_dir`] to get checkpoints and files.
     /// Process-wide settings are left alone: call [`tune_process_for_training`] for faster
     /// steps.
     ///
+    /// With `config.freeze_backbone`, only the variables named `fc.*` (the classifier) are
+    /// trained: the others stop requiring gradients here.
+    ///
     /// # Errors
-    /// [`TrainError::InvalidConfig`] for a bad configuration.
+    /// [`TrainError::InvalidConfig`] for a bad configuration, or `freeze_backbone` with a model
+    /// that has no `fc` classifier.
     pub fn new(config: TrainConfig, vs: nn::VarStore, model: M) -> Result<Self, TrainError> {
         config.validate()?;
+        if config.freeze_backbone {
+            freeze_backbone(&vs)?;
+        }
         let exec = Execution::new(&config, vs.device());
         if exec.channels_last {
             vars_to_channels_last(&vs)?;

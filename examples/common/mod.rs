@@ -1,0 +1,259 @@
+//! What the training programs (`train_cifar10`, `train_images`) share: the training flags and
+//! the configuration they make, the trainer they open (new or resumed), the Ctrl-C handler,
+//! the command-line hints added to library errors, and the exit codes.
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+
+use anyhow::{Context, Result};
+use resnext::data::DataSplits;
+use resnext::resnext::MODEL_NAMES;
+use resnext::trainer::{
+    Outcome, ProgressMode, TrainConfig, TrainError, Trainer, PRECISION_NAMES, SCHEDULE_NAMES,
+};
+use resnext::ResNeXt;
+
+/// The flags of every training program.
+#[derive(clap::Args, Debug)]
+pub struct TrainFlags {
+    /// Model configuration.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(MODEL_NAMES))]
+    pub model: Option<String>,
+    /// Number of epochs [default: 200].
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Training batch size [default: 128].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Base learning rate [default: 0.1].
+    #[arg(long, allow_negative_numbers = true)]
+    pub lr: Option<f64>,
+    /// SGD momentum [default: 0.9].
+    #[arg(long, allow_negative_numbers = true)]
+    pub momentum: Option<f64>,
+    /// Weight decay [default: 5e-4].
+    #[arg(long, allow_negative_numbers = true)]
+    pub weight_decay: Option<f64>,
+    /// Nesterov momentum.
+    #[arg(long)]
+    pub nesterov: bool,
+    /// Learning-rate schedule [default: cosine].
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(SCHEDULE_NAMES))]
+    pub schedule: Option<String>,
+    /// Epochs of linear warm-up [default: 0].
+    #[arg(long)]
+    pub warmup_epochs: Option<usize>,
+    /// Label smoothing of the loss, in [0, 1) [default: 0].
+    #[arg(long, allow_negative_numbers = true)]
+    pub label_smoothing: Option<f64>,
+    /// Seed of initialisation, shuffling and augmentation [default: 1].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// auto, cpu, cuda or cuda:N [default: auto = CUDA when available].
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Forward/backward precision: auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16, fp16.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(PRECISION_NAMES))]
+    pub precision: Option<String>,
+    /// Channels-last weights and inputs: auto (on), on, off.
+    #[arg(long, value_parser = ["auto", "on", "off"])]
+    pub channels_last: Option<String>,
+    /// Run directory [default: runs/<model>-seed<seed>].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run in this directory with the configuration saved there.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = [
+        "model", "epochs", "batch_size", "lr", "momentum", "weight_decay", "nesterov",
+        "schedule", "warmup_epochs", "label_smoothing", "seed", "out", "limit_train",
+        "limit_test", "eval_every", "config", "precision", "channels_last",
+    ])]
+    pub resume: Option<PathBuf>,
+    /// Train on N training images only.
+    #[arg(long, value_name = "N")]
+    pub limit_train: Option<usize>,
+    /// Evaluate on N test images only.
+    #[arg(long, value_name = "N")]
+    pub limit_test: Option<usize>,
+    /// Evaluate every N epochs (and after the last) [default: 1].
+    #[arg(long, value_name = "N")]
+    pub eval_every: Option<usize>,
+    /// JSON configuration file (a TrainConfig; flags override it).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// No progress bar, only one line per epoch.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl TrainFlags {
+    /// `base`, then the config file, then the flags given; not yet validated.
+    pub fn config(&self, base: TrainConfig) -> Result<TrainConfig, TrainError> {
+        let mut cfg = match &self.config {
+            Some(path) => TrainConfig::from_file(path)?,
+            None => base,
+        };
+        macro_rules! set {
+            ($($field:ident),*) => { $( if let Some(v) = &self.$field { cfg.$field = v.clone(); } )* };
+        }
+        set!(model, epochs, batch_size, lr, momentum, weight_decay);
+        set!(warmup_epochs, label_smoothing, seed, device, eval_every);
+        if let Some(s) = &self.schedule {
+            cfg.schedule = s.parse()?;
+        }
+        if let Some(p) = &self.precision {
+            cfg.precision = p.parse().map_err(|expected| TrainError::InvalidConfig {
+                field: "precision",
+                value: p.clone(),
+                expected,
+            })?;
+        }
+        if let Some(c) = &self.channels_last {
+            cfg.channels_last = match c.as_str() {
+                "on" => Some(true),
+                "off" => Some(false),
+                _ => None,
+            };
+        }
+        cfg.nesterov |= self.nesterov;
+        cfg.limit_train = self.limit_train.or(cfg.limit_train);
+        cfg.limit_test = self.limit_test.or(cfg.limit_test);
+        Ok(cfg)
+    }
+}
+
+/// A trainer could not be made: a usage error (exit code 2) or another failure.
+pub enum OpenError {
+    /// A bad value or a run directory in the way: the user fixes the command.
+    Usage(TrainError),
+    /// Anything else.
+    Other(TrainError),
+}
+
+impl From<TrainError> for OpenError {
+    fn from(e: TrainError) -> Self {
+        match e {
+            e @ (TrainError::InvalidConfig { .. }
+            | TrainError::ConfigJson { .. }
+            | TrainError::DeviceUnavailable { .. }
+            | TrainError::RunExists { .. }) => OpenError::Usage(e),
+            e => OpenError::Other(e),
+        }
+    }
+}
+
+/// The trainer of `flags`: the run in `--resume` (on `--device` when given), or a new one
+/// from `config` in `--out` (default `runs/<model>-seed<seed>`).
+pub fn open_trainer(
+    flags: &TrainFlags,
+    config: impl FnOnce() -> Result<TrainConfig, TrainError>,
+) -> Result<Trainer<ResNeXt>, OpenError> {
+    if let Some(dir) = &flags.resume {
+        return Ok(Trainer::resume(dir, flags.device.as_deref())?);
+    }
+    let cfg = config()?;
+    cfg.validate()?;
+    cfg.resolve_device()?;
+    let out = flags
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("runs/{}-seed{}", cfg.model, cfg.seed)));
+    Ok(Trainer::resnext(cfg)?.with_run_dir(&out)?)
+}
+
+/// What to do about `e` with these programs' options, if it is a fix the user makes here.
+fn cli_hint(e: &TrainError) -> Option<String> {
+    match e {
+        TrainError::DeviceUnavailable { .. } => Some("use --device cpu".into()),
+        TrainError::RunExists { path } => Some(format!(
+            "resume it with --resume {}, or choose another --out",
+            path.display()
+        )),
+        TrainError::Diverged { .. } => Some("try a lower --lr or some --warmup-epochs".into()),
+        TrainError::OutOfMemory { .. } => Some("try a smaller --batch-size".into()),
+        TrainError::TensorFile(resnext::io::IoError::Locked { .. }) => {
+            Some("let that run finish, or stop it (Ctrl-C), before resuming here".into())
+        }
+        _ => None,
+    }
+}
+
+/// `e` as one line, with the command-line hint when there is one.
+pub fn describe(e: &TrainError) -> String {
+    let report = resnext::error_report(e);
+    match cli_hint(e) {
+        Some(hint) => format!("{report}; {hint}"),
+        None => report,
+    }
+}
+
+/// Prints `e` and returns its exit code.
+pub fn exit_with(e: OpenError) -> ExitCode {
+    match e {
+        OpenError::Usage(e) => {
+            eprintln!("error: {}", describe(&e));
+            ExitCode::from(2)
+        }
+        OpenError::Other(e) => {
+            eprintln!("error: {}", describe(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Trains `trainer` on `data` with the Ctrl-C handler (first: checkpoint at the next batch and
+/// exit 130; second: exit at once) and reports the outcome.
+pub fn train(mut trainer: Trainer<ResNeXt>, data: &DataSplits, quiet: bool) -> Result<ExitCode> {
+    let dir = trainer.run_dir().map(PathBuf::from).unwrap_or_default();
+    trainer.set_progress(if quiet {
+        ProgressMode::Lines
+    } else {
+        ProgressMode::Auto
+    });
+    let stop = trainer.stop_flag();
+    ctrlc::set_handler(move || {
+        if stop.swap(true, Ordering::SeqCst) {
+            eprintln!("\nsecond Ctrl-C: exiting now, without a checkpoint of this epoch");
+            std::process::exit(130);
+        }
+        eprintln!("\nCtrl-C: saving a checkpoint at the next batch (Ctrl-C again to quit at once)");
+    })
+    .context("installing the Ctrl-C handler")?;
+    let outcome = match trainer.fit(data) {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            eprintln!("error: {}", describe(&e));
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    Ok(match outcome {
+        Outcome::Completed(_) => {
+            println!("outputs in {}", dir.display());
+            ExitCode::SUCCESS
+        }
+        Outcome::AlreadyComplete => {
+            println!(
+                "the run in {} is already complete ({} epochs); its files are up to date, see its summary.json",
+                dir.display(),
+                trainer.state().config.epochs
+            );
+            ExitCode::SUCCESS
+        }
+        Outcome::Stopped { saved, .. } => {
+            if saved {
+                println!("continue with --resume {}", dir.display());
+            }
+            ExitCode::from(130)
+        }
+    })
+}
+
+/// Runs `main`, printing an error chain and exiting 1 when it fails.
+pub fn exit_code(result: Result<ExitCode>) -> ExitCode {
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", resnext::error_report(e.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
