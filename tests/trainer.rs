@@ -12,6 +12,8 @@ use resnext::trainer::{
 use resnext::{ResNeXt, ResNeXtConfig};
 use tch::{nn, Device, Kind, Tensor};
 
+mod common;
+
 /// Images whose class is written in their colours: class `c` has a bright square in a
 /// class-dependent corner and channel, on noise. Learnable in a few epochs by a tiny ResNeXt.
 fn synthetic(n: i64, seed: i64) -> (Tensor, Tensor) {
@@ -428,25 +430,10 @@ fn config_json_round_trips_and_bad_values_are_named() {
 }
 
 /// The example binary, built by `cargo test` next to the test binaries.
-fn example(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("examples")
-        .join(name);
-    assert!(
-        path.is_file(),
-        "example binary {} is missing: run the tests with plain `cargo test`, which builds the examples",
-        path.display()
-    );
-    path
-}
 
 #[test]
 fn cli_rejects_bad_values_with_exit_code_2() {
-    let bin = example("train_cifar10");
+    let bin = common::example("train_cifar10");
     let out_dir = tempfile::tempdir().unwrap();
     for (args, needle) in [
         (vec!["--model", "resnet18"], "resnext50_32x4d"),
@@ -678,7 +665,7 @@ fn a_run_directory_is_held_by_one_trainer_at_a_time() {
         msg.contains(&dir.path().display().to_string()) && msg.contains(&pid),
         "{msg}"
     );
-    let out = std::process::Command::new(example("train_cifar10"))
+    let out = std::process::Command::new(common::example("train_cifar10"))
         .arg("--resume")
         .arg(dir.path())
         .output()
@@ -809,7 +796,7 @@ fn a_resumed_run_finds_its_data_where_it_was_trained_from() {
     std::fs::create_dir_all(&elsewhere).unwrap();
     let run_dir = root.path().join("run");
     let cli = |cwd: &Path, args: &[&str]| {
-        let out = std::process::Command::new(example("train_cifar10"))
+        let out = std::process::Command::new(common::example("train_cifar10"))
             .current_dir(cwd)
             .args(args)
             .arg("--quiet")

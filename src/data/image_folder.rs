@@ -138,7 +138,7 @@ impl ImageFolder {
             self.index
                 .samples
                 .par_iter()
-                .map(|(path, _)| decode_rgb8(path, max_pixels).err().map(|e| e.to_string()))
+                .map(|(path, _)| decode_rgb8(path, max_pixels).err().map(|e| one_line(&e)))
                 .collect()
         });
         let mut kept = Vec::with_capacity(self.index.samples.len());
@@ -258,6 +258,12 @@ impl ImageFolder {
             }
         }
     }
+}
+
+/// `e`'s message on one line (decoders end theirs with blank lines).
+fn one_line(e: &DataError) -> String {
+    let text = e.to_string();
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Refuses a validation folder whose classes differ from the training folder's.

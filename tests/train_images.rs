@@ -1,0 +1,269 @@
+//! Training on image folders: a run stopped mid-epoch and resumed equals an uninterrupted one
+//! (ImageNet recipe, worker threads), `freeze_backbone` trains the classifier only, and the
+//! `train_images` program trains a folder, holds out a fraction, lists bad files, and refuses
+//! folders it cannot train on with a clear message.
+use std::path::Path;
+use std::process::Command;
+
+use resnext::data::{
+    DataSplits, FolderSplit, ImageFolder, ImageFolderOptions, Recipe, IMAGENET_NORMALIZATION,
+};
+use resnext::trainer::{BatchControl, Outcome, ProgressMode, TrainConfig, Trainer};
+use resnext::Stem;
+use tch::Tensor;
+
+mod common;
+
+/// `root/<split>/<class>/<i>.jpg`: pictures of assorted sizes whose colour tells the class.
+fn write_folder(root: &Path, splits: &[(&str, usize)]) {
+    for &(split, per_class) in splits {
+        for (c, colour) in [[200u8, 40, 40], [40, 200, 40], [40, 40, 200]]
+            .iter()
+            .enumerate()
+        {
+            let dir = root.join(split).join(format!("class{c}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..per_class {
+                let (w, h) = (40 + 13 * i as u32 % 90, 50 + 7 * i as u32 % 80);
+                let img = image::RgbImage::from_fn(w, h, |x, y| {
+                    let v = ((x * 3 + y * 5 + i as u32) % 40) as u8;
+                    image::Rgb(colour.map(|ch| ch.saturating_add(v)))
+                });
+                img.save(dir.join(format!("{i:03}.jpg"))).unwrap();
+            }
+        }
+    }
+}
+
+fn config(epochs: usize) -> TrainConfig {
+    TrainConfig {
+        model: "tiny".into(),
+        num_classes: 3,
+        stem: Some(Stem::ImageNet),
+        image_size: 64,
+        normalization: IMAGENET_NORMALIZATION,
+        epochs,
+        batch_size: 8,
+        lr: 0.05,
+        device: "cpu".into(),
+        ..TrainConfig::default()
+    }
+}
+
+fn folders(root: &Path) -> DataSplits {
+    let opts = ImageFolderOptions {
+        workers: 2,
+        ..ImageFolderOptions::new(Recipe::ImageNet { size: 64 })
+    };
+    let (train, val) = ImageFolder::open_splits(root, &opts, &FolderSplit::default()).unwrap();
+    DataSplits::new(train, val)
+}
+
+fn weights(t: &Trainer<resnext::ResNeXt>) -> Vec<(String, Tensor)> {
+    let mut v: Vec<_> = t.var_store().variables().into_iter().collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn a_stopped_and_resumed_folder_run_equals_an_uninterrupted_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_folder(tmp.path(), &[("train", 12), ("val", 4)]);
+    let data = folders(tmp.path());
+    let whole_dir = tmp.path().join("whole");
+    let mut whole = Trainer::resnext(config(2))
+        .unwrap()
+        .with_run_dir(&whole_dir)
+        .unwrap();
+    whole.set_progress(ProgressMode::Silent);
+    assert!(matches!(whole.fit(&data).unwrap(), Outcome::Completed(_)));
+
+    let cut_dir = tmp.path().join("cut");
+    let mut first = Trainer::resnext(config(2))
+        .unwrap()
+        .with_run_dir(&cut_dir)
+        .unwrap();
+    first.set_progress(ProgressMode::Silent);
+    // Stop in the second epoch, after its second batch.
+    first.on_batch(|epoch, batch| match (epoch, batch) {
+        (1, 1) => BatchControl::Stop,
+        _ => BatchControl::Continue,
+    });
+    assert!(matches!(
+        first.fit(&data).unwrap(),
+        Outcome::Stopped { saved: true, .. }
+    ));
+    drop(first);
+    let mut resumed = Trainer::resume(&cut_dir, None).unwrap();
+    resumed.set_progress(ProgressMode::Silent);
+    assert!(matches!(resumed.fit(&data).unwrap(), Outcome::Completed(_)));
+    // Everything but the timings.
+    let figures = |t: &Trainer<resnext::ResNeXt>| {
+        let m = &t.state().metrics;
+        m.iter()
+            .map(|e| {
+                (
+                    e.epoch,
+                    e.train_loss,
+                    e.train_acc,
+                    e.test_loss,
+                    e.test_acc,
+                    e.lr,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(figures(&resumed), figures(&whole));
+    for ((name, a), (_, b)) in weights(&resumed).iter().zip(weights(&whole)) {
+        assert!(a.equal(&b), "{name} differs after resume");
+    }
+}
+
+#[test]
+fn freeze_backbone_trains_the_classifier_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_folder(tmp.path(), &[("train", 6), ("val", 2)]);
+    let data = folders(tmp.path());
+    let cfg = TrainConfig {
+        freeze_backbone: true,
+        ..config(1)
+    };
+    let mut t = Trainer::resnext(cfg).unwrap();
+    t.set_progress(ProgressMode::Silent);
+    let before: Vec<(String, Tensor)> = weights(&t)
+        .into_iter()
+        .map(|(n, w)| (n, w.copy()))
+        .collect();
+    assert!(matches!(t.fit(&data).unwrap(), Outcome::Completed(_)));
+    let mut changed = Vec::new();
+    for ((name, old), (_, new)) in before.iter().zip(weights(&t)) {
+        let is_param = !name.contains("running_");
+        if is_param && !old.equal(&new) {
+            changed.push(name.clone());
+        }
+    }
+    assert_eq!(changed, ["fc.bias", "fc.weight"]);
+}
+
+/// Runs `train_images` with `args` and quick settings; returns (exit code, stdout + stderr).
+fn train_images(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(common::example("train_images"))
+        .args(args)
+        .args([
+            "--model",
+            "tiny",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--workers",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text)
+}
+
+#[test]
+fn the_cli_trains_a_folder_and_lists_or_refuses_bad_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_folder(&data, &[("train", 4), ("val", 2)]);
+    let good = std::fs::read(data.join("train/class0/000.jpg")).unwrap();
+    std::fs::write(
+        data.join("train/class1/broken.jpg"),
+        &good[..good.len() / 4],
+    )
+    .unwrap();
+    let d = data.to_str().unwrap();
+
+    let run = tmp.path().join("run-strict");
+    let (code, text) = train_images(&[
+        "--data-dir",
+        d,
+        "--image-size",
+        "96",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("broken.jpg"), "{text}");
+
+    let run = tmp.path().join("run-skip");
+    let (code, text) = train_images(&[
+        "--data-dir",
+        d,
+        "--image-size",
+        "96",
+        "--skip-bad-images",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("1 images do not decode"), "{text}");
+    let list = std::fs::read_to_string(run.join("bad_images.txt")).unwrap();
+    assert!(
+        list.contains("broken.jpg") && list.lines().count() == 1,
+        "{list}"
+    );
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        (
+            cfg["num_classes"].as_i64(),
+            cfg["stem"].as_str(),
+            cfg["image_size"].as_i64()
+        ),
+        (Some(3), Some("imagenet"), Some(96))
+    );
+}
+
+#[test]
+fn the_cli_holds_out_a_fraction_and_refuses_what_it_cannot_train() {
+    let tmp = tempfile::tempdir().unwrap();
+    let flat = tmp.path().join("flat");
+    write_folder(tmp.path(), &[("flat", 10)]);
+    let run = tmp.path().join("run");
+    let f = flat.to_str().unwrap();
+    let (code, text) = train_images(&["--data-dir", f, "--out", run.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("train/ and val/"), "{text}");
+    let (code, text) = train_images(&[
+        "--data-dir",
+        f,
+        "--val-fraction",
+        "0.2",
+        "--image-size",
+        "32",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("images: 24 training, 6 validation, 3 classes"),
+        "{text}"
+    );
+
+    let mismatched = tmp.path().join("mismatched");
+    write_folder(&mismatched, &[("train", 2), ("val", 2)]);
+    std::fs::rename(mismatched.join("val/class2"), mismatched.join("val/class9")).unwrap();
+    let (code, text) = train_images(&[
+        "--data-dir",
+        mismatched.to_str().unwrap(),
+        "--out",
+        tmp.path().join("r2").to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("only in the training folder: class2") && text.contains("class9"),
+        "{text}"
+    );
+    let (code, text) = train_images(&["--data-dir", tmp.path().join("nowhere").to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("nowhere"), "{text}");
+}
