@@ -36,6 +36,20 @@ use thiserror::Error;
 use crate::io::{read_safetensors, write_safetensors, IoError, TensorFile};
 use crate::resnext::{ModelError, ResNeXt, ResNeXtConfig, Stem};
 
+mod fit;
+mod metadata;
+mod pretrained;
+
+pub use fit::{expected_shapes, matching_preset, model_shapes, FileFit, Shapes};
+pub use metadata::{
+    read_weights_metadata, WeightsMetadata, CLASSES_KEY, IMAGE_SIZE_KEY, MODEL_KEY,
+    NORMALIZATION_KEY,
+};
+pub use pretrained::{load_pretrained, pretrained_architecture, read_state_dict, PretrainedReport};
+
+/// How many problems [`WeightsError::Incompatible`] shows; the rest are counted.
+const SHOWN_PROBLEMS: usize = 5;
+
 /// Suffix of the BN batch counter that PyTorch keeps in its `state_dict` and tch does not.
 const NUM_BATCHES_TRACKED: &str = ".num_batches_tracked";
 
@@ -51,6 +65,22 @@ pub fn save_weights(
     path: &Path,
     num_batches_tracked: i64,
 ) -> Result<(), IoError> {
+    save_weights_with(vs, path, num_batches_tracked, None)
+}
+
+/// [`save_weights`], with the model configuration, class names and image preparation as the
+/// file's metadata when `metadata` is given (see [`WeightsMetadata`] and
+/// [`read_weights_metadata`]). PyTorch ignores the metadata: the file loads into torchvision
+/// as [`save_weights`]'s does.
+///
+/// # Errors
+/// [`IoError`] naming the file.
+pub fn save_weights_with(
+    vs: &nn::VarStore,
+    path: &Path,
+    num_batches_tracked: i64,
+    metadata: Option<&WeightsMetadata>,
+) -> Result<(), IoError> {
     let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
     let mut tensors = Vec::with_capacity(vars.len() * 2);
     for (name, t) in vars {
@@ -62,7 +92,7 @@ pub fn save_weights(
         }
         tensors.push((name, t.detach()));
     }
-    write_safetensors(path, &tensors, None)
+    write_safetensors(path, &tensors, metadata.map(WeightsMetadata::to_map))
 }
 
 /// How [`load_weights_with`] treats a file.
@@ -141,9 +171,11 @@ pub enum WeightsError {
     /// The file cannot be read, or is not a valid safetensors file (truncated, corrupt).
     #[error(transparent)]
     Io(#[from] IoError),
-    /// The file's tensors do not fit the model: every problem found is listed.
-    #[error("{}: the weights do not fit the model: {}", path.display(),
-        describe_incompatible(missing, mismatched, wrong_kind, unexpected))]
+    /// The file's tensors do not fit the model: every problem found is listed here; the
+    /// message shows the counts, the first few problems and which preset the file fits.
+    #[error("{}: the weights do not fit the model: {}{}", path.display(),
+        describe_incompatible(missing, mismatched, wrong_kind, unexpected),
+        fit_line(fit))]
     Incompatible {
         /// The file.
         path: PathBuf,
@@ -156,6 +188,27 @@ pub enum WeightsError {
         /// Tensors the model does not have; an error only with [`LoadOptions::strict`], else
         /// empty here.
         unexpected: Vec<String>,
+        /// The preset whose variables the file has, if any.
+        fit: FileFit,
+    },
+    /// The file's `resnext.*` metadata (see [`WeightsMetadata`]) is incomplete or malformed.
+    #[error("{}: metadata `{key}`: {problem}", path.display())]
+    Metadata {
+        /// The file.
+        path: PathBuf,
+        /// The metadata key.
+        key: &'static str,
+        /// What is wrong with its value, and what was expected.
+        problem: String,
+    },
+    /// The file is neither safetensors nor a PyTorch `torch.save` file of a `state_dict`.
+    #[error("{}: not a safetensors file nor a PyTorch state_dict saved with torch.save: {problem}",
+        path.display())]
+    Pytorch {
+        /// The file.
+        path: PathBuf,
+        /// What the PyTorch file reader found wrong.
+        problem: String,
     },
     /// The model configuration is invalid (or the preset name unknown).
     #[error(transparent)]
@@ -183,45 +236,60 @@ pub enum WeightsError {
     },
 }
 
-/// The problems of [`WeightsError::Incompatible`] in one sentence each.
+/// The problems of [`WeightsError::Incompatible`] in a few lines: their counts, then the first
+/// [`SHOWN_PROBLEMS`] of them one per line, then how many more there are.
 pub(crate) fn describe_incompatible(
     missing: &[String],
     mismatched: &[ShapeMismatch],
     wrong_kind: &[KindMismatch],
     unexpected: &[String],
 ) -> String {
-    let mut parts = Vec::new();
-    if !mismatched.is_empty() {
-        let list: Vec<String> = mismatched.iter().map(|m| m.to_string()).collect();
-        parts.push(format!(
-            "{} shape mismatch(es): {}",
-            mismatched.len(),
-            list.join("; ")
-        ));
-    }
-    if !missing.is_empty() {
-        parts.push(format!(
-            "{} tensor(s) of the model missing from the file: {}",
-            missing.len(),
-            missing.join(", ")
-        ));
-    }
-    if !wrong_kind.is_empty() {
-        let list: Vec<String> = wrong_kind.iter().map(|w| w.to_string()).collect();
-        parts.push(format!(
-            "{} element type mismatch(es): {}",
+    let counts = [
+        (mismatched.len(), "of another shape"),
+        (missing.len(), "of the model missing from the file"),
+        (
             wrong_kind.len(),
-            list.join("; ")
+            "of an element type that cannot be converted",
+        ),
+        (unexpected.len(), "not in the model (strict loading)"),
+    ];
+    let counts: Vec<String> = (counts.iter())
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} tensor(s) {what}"))
+        .collect();
+    let problems: Vec<String> = (mismatched.iter().map(|m| m.to_string()))
+        .chain(
+            missing
+                .iter()
+                .map(|n| format!("`{n}` is missing from the file")),
+        )
+        .chain(wrong_kind.iter().map(|w| w.to_string()))
+        .chain(
+            unexpected
+                .iter()
+                .map(|n| format!("`{n}` is not in the model")),
+        )
+        .collect();
+    let mut text = counts.join(", ");
+    for problem in problems.iter().take(SHOWN_PROBLEMS) {
+        text.push_str("\n  ");
+        text.push_str(problem);
+    }
+    if problems.len() > SHOWN_PROBLEMS {
+        text.push_str(&format!(
+            "\n  … and {} more",
+            problems.len() - SHOWN_PROBLEMS
         ));
     }
-    if !unexpected.is_empty() {
-        parts.push(format!(
-            "{} tensor(s) not in the model (strict loading): {}",
-            unexpected.len(),
-            unexpected.join(", ")
-        ));
+    text
+}
+
+/// The last line of [`WeightsError::Incompatible`]'s message: which preset the file fits.
+fn fit_line(fit: &FileFit) -> String {
+    match fit {
+        FileFit::Unknown => String::new(),
+        fit => format!("\n  {fit}"),
     }
-    parts.join(". ")
 }
 
 fn is_float(kind: Kind) -> bool {
@@ -313,6 +381,7 @@ fn check_tensors(
     file: TensorFile,
     options: LoadOptions,
 ) -> Result<(Vec<(String, Tensor)>, LoadReport), WeightsError> {
+    let shapes = model_shapes(file.tensors.iter().map(|(n, t)| (n.as_str(), t.size())));
     let mut report = LoadReport {
         metadata: file.metadata,
         ..LoadReport::default()
@@ -376,21 +445,19 @@ fn check_tensors(
         } else {
             Vec::new()
         },
+        fit: FileFit::of(&shapes),
     })
 }
 
-/// Infers the stem and number of classes of the preset `name` from the tensors of a file.
-fn infer_config(name: &str, path: &Path, file: &TensorFile) -> Result<ResNeXtConfig, WeightsError> {
+/// The stem (from the kernel of `conv1.weight`) and the number of classes (from the rows of
+/// `fc.weight`) of the tensors of the file `path`.
+pub(crate) fn stem_and_classes(path: &Path, shapes: &Shapes) -> Result<(Stem, i64), WeightsError> {
     let shape_of = |tensor: &str, what: &'static str| {
-        file.tensors
-            .iter()
-            .find(|(n, _)| n == tensor)
-            .map(|(_, t)| t.size())
-            .ok_or_else(|| WeightsError::Infer {
-                path: path.to_path_buf(),
-                what,
-                reason: format!("the file has no `{tensor}` tensor"),
-            })
+        shapes.get(tensor).ok_or_else(|| WeightsError::Infer {
+            path: path.to_path_buf(),
+            what,
+            reason: format!("the file has no `{tensor}` tensor"),
+        })
     };
     let conv1 = shape_of("conv1.weight", "stem")?;
     let stem = match conv1.as_slice() {
@@ -418,7 +485,26 @@ fn infer_config(name: &str, path: &Path, file: &TensorFile) -> Result<ResNeXtCon
             })
         }
     };
+    Ok((stem, num_classes))
+}
+
+/// Infers the stem and number of classes of the preset `name` from the tensors of a file.
+fn infer_config(name: &str, path: &Path, file: &TensorFile) -> Result<ResNeXtConfig, WeightsError> {
+    let shapes = model_shapes(file.tensors.iter().map(|(n, t)| (n.as_str(), t.size())));
+    let (stem, num_classes) = stem_and_classes(path, &shapes)?;
     Ok(ResNeXtConfig::from_name(name, num_classes)?.with_stem(stem))
+}
+
+/// The preset (with its stem and number of classes) whose variables are exactly the tensors
+/// of the safetensors or PyTorch file `path` (see [`matching_preset`]), or `None` when no
+/// preset fits: the architecture of a file that carries no [`WeightsMetadata`].
+///
+/// # Errors
+/// As [`read_state_dict`].
+pub fn preset_for_weights(path: &Path) -> Result<Option<ResNeXtConfig>, WeightsError> {
+    let file = read_state_dict(path)?;
+    let shapes = model_shapes(file.tensors.iter().map(|(n, t)| (n.as_str(), t.size())));
+    Ok(matching_preset(&shapes))
 }
 
 /// The configuration of the preset `name` (one of [`crate::resnext::MODEL_NAMES`]) with the stem
