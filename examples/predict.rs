@@ -273,14 +273,13 @@ fn model_config(
 
 fn run(args: Args) -> Result<ExitCode> {
     let device = parse_device(&args.device)?;
-    let context = || format!("reading the weights {}", args.weights.display());
-    let meta = read_weights_metadata(&args.weights).with_context(context)?;
-    let (config, source) = model_config(&args, meta.as_ref()).with_context(context)?;
+    // The library's errors name the file.
+    let meta = read_weights_metadata(&args.weights)?;
+    let (config, source) = model_config(&args, meta.as_ref())?;
     // The metadata describes these weights only if they are read as the architecture it names.
     let meta = meta.filter(|m| expected_shapes(&m.model) == expected_shapes(&config));
     let prep = Prep::new(config.stem, meta.as_ref())?;
-    let loaded = load_model(&config, &args.weights, device, LoadOptions::default())
-        .with_context(|| format!("loading the weights {}", args.weights.display()))?;
+    let loaded = load_model(&config, &args.weights, device, LoadOptions::default())?;
     eprintln!(
         "{}: {} ({:?} stem, {} classes, {}x{} images) {source}, on {device:?}, {} tensors loaded",
         args.weights.display(),
