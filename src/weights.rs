@@ -2,11 +2,25 @@
 //!
 //! * [`save_weights`] writes a file that PyTorch reads with
 //!   `model.load_state_dict(safetensors.torch.load_file(path), strict=True)`;
+//!   [`save_weights_with`] adds the model configuration, class names, image size and
+//!   normalisation as the file's metadata ([`WeightsMetadata`], read back by
+//!   [`read_weights_metadata`]; PyTorch ignores it). The trainer writes it into a run's
+//!   `last.safetensors` and `best.safetensors`, so they can be used without being told what
+//!   they are;
 //! * [`load_weights`] reads such a file, ours or a `state_dict` PyTorch saved with
 //!   `safetensors.torch.save_file(model.state_dict(), path)`, into a [`nn::VarStore`], checking
-//!   every name, shape and element type before it changes anything;
+//!   every name, shape and element type before it changes anything. A file that does not fit
+//!   is refused in a few lines ([`WeightsError::Incompatible`]): the counts of the problems, the
+//!   first five, and the preset the file does fit ([`matching_preset`], which compares every
+//!   name and shape with [`expected_shapes`] of each preset with either stem);
 //! * [`load_model`] builds a [`ResNeXt`] and loads its weights in one go, and
-//!   [`config_from_weights`] reads the stem and the number of classes from a file.
+//!   [`config_from_weights`] reads the stem and the number of classes from a file, while
+//!   [`preset_for_weights`] finds its whole architecture among the presets;
+//! * [`load_pretrained`] starts a model from pretrained weights, safetensors or a PyTorch
+//!   `torch.save(model.state_dict())` `.pth` file (read without Python, see
+//!   [`read_state_dict`]): strictly, except a classifier with another number of classes, which
+//!   keeps its fresh initialisation; [`pretrained_architecture`] gives the file's stem and
+//!   number of classes.
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -173,9 +187,8 @@ pub enum WeightsError {
     Io(#[from] IoError),
     /// The file's tensors do not fit the model: every problem found is listed here; the
     /// message shows the counts, the first few problems and which preset the file fits.
-    #[error("{}: the weights do not fit the model: {}{}", path.display(),
-        describe_incompatible(missing, mismatched, wrong_kind, unexpected),
-        fit_line(fit))]
+    #[error("{}: the weights do not fit the model: {}\n  {}", path.display(),
+        describe_incompatible(missing, mismatched, wrong_kind, unexpected), fit)]
     Incompatible {
         /// The file.
         path: PathBuf,
@@ -183,8 +196,9 @@ pub enum WeightsError {
         missing: Vec<String>,
         /// Tensors whose shape differs, with both shapes.
         mismatched: Vec<ShapeMismatch>,
-        /// Tensors whose element kind cannot be converted, with both kinds.
-        wrong_kind: Vec<KindMismatch>,
+        /// Tensors whose element kind cannot be converted, with both kinds (a boxed slice, to
+        /// keep the error small).
+        wrong_kind: Box<[KindMismatch]>,
         /// Tensors the model does not have; an error only with [`LoadOptions::strict`], else
         /// empty here.
         unexpected: Vec<String>,
@@ -282,14 +296,6 @@ pub(crate) fn describe_incompatible(
         ));
     }
     text
-}
-
-/// The last line of [`WeightsError::Incompatible`]'s message: which preset the file fits.
-fn fit_line(fit: &FileFit) -> String {
-    match fit {
-        FileFit::Unknown => String::new(),
-        fit => format!("\n  {fit}"),
-    }
 }
 
 fn is_float(kind: Kind) -> bool {
@@ -439,7 +445,7 @@ fn check_tensors(
         path: path.to_path_buf(),
         missing,
         mismatched,
-        wrong_kind,
+        wrong_kind: wrong_kind.into_boxed_slice(),
         unexpected: if options.strict {
             report.unexpected
         } else {

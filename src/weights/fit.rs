@@ -111,8 +111,6 @@ pub fn matching_preset(shapes: &Shapes) -> Option<ResNeXtConfig> {
 /// What [`matching_preset`] found for a file, for messages.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FileFit {
-    /// Not looked for.
-    Unknown,
     /// The file has exactly the variables of this configuration.
     Preset(Box<ResNeXtConfig>),
     /// No preset, with either stem, has the file's variables.
@@ -132,7 +130,6 @@ impl FileFit {
 impl fmt::Display for FileFit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            FileFit::Unknown => Ok(()),
             FileFit::Preset(config) => write!(
                 f,
                 "the file fits the preset `{}` ({:?} stem, {} classes)",
