@@ -1,19 +1,28 @@
 //! Classifies images with ResNeXt weights: a `.safetensors` file written by this crate (a run's
-//! `best.safetensors` or `last.safetensors`) or a `state_dict` saved by PyTorch with
-//! `safetensors.torch.save_file(model.state_dict(), path)`.
+//! `best.safetensors` or `last.safetensors`, of `train_cifar10` or any other trainer run) or a
+//! `state_dict` saved by PyTorch with `safetensors.torch.save_file(model.state_dict(), path)`.
 //!
 //! ```text
-//! cargo run --release --example predict -- --weights runs/resnext50_32x4d-seed1/best.safetensors cat.png dog.jpg
-//! cargo run --release --example predict -- --weights tv.safetensors --imagenet --labels imagenet.txt photo.jpg
+//! cargo run --release --example predict -- --weights runs/tiny-seed1/best.safetensors cat.png dog.jpg
+//! cargo run --release --example predict -- --weights tv.safetensors --labels imagenet.txt photo.jpg
 //! ```
 //!
-//! The stem and the number of classes are read from the weights (`conv1.weight`, `fc.weight`)
-//! unless `--imagenet`/`--cifar` or `--classes` say otherwise. Images (PNG or JPEG, any size)
-//! are prepared as the model was trained: CIFAR stem: resized to 32x32 and normalised with the
-//! crate's CIFAR-10 mean and std; ImageNet stem: torchvision's evaluation transform (shorter side
-//! resized to 256, bilinear; 224x224 centre crop; ImageNet mean and std). Prints the top classes
-//! with their probabilities. A file that cannot be read or decoded is reported and skipped; the
-//! exit code is 0 when every image was classified, 1 otherwise.
+//! A run's weights need no other flag: they carry the model configuration, the class names,
+//! the image size and the normalisation as metadata (see `resnext::weights::WeightsMetadata`).
+//! A file without them (one PyTorch wrote) is matched by its tensors' names and shapes against
+//! every preset, with the stem read from `conv1.weight` and the number of classes from
+//! `fc.weight`; `--model` names the preset instead, and a file that does not fit it is refused
+//! in a few lines (the first mismatching tensors, their counts, the preset the file fits).
+//! `--imagenet`/`--cifar` and `--classes` override the stem and the number of classes.
+//!
+//! Images (PNG or JPEG, any size) are prepared as the model was trained, for an image size S
+//! (the file's, else 32 for the CIFAR stem and 224 for the ImageNet stem): CIFAR stem: resized
+//! to SxS; ImageNet stem: torchvision's evaluation transform (shorter side resized to
+//! floor(S / 0.875), bilinear; SxS centre crop). Then normalised with the file's mean and std,
+//! else CIFAR-10's (CIFAR stem) or ImageNet's (ImageNet stem). Class names come from
+//! `--labels`, else the file, else CIFAR-10's names for 10 classes, else the class indices.
+//! Prints the top classes with their probabilities. A file that cannot be read or decoded is
+//! reported and skipped; the exit code is 0 when every image was classified, 1 otherwise.
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -23,8 +32,11 @@ use image::imageops::FilterType;
 use image::{ImageReader, RgbImage};
 use resnext::data::{Normalization, CLASS_NAMES};
 use resnext::resnext::MODEL_NAMES;
-use resnext::weights::{config_from_weights, load_model, LoadOptions};
-use resnext::{ResNeXt, Stem};
+use resnext::weights::{
+    config_from_weights, expected_shapes, load_model, preset_for_weights, read_weights_metadata,
+    LoadOptions, WeightsMetadata,
+};
+use resnext::{ResNeXt, ResNeXtConfig, Stem};
 use tch::{Device, Kind, Tensor};
 
 /// ImageNet's per-channel mean and standard deviation (torchvision's pretrained models).
@@ -39,10 +51,10 @@ struct Args {
     /// The weights: a safetensors state_dict with torchvision's names.
     #[arg(long, value_name = "FILE")]
     weights: PathBuf,
-    /// Model configuration.
-    #[arg(long, default_value = "resnext50_32x4d",
-          value_parser = clap::builder::PossibleValuesParser::new(MODEL_NAMES))]
-    model: String,
+    /// Model configuration [default: the file's metadata, else the preset whose tensors the
+    /// file has].
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(MODEL_NAMES))]
+    model: Option<String>,
     /// ImageNet stem (7x7 conv and max-pool; 224x224 inputs) [default: read from the weights].
     #[arg(long)]
     imagenet: bool,
@@ -52,8 +64,8 @@ struct Args {
     /// Number of classes [default: read from the weights].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(1..))]
     classes: Option<i64>,
-    /// Class names, one per line, in class order [default: CIFAR-10's names for 10 classes,
-    /// else class indices].
+    /// Class names, one per line, in class order [default: the file's, else CIFAR-10's names
+    /// for 10 classes, else class indices].
     #[arg(long, value_name = "FILE")]
     labels: Option<PathBuf>,
     /// How many of the most probable classes to print.
@@ -86,9 +98,17 @@ fn parse_device(s: &str) -> Result<Device> {
     Ok(device)
 }
 
-/// Class names: from `--labels`, CIFAR-10's for 10 classes, else the indices.
-fn class_names(labels: Option<&Path>, classes: i64) -> Result<Vec<String>> {
+/// Class names: from `--labels`, the file's metadata, CIFAR-10's for 10 classes, else the
+/// indices.
+fn class_names(
+    labels: Option<&Path>,
+    meta: Option<&WeightsMetadata>,
+    classes: i64,
+) -> Result<Vec<String>> {
     let Some(path) = labels else {
+        if let Some(meta) = meta.filter(|m| m.classes.len() as i64 == classes) {
+            return Ok(meta.classes.clone());
+        }
         return Ok(if classes == CLASS_NAMES.len() as i64 {
             CLASS_NAMES.iter().map(|s| s.to_string()).collect()
         } else {
@@ -126,33 +146,63 @@ fn read_image(path: &Path) -> Result<RgbImage> {
     Ok(img.to_rgb8())
 }
 
-/// The `[1, 3, H, W]` input for `stem`: resized (and cropped) as at training time, on the 0..1
-/// scale, normalised per channel.
-fn preprocess(img: &RgbImage, stem: Stem) -> Result<Tensor> {
-    let (img, norm) = match stem {
-        Stem::Cifar => (
-            image::imageops::resize(img, 32, 32, FilterType::Triangle),
-            Normalization::default(),
-        ),
-        Stem::ImageNet => {
-            // torchvision: Resize(256) (shorter side, bilinear, antialiased), CenterCrop(224) (whose
-            // offsets Python rounds half to even).
-            let (w, h) = img.dimensions();
-            let (short, long) = (w.min(h) as u64, w.max(h) as u64);
-            if long > 100 * short {
-                // The resized image would be 256 pixels by more than 25,600.
-                bail!("a {w}x{h} image is too elongated to resize to 256 pixels on its short side");
-            }
-            let long = ((256 * long) / short).max(256) as u32;
-            let (nw, nh) = if w <= h { (256, long) } else { (long, 256) };
-            let resized = image::imageops::resize(img, nw, nh, FilterType::Triangle);
-            let left = ((nw - 224) as f64 / 2.0).round_ties_even() as u32;
-            let top = ((nh - 224) as f64 / 2.0).round_ties_even() as u32;
-            let crop = image::imageops::crop_imm(&resized, left, top, 224, 224).to_image();
-            (crop, IMAGENET_NORM)
-        }
+/// How images are prepared for the network: side, stem and normalisation.
+#[derive(Debug, Clone, Copy)]
+struct Prep {
+    stem: Stem,
+    size: u32,
+    norm: Normalization,
+}
+
+impl Prep {
+    /// The file's image size and normalisation, else the stem's usual ones.
+    fn new(stem: Stem, meta: Option<&WeightsMetadata>) -> Result<Self> {
+        let (size, norm) = match (meta, stem) {
+            (Some(m), _) => (m.image_size, m.normalization),
+            (None, Stem::Cifar) => (32, Normalization::default()),
+            (None, Stem::ImageNet) => (224, IMAGENET_NORM),
+        };
+        let size = u32::try_from(size)
+            .ok()
+            .filter(|s| (1..=8192).contains(s))
+            .ok_or_else(|| {
+                anyhow!("image size {size} in the weights' metadata; expected 1 to 8192")
+            })?;
+        Ok(Prep { stem, size, norm })
+    }
+}
+
+/// torchvision's evaluation transform for `size`: `Resize(floor(size / 0.875))` (shorter side,
+/// bilinear, antialiased), then `CenterCrop(size)` (whose offsets Python rounds half to even).
+fn resize_and_crop(img: &RgbImage, size: u32) -> Result<RgbImage> {
+    let resize = ((size as f64 / 0.875).floor() as u64).max(size as u64);
+    let (w, h) = img.dimensions();
+    let (short, long) = (w.min(h) as u64, w.max(h) as u64);
+    if long * resize > 100_000 * short {
+        bail!("a {w}x{h} image is too elongated to resize to {resize} pixels on its short side");
+    }
+    let long = ((resize * long) / short).max(resize) as u32;
+    let resize = resize as u32;
+    let (nw, nh) = if w <= h {
+        (resize, long)
+    } else {
+        (long, resize)
+    };
+    let resized = image::imageops::resize(img, nw, nh, FilterType::Triangle);
+    let left = ((nw - size) as f64 / 2.0).round_ties_even() as u32;
+    let top = ((nh - size) as f64 / 2.0).round_ties_even() as u32;
+    Ok(image::imageops::crop_imm(&resized, left, top, size, size).to_image())
+}
+
+/// The `[1, 3, S, S]` input: resized (and cropped) as at training time, on the 0..1 scale,
+/// normalised per channel.
+fn preprocess(img: &RgbImage, prep: &Prep) -> Result<Tensor> {
+    let img = match prep.stem {
+        Stem::Cifar => image::imageops::resize(img, prep.size, prep.size, FilterType::Triangle),
+        Stem::ImageNet => resize_and_crop(img, prep.size)?,
     };
     let (w, h) = img.dimensions();
+    let norm = prep.norm;
     let mean = Tensor::from_slice(&norm.mean).view([3, 1, 1]);
     let std = Tensor::from_slice(&norm.std).view([3, 1, 1]);
     let x = Tensor::from_slice(img.as_raw())
@@ -164,9 +214,15 @@ fn preprocess(img: &RgbImage, stem: Stem) -> Result<Tensor> {
 }
 
 /// Classifies one image: the `top` classes with their probabilities.
-fn classify(net: &ResNeXt, device: Device, path: &Path, top: usize) -> Result<Vec<(usize, f64)>> {
+fn classify(
+    net: &ResNeXt,
+    prep: &Prep,
+    device: Device,
+    path: &Path,
+    top: usize,
+) -> Result<Vec<(usize, f64)>> {
     let img = read_image(path)?;
-    let x = preprocess(&img, net.config().stem)?.f_to_device(device)?;
+    let x = preprocess(&img, prep)?.f_to_device(device)?;
     let probs = tch::no_grad(|| net.try_forward_t(&x, false))?
         .f_softmax(-1, Kind::Float)?
         .f_to_device(Device::Cpu)?
@@ -182,10 +238,27 @@ fn classify(net: &ResNeXt, device: Device, path: &Path, top: usize) -> Result<Ve
     Ok(ranked)
 }
 
-fn run(args: Args) -> Result<ExitCode> {
-    let device = parse_device(&args.device)?;
-    let mut config = config_from_weights(&args.model, &args.weights)
-        .with_context(|| format!("reading the weights {}", args.weights.display()))?;
+/// The architecture of the weights: `--model` with the file's stem and classes, else the
+/// file's metadata, else the preset whose tensors the file has; then the flags' overrides.
+/// Also returns where it came from, for the first line printed.
+fn model_config(
+    args: &Args,
+    meta: Option<&WeightsMetadata>,
+) -> Result<(ResNeXtConfig, &'static str)> {
+    let weights = &args.weights;
+    let (mut config, source) = match (&args.model, meta) {
+        (Some(name), _) => (config_from_weights(name, weights)?, "as --model says"),
+        (None, Some(meta)) => (meta.model.clone(), "from the file's metadata"),
+        (None, None) => match preset_for_weights(weights)? {
+            Some(config) => (config, "matched by the tensors' shapes"),
+            None => bail!(
+                "{}: the file has no model metadata and no preset fits its tensors; name the \
+                 architecture with --model (one of {}) to see which tensors differ",
+                weights.display(),
+                MODEL_NAMES.join(", ")
+            ),
+        },
+    };
     if args.imagenet {
         config.stem = Stem::ImageNet;
     }
@@ -195,14 +268,26 @@ fn run(args: Args) -> Result<ExitCode> {
     if let Some(c) = args.classes {
         config.num_classes = c;
     }
-    let loaded = load_model(&config, &args.weights, device, LoadOptions::default())
-        .with_context(|| format!("loading the weights {}", args.weights.display()))?;
+    Ok((config, source))
+}
+
+fn run(args: Args) -> Result<ExitCode> {
+    let device = parse_device(&args.device)?;
+    // The library's errors name the file.
+    let meta = read_weights_metadata(&args.weights)?;
+    let (config, source) = model_config(&args, meta.as_ref())?;
+    // The metadata describes these weights only if they are read as the architecture it names.
+    let meta = meta.filter(|m| expected_shapes(&m.model) == expected_shapes(&config));
+    let prep = Prep::new(config.stem, meta.as_ref())?;
+    let loaded = load_model(&config, &args.weights, device, LoadOptions::default())?;
     eprintln!(
-        "{}: {} ({:?} stem, {} classes) on {device:?}, {} tensors loaded",
+        "{}: {} ({:?} stem, {} classes, {}x{} images) {source}, on {device:?}, {} tensors loaded",
         args.weights.display(),
         config.name,
         config.stem,
         config.num_classes,
+        prep.size,
+        prep.size,
         loaded.report.loaded
     );
     if !loaded.report.unexpected.is_empty() {
@@ -212,12 +297,12 @@ fn run(args: Args) -> Result<ExitCode> {
             loaded.report.unexpected.join(", ")
         );
     }
-    let names = class_names(args.labels.as_deref(), config.num_classes)?;
+    let names = class_names(args.labels.as_deref(), meta.as_ref(), config.num_classes)?;
     let width = names.iter().map(|n| n.len()).max().unwrap_or(1);
 
     let mut failed = 0;
     for path in &args.images {
-        match classify(&loaded.model, device, path, args.top) {
+        match classify(&loaded.model, &prep, device, path, args.top) {
             Ok(ranked) => {
                 println!("{}:", path.display());
                 for (rank, (class, p)) in ranked.iter().enumerate() {

@@ -2,11 +2,25 @@
 //!
 //! * [`save_weights`] writes a file that PyTorch reads with
 //!   `model.load_state_dict(safetensors.torch.load_file(path), strict=True)`;
+//!   [`save_weights_with`] adds the model configuration, class names, image size and
+//!   normalisation as the file's metadata ([`WeightsMetadata`], read back by
+//!   [`read_weights_metadata`]; PyTorch ignores it). The trainer writes it into a run's
+//!   `last.safetensors` and `best.safetensors`, so they can be used without being told what
+//!   they are;
 //! * [`load_weights`] reads such a file, ours or a `state_dict` PyTorch saved with
 //!   `safetensors.torch.save_file(model.state_dict(), path)`, into a [`nn::VarStore`], checking
-//!   every name, shape and element type before it changes anything;
+//!   every name, shape and element type before it changes anything. A file that does not fit
+//!   is refused in a few lines ([`WeightsError::Incompatible`]): the counts of the problems, the
+//!   first five, and the preset the file does fit ([`matching_preset`], which compares every
+//!   name and shape with [`expected_shapes`] of each preset with either stem);
 //! * [`load_model`] builds a [`ResNeXt`] and loads its weights in one go, and
-//!   [`config_from_weights`] reads the stem and the number of classes from a file.
+//!   [`config_from_weights`] reads the stem and the number of classes from a file, while
+//!   [`preset_for_weights`] finds its whole architecture among the presets;
+//! * [`load_pretrained`] starts a model from pretrained weights, safetensors or a PyTorch
+//!   `torch.save(model.state_dict())` `.pth` file (read without Python, see
+//!   [`read_state_dict`]): strictly, except a classifier with another number of classes, which
+//!   keeps its fresh initialisation; [`pretrained_architecture`] gives the file's stem and
+//!   number of classes.
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -36,6 +50,20 @@ use thiserror::Error;
 use crate::io::{read_safetensors, write_safetensors, IoError, TensorFile};
 use crate::resnext::{ModelError, ResNeXt, ResNeXtConfig, Stem};
 
+mod fit;
+mod metadata;
+mod pretrained;
+
+pub use fit::{expected_shapes, matching_preset, model_shapes, FileFit, Shapes};
+pub use metadata::{
+    read_weights_metadata, WeightsMetadata, CLASSES_KEY, IMAGE_SIZE_KEY, MODEL_KEY,
+    NORMALIZATION_KEY,
+};
+pub use pretrained::{load_pretrained, pretrained_architecture, read_state_dict, PretrainedReport};
+
+/// How many problems [`WeightsError::Incompatible`] shows; the rest are counted.
+const SHOWN_PROBLEMS: usize = 5;
+
 /// Suffix of the BN batch counter that PyTorch keeps in its `state_dict` and tch does not.
 const NUM_BATCHES_TRACKED: &str = ".num_batches_tracked";
 
@@ -51,6 +79,22 @@ pub fn save_weights(
     path: &Path,
     num_batches_tracked: i64,
 ) -> Result<(), IoError> {
+    save_weights_with(vs, path, num_batches_tracked, None)
+}
+
+/// [`save_weights`], with the model configuration, class names and image preparation as the
+/// file's metadata when `metadata` is given (see [`WeightsMetadata`] and
+/// [`read_weights_metadata`]). PyTorch ignores the metadata: the file loads into torchvision
+/// as [`save_weights`]'s does.
+///
+/// # Errors
+/// [`IoError`] naming the file.
+pub fn save_weights_with(
+    vs: &nn::VarStore,
+    path: &Path,
+    num_batches_tracked: i64,
+    metadata: Option<&WeightsMetadata>,
+) -> Result<(), IoError> {
     let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
     let mut tensors = Vec::with_capacity(vars.len() * 2);
     for (name, t) in vars {
@@ -62,7 +106,7 @@ pub fn save_weights(
         }
         tensors.push((name, t.detach()));
     }
-    write_safetensors(path, &tensors, None)
+    write_safetensors(path, &tensors, metadata.map(WeightsMetadata::to_map))
 }
 
 /// How [`load_weights_with`] treats a file.
@@ -141,9 +185,10 @@ pub enum WeightsError {
     /// The file cannot be read, or is not a valid safetensors file (truncated, corrupt).
     #[error(transparent)]
     Io(#[from] IoError),
-    /// The file's tensors do not fit the model: every problem found is listed.
-    #[error("{}: the weights do not fit the model: {}", path.display(),
-        describe_incompatible(missing, mismatched, wrong_kind, unexpected))]
+    /// The file's tensors do not fit the model: every problem found is listed here; the
+    /// message shows the counts, the first few problems and which preset the file fits.
+    #[error("{}: the weights do not fit the model: {}\n  {}", path.display(),
+        describe_incompatible(missing, mismatched, wrong_kind, unexpected), fit)]
     Incompatible {
         /// The file.
         path: PathBuf,
@@ -151,11 +196,33 @@ pub enum WeightsError {
         missing: Vec<String>,
         /// Tensors whose shape differs, with both shapes.
         mismatched: Vec<ShapeMismatch>,
-        /// Tensors whose element kind cannot be converted, with both kinds.
-        wrong_kind: Vec<KindMismatch>,
+        /// Tensors whose element kind cannot be converted, with both kinds (a boxed slice, to
+        /// keep the error small).
+        wrong_kind: Box<[KindMismatch]>,
         /// Tensors the model does not have; an error only with [`LoadOptions::strict`], else
         /// empty here.
         unexpected: Vec<String>,
+        /// The preset whose variables the file has, if any.
+        fit: FileFit,
+    },
+    /// The file's `resnext.*` metadata (see [`WeightsMetadata`]) is incomplete or malformed.
+    #[error("{}: metadata `{key}`: {problem}", path.display())]
+    Metadata {
+        /// The file.
+        path: PathBuf,
+        /// The metadata key.
+        key: &'static str,
+        /// What is wrong with its value, and what was expected.
+        problem: String,
+    },
+    /// The file is neither safetensors nor a PyTorch `torch.save` file of a `state_dict`.
+    #[error("{}: not a safetensors file nor a PyTorch state_dict saved with torch.save: {problem}",
+        path.display())]
+    Pytorch {
+        /// The file.
+        path: PathBuf,
+        /// What the PyTorch file reader found wrong.
+        problem: String,
     },
     /// The model configuration is invalid (or the preset name unknown).
     #[error(transparent)]
@@ -183,45 +250,52 @@ pub enum WeightsError {
     },
 }
 
-/// The problems of [`WeightsError::Incompatible`] in one sentence each.
+/// The problems of [`WeightsError::Incompatible`] in a few lines: their counts, then the first
+/// [`SHOWN_PROBLEMS`] of them one per line, then how many more there are.
 pub(crate) fn describe_incompatible(
     missing: &[String],
     mismatched: &[ShapeMismatch],
     wrong_kind: &[KindMismatch],
     unexpected: &[String],
 ) -> String {
-    let mut parts = Vec::new();
-    if !mismatched.is_empty() {
-        let list: Vec<String> = mismatched.iter().map(|m| m.to_string()).collect();
-        parts.push(format!(
-            "{} shape mismatch(es): {}",
-            mismatched.len(),
-            list.join("; ")
-        ));
-    }
-    if !missing.is_empty() {
-        parts.push(format!(
-            "{} tensor(s) of the model missing from the file: {}",
-            missing.len(),
-            missing.join(", ")
-        ));
-    }
-    if !wrong_kind.is_empty() {
-        let list: Vec<String> = wrong_kind.iter().map(|w| w.to_string()).collect();
-        parts.push(format!(
-            "{} element type mismatch(es): {}",
+    let counts = [
+        (mismatched.len(), "of another shape"),
+        (missing.len(), "of the model missing from the file"),
+        (
             wrong_kind.len(),
-            list.join("; ")
+            "of an element type that cannot be converted",
+        ),
+        (unexpected.len(), "not in the model (strict loading)"),
+    ];
+    let counts: Vec<String> = (counts.iter())
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} tensor(s) {what}"))
+        .collect();
+    let problems: Vec<String> = (mismatched.iter().map(|m| m.to_string()))
+        .chain(
+            missing
+                .iter()
+                .map(|n| format!("`{n}` is missing from the file")),
+        )
+        .chain(wrong_kind.iter().map(|w| w.to_string()))
+        .chain(
+            unexpected
+                .iter()
+                .map(|n| format!("`{n}` is not in the model")),
+        )
+        .collect();
+    let mut text = counts.join(", ");
+    for problem in problems.iter().take(SHOWN_PROBLEMS) {
+        text.push_str("\n  ");
+        text.push_str(problem);
+    }
+    if problems.len() > SHOWN_PROBLEMS {
+        text.push_str(&format!(
+            "\n  … and {} more",
+            problems.len() - SHOWN_PROBLEMS
         ));
     }
-    if !unexpected.is_empty() {
-        parts.push(format!(
-            "{} tensor(s) not in the model (strict loading): {}",
-            unexpected.len(),
-            unexpected.join(", ")
-        ));
-    }
-    parts.join(". ")
+    text
 }
 
 fn is_float(kind: Kind) -> bool {
@@ -313,6 +387,7 @@ fn check_tensors(
     file: TensorFile,
     options: LoadOptions,
 ) -> Result<(Vec<(String, Tensor)>, LoadReport), WeightsError> {
+    let shapes = model_shapes(file.tensors.iter().map(|(n, t)| (n.as_str(), t.size())));
     let mut report = LoadReport {
         metadata: file.metadata,
         ..LoadReport::default()
@@ -370,27 +445,25 @@ fn check_tensors(
         path: path.to_path_buf(),
         missing,
         mismatched,
-        wrong_kind,
+        wrong_kind: wrong_kind.into_boxed_slice(),
         unexpected: if options.strict {
             report.unexpected
         } else {
             Vec::new()
         },
+        fit: FileFit::of(&shapes),
     })
 }
 
-/// Infers the stem and number of classes of the preset `name` from the tensors of a file.
-fn infer_config(name: &str, path: &Path, file: &TensorFile) -> Result<ResNeXtConfig, WeightsError> {
+/// The stem (from the kernel of `conv1.weight`) and the number of classes (from the rows of
+/// `fc.weight`) of the tensors of the file `path`.
+pub(crate) fn stem_and_classes(path: &Path, shapes: &Shapes) -> Result<(Stem, i64), WeightsError> {
     let shape_of = |tensor: &str, what: &'static str| {
-        file.tensors
-            .iter()
-            .find(|(n, _)| n == tensor)
-            .map(|(_, t)| t.size())
-            .ok_or_else(|| WeightsError::Infer {
-                path: path.to_path_buf(),
-                what,
-                reason: format!("the file has no `{tensor}` tensor"),
-            })
+        shapes.get(tensor).ok_or_else(|| WeightsError::Infer {
+            path: path.to_path_buf(),
+            what,
+            reason: format!("the file has no `{tensor}` tensor"),
+        })
     };
     let conv1 = shape_of("conv1.weight", "stem")?;
     let stem = match conv1.as_slice() {
@@ -418,7 +491,26 @@ fn infer_config(name: &str, path: &Path, file: &TensorFile) -> Result<ResNeXtCon
             })
         }
     };
+    Ok((stem, num_classes))
+}
+
+/// Infers the stem and number of classes of the preset `name` from the tensors of a file.
+fn infer_config(name: &str, path: &Path, file: &TensorFile) -> Result<ResNeXtConfig, WeightsError> {
+    let shapes = model_shapes(file.tensors.iter().map(|(n, t)| (n.as_str(), t.size())));
+    let (stem, num_classes) = stem_and_classes(path, &shapes)?;
     Ok(ResNeXtConfig::from_name(name, num_classes)?.with_stem(stem))
+}
+
+/// The preset (with its stem and number of classes) whose variables are exactly the tensors
+/// of the safetensors or PyTorch file `path` (see [`matching_preset`]), or `None` when no
+/// preset fits: the architecture of a file that carries no [`WeightsMetadata`].
+///
+/// # Errors
+/// As [`read_state_dict`].
+pub fn preset_for_weights(path: &Path) -> Result<Option<ResNeXtConfig>, WeightsError> {
+    let file = read_state_dict(path)?;
+    let shapes = model_shapes(file.tensors.iter().map(|(n, t)| (n.as_str(), t.size())));
+    Ok(matching_preset(&shapes))
 }
 
 /// The configuration of the preset `name` (one of [`crate::resnext::MODEL_NAMES`]) with the stem

@@ -12,11 +12,17 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Instant;
 
+#[path = "common/python.rs"]
+mod python;
+use python::{python_path, run_python};
+
+use resnext::data::{Cifar10, Normalization};
 use resnext::io::{read_safetensors, write_safetensors, IoError};
-use resnext::trainer::{Sgd, SgdConfig};
+use resnext::trainer::{files, Outcome, ProgressMode, Sgd, SgdConfig, TrainConfig, Trainer};
 use resnext::weights::{
-    config_from_weights, load_model, load_weights, load_weights_with, save_weights, LoadOptions,
-    WeightsError,
+    config_from_weights, load_model, load_weights, load_weights_with, preset_for_weights,
+    read_weights_metadata, save_weights, save_weights_with, FileFit, LoadOptions, WeightsError,
+    WeightsMetadata, CLASSES_KEY, IMAGE_SIZE_KEY, MODEL_KEY,
 };
 use resnext::{ResNeXt, ResNeXtConfig, Stem};
 use tch::nn;
@@ -29,33 +35,6 @@ const LOGIT_TOL: f64 = 1e-4;
 
 // ---------------------------------------------------------------------------------------------
 // The Python side.
-
-/// The PYTHONPATH with torch 2.11.0, torchvision 0.26.0 and safetensors, from
-/// scripts/setup-python-deps.sh (which installs them into a cache when missing).
-fn python_path() -> &'static str {
-    static PATH: OnceLock<String> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let script = Path::new(REPO).join("scripts/setup-python-deps.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .current_dir(REPO)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run bash {}: {e}", script.display()));
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let line = stdout.lines().last().unwrap_or("");
-        match line.strip_prefix("export PYTHONPATH=") {
-            Some(p) if out.status.success() => p.to_string(),
-            _ => panic!(
-                "the PyTorch parity tests need torch 2.11.0 + torchvision 0.26.0 + safetensors, and \
-                 {} failed ({}):\n{stderr}\n{stdout}\nRun scripts/setup-libtorch.sh, then \
-                 scripts/setup-python-deps.sh, and read their messages.",
-                script.display(),
-                out.status
-            ),
-        }
-    })
-}
 
 /// Runs `scripts/pytorch/parity.py ARGS`, panicking with its output when it fails.
 fn parity(args: &[&str]) {
@@ -276,7 +255,15 @@ fn our_export_loads_strictly_into_torchvision(stem: Stem, size: i64) {
     randomise_bn(&vs);
     let dir = work_dir(&format!("export-{}", stem_arg(stem)));
     let weights = dir.join("ours.safetensors");
-    save_weights(&vs, &weights, 123).unwrap();
+    // With the crate's metadata, which torchvision's strict load must not mind.
+    let meta = WeightsMetadata {
+        model: config.clone(),
+        classes: (0..classes).map(|c| format!("class {c}")).collect(),
+        image_size: size,
+        normalization: Normalization::default(),
+    };
+    save_weights_with(&vs, &weights, 123, Some(&meta)).unwrap();
+    assert_eq!(read_weights_metadata(&weights).unwrap(), Some(meta));
 
     let x = Tensor::randn([2, 3, size, size], (Kind::Float, Device::Cpu));
     let input = dir.join("input.safetensors");
@@ -665,4 +652,318 @@ fn config_from_weights_reads_stem_and_classes() {
     );
     let err = config_from_weights("resnext51", &dir.join("Cifar.safetensors")).unwrap_err();
     assert!(matches!(err, WeightsError::Model(_)), "{err:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metadata, files that do not fit, and the predict example.
+
+/// Class names of the tiny run: none of them is a CIFAR-10 name, so output that shows them
+/// came from the file.
+const FRUITS: [&str; 10] = [
+    "apple",
+    "banana",
+    "cherry",
+    "date",
+    "elderberry",
+    "fig",
+    "grape",
+    "honeydew",
+    "kiwi",
+    "lime",
+];
+
+/// A one-epoch `tiny` run on random images with [`FRUITS`] as class names: its run directory,
+/// made once per process.
+fn tiny_run() -> &'static Path {
+    static RUN: OnceLock<PathBuf> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let dir = work_dir("tiny-run");
+        let images = |n: i64| {
+            Tensor::randint(256, [n, 3, 32, 32], (Kind::Int64, Device::Cpu)).to_kind(Kind::Uint8)
+        };
+        let labels = |n: i64| Tensor::randint(10, [n], (Kind::Int64, Device::Cpu));
+        let classes = FRUITS.iter().map(|s| s.to_string()).collect();
+        let data =
+            Cifar10::from_tensors(images(64), labels(64), images(32), labels(32), classes).unwrap();
+        let config = TrainConfig {
+            model: "tiny".into(),
+            epochs: 1,
+            batch_size: 32,
+            device: "cpu".into(),
+            ..TrainConfig::default()
+        };
+        let mut trainer = Trainer::resnext(config)
+            .unwrap()
+            .with_run_dir(&dir)
+            .unwrap();
+        trainer.set_progress(ProgressMode::Silent);
+        let outcome = trainer.fit(&data.splits(Device::Cpu).unwrap()).unwrap();
+        assert!(matches!(outcome, Outcome::Completed(_)), "{outcome:?}");
+        dir
+    })
+}
+
+fn fruits() -> Vec<String> {
+    FRUITS.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn a_runs_weights_carry_their_metadata_and_pytorch_reads_them() {
+    let run = tiny_run();
+    let expected = WeightsMetadata {
+        model: ResNeXtConfig::tiny(10),
+        classes: fruits(),
+        image_size: 32,
+        normalization: Normalization::default(),
+    };
+    for file in [files::BEST, files::LAST] {
+        let meta = read_weights_metadata(&run.join(file)).unwrap();
+        assert_eq!(meta.as_ref(), Some(&expected), "{file}");
+    }
+    // PyTorch reads the tensors (metadata aside) and sees the metadata as plain strings.
+    let best = run.join(files::BEST);
+    let copy = work_dir("pytorch-reads-metadata").join("copy.safetensors");
+    let out = run_python(
+        r#"
+import json, sys
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+state_dict = load_file(sys.argv[1])
+with safe_open(sys.argv[1], "pt") as f:
+    meta = f.metadata()
+save_file(state_dict, sys.argv[2])
+print(json.dumps({"classes": json.loads(meta["resnext.classes"]),
+                  "model": json.loads(meta["resnext.model"])["name"],
+                  "image_size": int(meta["resnext.image_size"])}))
+"#,
+        &[best.to_str().unwrap(), copy.to_str().unwrap()],
+    );
+    let seen: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(seen["classes"], serde_json::json!(FRUITS));
+    assert_eq!(
+        (seen["model"].as_str(), seen["image_size"].as_i64()),
+        (Some("tiny"), Some(32))
+    );
+    let ours = read_safetensors(&best).unwrap();
+    let theirs: std::collections::HashMap<String, Tensor> = read_safetensors(&copy)
+        .unwrap()
+        .tensors
+        .into_iter()
+        .collect();
+    assert_eq!(ours.tensors.len(), theirs.len());
+    for (name, t) in &ours.tensors {
+        assert!(
+            t.equal(&theirs[name]),
+            "`{name}` differs after PyTorch read it"
+        );
+    }
+}
+
+#[test]
+fn metadata_round_trips_and_bad_metadata_names_the_file_and_the_key() {
+    let dir = work_dir("metadata");
+    let config = ResNeXtConfig::tiny(3).with_stem(Stem::ImageNet);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _net = ResNeXt::new(&vs.root(), &config);
+    let plain = dir.join("plain.safetensors");
+    save_weights(&vs, &plain, 0).unwrap();
+    assert_eq!(read_weights_metadata(&plain).unwrap(), None);
+    let meta = WeightsMetadata {
+        model: config,
+        classes: vec!["a".into(), "b".into(), "c".into()],
+        image_size: 48,
+        normalization: Normalization {
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+        },
+    };
+    let with = dir.join("with.safetensors");
+    save_weights_with(&vs, &with, 0, Some(&meta)).unwrap();
+    assert_eq!(read_weights_metadata(&with).unwrap(), Some(meta.clone()));
+
+    let tensors = snapshot(&vs);
+    let cases: [(&str, Option<&str>, &str); 4] = [
+        (CLASSES_KEY, None, "missing"),
+        (MODEL_KEY, Some("{\"name\": "), "does not parse"),
+        (CLASSES_KEY, Some("[\"a\", \"b\"]"), "2 class names"),
+        (IMAGE_SIZE_KEY, Some("0"), "at least 1"),
+    ];
+    for (i, (key, value, needle)) in cases.into_iter().enumerate() {
+        let mut map = meta.to_map();
+        match value {
+            Some(v) => map.insert(key.to_string(), v.to_string()),
+            None => map.remove(key),
+        };
+        let path = dir.join(format!("bad{i}.safetensors"));
+        write_safetensors(&path, &tensors, Some(map)).unwrap();
+        let err = read_weights_metadata(&path).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(&err, WeightsError::Metadata { key: k, .. } if *k == key),
+            "{err:?}"
+        );
+        for part in [&format!("bad{i}.safetensors"), key, needle] {
+            assert!(msg.contains(part), "`{part}` not in: {msg}");
+        }
+    }
+}
+
+#[test]
+fn a_file_that_does_not_fit_says_so_in_a_few_lines() {
+    let dir = work_dir("does-not-fit");
+    let path = dir.join("tiny.safetensors");
+    save_weights(&tiny_store(10), &path, 0).unwrap();
+    assert_eq!(
+        preset_for_weights(&path).unwrap(),
+        Some(ResNeXtConfig::tiny(10))
+    );
+    let wrong = ResNeXtConfig::resnext29_2x64d(10);
+    let err = load_model(&wrong, &path, Device::Cpu, LoadOptions::default()).unwrap_err();
+    let msg = err.to_string();
+    eprintln!("{msg}");
+    let WeightsError::Incompatible {
+        missing,
+        mismatched,
+        fit,
+        ..
+    } = &err
+    else {
+        panic!("expected Incompatible, got {err:?}");
+    };
+    assert_eq!(fit, &FileFit::Preset(Box::new(ResNeXtConfig::tiny(10))));
+    let lines: Vec<&str> = msg.lines().collect();
+    let problems = mismatched.len() + missing.len();
+    assert!(problems > 5, "{problems} problems");
+    // Counts, five problems, how many more, the preset.
+    assert_eq!(lines.len(), 8, "{msg}");
+    for needle in [
+        format!("{} tensor(s) of another shape", mismatched.len()),
+        format!(
+            "{} tensor(s) of the model missing from the file",
+            missing.len()
+        ),
+        format!("… and {} more", problems - 5),
+        "the file fits the preset `tiny` (Cifar stem, 10 classes)".to_string(),
+        "tiny.safetensors".to_string(),
+    ] {
+        assert!(msg.contains(&needle), "`{needle}` not in:\n{msg}");
+    }
+    assert!(lines[1].contains(&mismatched[0].name), "{msg}");
+
+    // A file no preset has.
+    let odd = dir.join("odd.safetensors");
+    let tensors: Vec<(String, Tensor)> = snapshot(&tiny_store(10))
+        .into_iter()
+        .filter(|(n, _)| n != "layer1.0.bn1.bias")
+        .collect();
+    write_safetensors(&odd, &tensors, None).unwrap();
+    assert_eq!(preset_for_weights(&odd).unwrap(), None);
+    let err = load_weights(&mut tiny_store(10), &odd).unwrap_err();
+    assert!(err.to_string().contains("no preset fits"), "{err}");
+    assert!(
+        err.to_string().contains("`layer1.0.bn1.bias` is missing"),
+        "{err}"
+    );
+}
+
+/// The example binary, built by `cargo test` next to the test binaries.
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        path.is_file(),
+        "example binary {} is missing: run the tests with plain `cargo test` (or `cargo build \
+         --example {name}` first), which builds the examples",
+        path.display()
+    );
+    path
+}
+
+/// Runs `predict --device cpu --weights WEIGHTS [ARGS] IMAGE`: exit code, stdout, stderr.
+fn predict(weights: &Path, args: &[&str], image: &Path) -> (Option<i32>, String, String) {
+    let out = Command::new(example("predict"))
+        .args(["--device", "cpu", "--weights"])
+        .arg(weights)
+        .args(args)
+        .arg(image)
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+fn assert_contains(text: &str, needles: &[&str]) {
+    for needle in needles {
+        assert!(text.contains(needle), "`{needle}` not in:\n{text}");
+    }
+}
+
+#[test]
+fn predict_needs_only_the_weights() {
+    let dir = work_dir("predict");
+    let image = dir.join("photo.png");
+    image::RgbImage::from_fn(45, 30, |x, y| {
+        image::Rgb([(x * 5) as u8, (y * 8) as u8, 90])
+    })
+    .save(&image)
+    .unwrap();
+
+    // A run's weights: everything from the metadata, the class names included.
+    let best = tiny_run().join(files::BEST);
+    let (code, out, err) = predict(&best, &[], &image);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert_contains(
+        &err,
+        &["tiny (Cifar stem, 10 classes, 32x32 images) from the file's metadata"],
+    );
+    assert_contains(&out, &["photo.png:", "  1. "]);
+    let shown = FRUITS.iter().filter(|f| out.contains(*f)).count();
+    assert_eq!(
+        shown, 5,
+        "the top 5 classes by their names from the file:\n{out}"
+    );
+
+    // ImageNet stem, 3 classes, 40x40 images, as the metadata says.
+    let config = ResNeXtConfig::tiny(3).with_stem(Stem::ImageNet);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _net = ResNeXt::new(&vs.root(), &config);
+    let meta = WeightsMetadata {
+        model: config,
+        classes: vec!["north".into(), "south".into(), "west".into()],
+        image_size: 40,
+        normalization: Normalization::default(),
+    };
+    let imagenet = dir.join("imagenet.safetensors");
+    save_weights_with(&vs, &imagenet, 0, Some(&meta)).unwrap();
+    let (code, out, err) = predict(&imagenet, &["--top", "3"], &image);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert_contains(&err, &["(ImageNet stem, 3 classes, 40x40 images)"]);
+    assert_contains(&out, &["north", "south", "west"]);
+
+    // No metadata (as PyTorch writes): the preset that fits the shapes.
+    let plain = dir.join("plain.safetensors");
+    save_weights(&tiny_store(10), &plain, 0).unwrap();
+    let (code, out, err) = predict(&plain, &[], &image);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert_contains(
+        &err,
+        &["tiny (Cifar stem, 10 classes, 32x32 images) matched by the tensors' shapes"],
+    );
+
+    // A model named that the file does not fit: a few lines saying which preset it fits.
+    let (code, out, err) = predict(&best, &["--model", "resnext29_2x64d"], &image);
+    assert_eq!(code, Some(1), "{out}\n{err}");
+    assert!(err.lines().count() <= 10, "too long:\n{err}");
+    assert_contains(
+        &err,
+        &[
+            "do not fit the model",
+            "the file fits the preset `tiny` (Cifar stem, 10 classes)",
+        ],
+    );
 }

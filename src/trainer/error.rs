@@ -5,6 +5,7 @@ use thiserror::Error;
 use crate::data::DataError;
 use crate::io::IoError;
 use crate::resnext::ModelError;
+use crate::weights::WeightsError;
 
 /// Errors of the trainer: bad configuration, unusable checkpoints, I/O, data and libtorch.
 #[derive(Debug, Error)]
@@ -69,6 +70,10 @@ pub enum TrainError {
     /// The model could not be built or run.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// The pretrained weights (see [`TrainConfig::pretrained`](super::TrainConfig::pretrained))
+    /// could not be read or do not fit the model (boxed to keep the error small).
+    #[error(transparent)]
+    Weights(Box<WeightsError>),
     /// Training diverged: one rule for every precision. Without loss scaling, any batch whose
     /// loss is NaN or infinite (every batch is checked, on the device; on CUDA the check is
     /// read every 25 batches, so `batch` is where it was seen, at most 24 batches after the
@@ -117,4 +122,10 @@ pub enum TrainError {
         /// What went wrong.
         message: String,
     },
+}
+
+impl From<WeightsError> for TrainError {
+    fn from(e: WeightsError) -> Self {
+        TrainError::Weights(Box::new(e))
+    }
 }

@@ -6,7 +6,7 @@ use tch::nn;
 
 use super::{curves_svg, ClassAccuracy, EpochMetrics, Summary, TrainError, TrainState};
 use crate::io::write_atomic;
-use crate::weights::save_weights;
+use crate::weights::{save_weights_with, WeightsMetadata};
 
 /// Files of a run directory.
 pub mod files {
@@ -40,7 +40,8 @@ pub fn epoch_line(m: &EpochMetrics, epochs: usize) -> String {
 
 /// Writes `metrics.jsonl`, `curves.svg`, `last.safetensors` and, when the epoch `improved` the
 /// best test accuracy, `best.safetensors` into `dir`, each atomically. All are derived from
-/// `state` and `vs` as the checkpoint just written holds them.
+/// `state` and `vs` as the checkpoint just written holds them; the weights carry `metadata`
+/// when given.
 ///
 /// # Errors
 /// [`TrainError::TensorFile`] or [`TrainError::Plot`] naming the file.
@@ -49,12 +50,13 @@ pub(crate) fn write_epoch_outputs(
     state: &TrainState,
     vs: &nn::VarStore,
     improved: bool,
+    metadata: Option<&WeightsMetadata>,
 ) -> Result<(), TrainError> {
     write_metric_files(dir, state)?;
     let steps = state.steps as i64;
-    save_weights(vs, &dir.join(files::LAST), steps)?;
+    save_weights_with(vs, &dir.join(files::LAST), steps, metadata)?;
     if improved {
-        save_weights(vs, &dir.join(files::BEST), steps)?;
+        save_weights_with(vs, &dir.join(files::BEST), steps, metadata)?;
     }
     Ok(())
 }

@@ -23,6 +23,7 @@ use crate::io::write_atomic;
 use crate::io::{lock_dir, remove_partial_files, DirLock};
 use crate::layout::{vars_to_channels_last, vars_to_contiguous};
 use crate::resnext::ResNeXt;
+use crate::weights::{load_pretrained, pretrained_architecture, PretrainedReport, WeightsMetadata};
 
 /// What a batch hook (see [`Trainer::on_batch`]) asks the trainer to do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +89,10 @@ pub struct Trainer<M: ModuleT> {
     progress: ProgressMode,
     on_batch: Option<BatchHook>,
     eval_form: Option<EvalForm<M>>,
+    /// Written with `last.safetensors` and `best.safetensors` (classes filled in by `fit`).
+    weights_metadata: Option<WeightsMetadata>,
+    /// What loading `config.pretrained` did, when the trainer loaded it.
+    pretrained: Option<PretrainedReport>,
 }
 
 impl<M: ModuleT> std::fmt::Debug for Trainer<M> {
@@ -101,26 +106,56 @@ impl<M: ModuleT> std::fmt::Debug for Trainer<M> {
 }
 
 impl Trainer<ResNeXt> {
-    /// A trainer for the ResNeXt named by `config.model` (10 classes), built on the configured
-    /// device with `tch::manual_seed(config.seed)`, so the same seed gives the same initial
-    /// weights. It evaluates with [`InferenceModel`] in fp32 runs (see
-    /// [`Trainer::with_eval_form`]) and calls [`tune_process_for_training`] for the device.
+    /// A trainer for the ResNeXt `config` describes ([`TrainConfig::model_config`]), built on
+    /// the configured device with `tch::manual_seed(config.seed)`, so the same seed gives the
+    /// same initial weights. With [`TrainConfig::pretrained`], the stem comes from the file
+    /// (and is recorded in the run's configuration) and its weights are loaded with
+    /// [`load_pretrained`]: a classifier with another number of classes keeps its seeded
+    /// initialisation (see [`Trainer::pretrained_report`]). It evaluates with
+    /// [`InferenceModel`] in fp32 runs (see [`Trainer::with_eval_form`]), calls
+    /// [`tune_process_for_training`] for the device, and writes the model configuration, class
+    /// names and image preparation into the weights it saves (see [`WeightsMetadata`]).
     ///
     /// # Errors
-    /// [`TrainError::InvalidConfig`] or [`TrainError::DeviceUnavailable`].
+    /// [`TrainError::InvalidConfig`] or [`TrainError::DeviceUnavailable`];
+    /// [`TrainError::Weights`] naming the pretrained file when it cannot be read or does not
+    /// fit the model.
     pub fn resnext(config: TrainConfig) -> Result<Self, TrainError> {
+        Self::build_resnext(config, true)
+    }
+
+    /// [`Trainer::resnext`], reading `config.pretrained` only when `read_pretrained` (a
+    /// resumed run takes its weights from the checkpoint instead).
+    fn build_resnext(mut config: TrainConfig, read_pretrained: bool) -> Result<Self, TrainError> {
         config.validate()?;
         let device = config.resolve_device()?;
         tune_process_for_training(device);
+        let pretrained = config.pretrained.clone().filter(|_| read_pretrained);
+        if let Some(path) = &pretrained {
+            // The file fixes the stem: a torchvision ImageNet checkpoint means the ImageNet stem.
+            config.stem = Some(pretrained_architecture(path)?.0);
+        }
         let model_config = config.model_config()?;
         tch::manual_seed(config.seed as i64);
-        let vs = nn::VarStore::new(device);
+        let mut vs = nn::VarStore::new(device);
         let model = ResNeXt::try_new(&vs.root(), &model_config)?;
-        Ok(
+        let report = match &pretrained {
+            Some(path) => Some(load_pretrained(&mut vs, path, &model_config)?),
+            None => None,
+        };
+        let metadata = WeightsMetadata {
+            model: model_config,
+            classes: Vec::new(),
+            image_size: config.image_size,
+            normalization: config.normalization,
+        };
+        let mut trainer =
             Trainer::new(config, vs, model)?.with_eval_form(Box::new(|net: &ResNeXt| {
                 Ok(Box::new(InferenceModel::new(net)?) as Box<dyn ModuleT>)
-            })),
-        )
+            }));
+        trainer.weights_metadata = Some(metadata);
+        trainer.pretrained = report;
+        Ok(trainer)
     }
 
     /// Reopens the run in `run_dir` with the configuration saved there, on the device saved
@@ -142,7 +177,14 @@ impl Trainer<ResNeXt> {
         if let Some(d) = device {
             config.device = d.to_string();
         }
-        Trainer::resnext(config)?.resume_from(run_dir)
+        Trainer::build_resnext(config, false)?.resume_from(run_dir)
+    }
+
+    /// What loading the pretrained weights did (tensors loaded, classifier replaced), when
+    /// this trainer loaded them; `None` without [`TrainConfig::pretrained`] and for a resumed
+    /// run.
+    pub fn pretrained_report(&self) -> Option<&PretrainedReport> {
+        self.pretrained.as_ref()
     }
 }
 
@@ -210,6 +252,8 @@ impl<M: ModuleT> Trainer<M> {
             progress: ProgressMode::Auto,
             on_batch: None,
             eval_form: None,
+            weights_metadata: None,
+            pretrained: None,
         })
     }
 
@@ -381,6 +425,7 @@ impl<M: ModuleT> Trainer<M> {
     pub fn fit(&mut self, data: &DataSplits) -> Result<Outcome, TrainError> {
         self.stop.store(false, Ordering::SeqCst);
         self.check_classes(data)?;
+        self.describe_weights(data.train.classes());
         self.repair_outputs(data.train.classes())?;
         if self.state.finished() {
             return Ok(Outcome::AlreadyComplete);
@@ -399,6 +444,17 @@ impl<M: ModuleT> Trainer<M> {
         let summary = self.write_summary(data.train.classes())?;
         self.say(&outputs::done_line(&summary));
         Ok(Outcome::Completed(summary))
+    }
+
+    /// Completes the metadata of the saved weights: the data's class names and the run's image
+    /// size and normalisation.
+    fn describe_weights(&mut self, classes: &[String]) {
+        let config = &self.state.config;
+        if let Some(meta) = &mut self.weights_metadata {
+            meta.classes = classes.to_vec();
+            meta.image_size = config.image_size;
+            meta.normalization = config.normalization;
+        }
     }
 
     /// The summary of the finished run, written to the run directory if there is one.
@@ -425,7 +481,8 @@ impl<M: ModuleT> Trainer<M> {
         }
         if self.state.batch == 0 {
             let best_is_last = self.state.best.is_some_and(|(_, e)| e == self.state.epoch);
-            outputs::write_epoch_outputs(dir, &self.state, &self.vs, best_is_last)?;
+            let meta = self.weights_metadata.as_ref();
+            outputs::write_epoch_outputs(dir, &self.state, &self.vs, best_is_last, meta)?;
         } else {
             outputs::write_metric_files(dir, &self.state)?;
         }
@@ -514,6 +571,9 @@ impl<M: ModuleT> Trainer<M> {
                 cfg.batch_size,
                 cfg.limit_test.map_or(test, |l| l.min(test)),
             ));
+            if let (Some(report), Some(path)) = (&self.pretrained, &cfg.pretrained) {
+                self.say(&format!("pretrained weights {}: {report}", path.display()));
+            }
         } else {
             self.say(&format!(
                 "resuming {} at epoch {}, batch {}/{num_batches}",
@@ -710,7 +770,8 @@ impl<M: ModuleT> Trainer<M> {
         self.state.batch = 0;
         self.save_checkpoint()?;
         if let Some(dir) = &self.run_dir {
-            outputs::write_epoch_outputs(dir, &self.state, &self.vs, improved)?;
+            let meta = self.weights_metadata.as_ref();
+            outputs::write_epoch_outputs(dir, &self.state, &self.vs, improved, meta)?;
         }
         Ok(None)
     }
