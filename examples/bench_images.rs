@@ -13,7 +13,9 @@
 //! ```
 //!
 //! The loader mode times `--epochs` epochs after a warm-up epoch (which starts the threads and
-//! fills the page cache) and reports their images/s and images/s per worker. The other two
+//! fills the page cache) and reports their images/s and images/s per worker;
+//! `--keep-freed-memory` first makes glibc keep freed memory for reuse, as the trainer does when
+//! it trains on the CPU (see `resnext::memory`). The other two
 //! modes read every file into memory first, so they time the CPU work alone, and report the
 //! median over `--rounds` passes over the files (the decoders alternate within a round). Each
 //! mode prints a human summary to stderr and one JSON line prefixed `RESULT ` to stdout.
@@ -64,11 +66,21 @@ struct Args {
     /// Seed of the shuffling and augmentation.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Call `resnext::memory::keep_freed_memory` first (as the trainer does on the CPU; not on
+    /// a GPU), so the large per-picture buffers are reused instead of page-faulted in afresh.
+    #[arg(long)]
+    keep_freed_memory: bool,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
     ensure!(args.rounds > 0, "--rounds must be at least 1");
+    if args.keep_freed_memory {
+        ensure!(
+            resnext::memory::keep_freed_memory(),
+            "keep_freed_memory had no effect (not glibc, or a MALLOC_* variable is set)"
+        );
+    }
     if args.decode_only {
         decode_only(&args)
     } else if args.stages {
@@ -122,8 +134,13 @@ fn loader(args: &Args) -> Result<()> {
     }
     let rate = total_images as f64 / start.elapsed().as_secs_f64();
     let per_worker = rate / args.workers as f64;
+    let malloc = if args.keep_freed_memory {
+        ", freed memory kept"
+    } else {
+        ""
+    };
     eprintln!(
-        "ours: {images} images, {} epochs (after a warm-up), {} workers, batch {}: \
+        "ours{malloc}: {images} images, {} epochs (after a warm-up), {} workers, batch {}: \
          {rate:.1} images/s, {per_worker:.1} images/s per worker (epochs: {})",
         args.epochs,
         args.workers,
@@ -140,7 +157,7 @@ fn loader(args: &Args) -> Result<()> {
             "mode": "loader", "images": images, "epochs": args.epochs,
             "workers": args.workers, "batch_size": args.batch_size, "size": args.size,
             "images_per_s": rate, "images_per_s_per_worker": per_worker,
-            "epoch_images_per_s": per_epoch,
+            "epoch_images_per_s": per_epoch, "keep_freed_memory": args.keep_freed_memory,
         })
     );
     Ok(())

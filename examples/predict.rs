@@ -16,9 +16,10 @@
 //! `--imagenet`/`--cifar` and `--classes` override the stem and the number of classes.
 //!
 //! Images (PNG or JPEG, any size) are prepared as the model was trained, for an image size S
-//! (the file's, else 32 for the CIFAR stem and 224 for the ImageNet stem): CIFAR stem: resized
-//! to SxS; ImageNet stem: torchvision's evaluation transform (shorter side resized to
-//! floor(S / 0.875), bilinear; SxS centre crop). Then normalised with the file's mean and std,
+//! (the file's, else 32 for the CIFAR stem and 224 for the ImageNet stem), with the evaluation
+//! transform of the training pipeline (`resnext::data::Recipe::for_size(S)`): up to 64 pixels
+//! resized to SxS; above, torchvision's (shorter side resized to floor(S / 0.875), bilinear;
+//! SxS centre crop). Then normalised with the file's mean and std,
 //! else CIFAR-10's (CIFAR stem) or ImageNet's (ImageNet stem). Class names come from
 //! `--labels`, else the file, else CIFAR-10's names for 10 classes, else the class indices.
 //! Prints the top classes with their probabilities. A file that cannot be read or decoded is
@@ -28,9 +29,11 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
-use image::imageops::FilterType;
-use image::{ImageReader, RgbImage};
-use resnext::data::{Normalization, CLASS_NAMES};
+use image::RgbImage;
+use resnext::data::{
+    decode_rgb8, prepare, Draw, Normalization, Recipe, CLASS_NAMES, IMAGENET_NORMALIZATION,
+    MAX_PIXELS,
+};
 use resnext::resnext::MODEL_NAMES;
 use resnext::weights::{
     config_from_weights, expected_shapes, load_model, preset_for_weights, read_weights_metadata,
@@ -38,12 +41,6 @@ use resnext::weights::{
 };
 use resnext::{ResNeXt, ResNeXtConfig, Stem};
 use tch::{Device, Kind, Tensor};
-
-/// ImageNet's per-channel mean and standard deviation (torchvision's pretrained models).
-const IMAGENET_NORM: Normalization = Normalization {
-    mean: [0.485, 0.456, 0.406],
-    std: [0.229, 0.224, 0.225],
-};
 
 #[derive(Parser, Debug)]
 #[command(about = "Classify PNG/JPEG images with ResNeXt weights (ours or PyTorch's safetensors)")]
@@ -132,24 +129,19 @@ fn class_names(
     Ok(names)
 }
 
-/// Reads an image, finding its format from its content (not its name).
+/// Reads an image (PNG or JPEG, any colour type, EXIF orientation applied) as the training
+/// pipeline does.
 fn read_image(path: &Path) -> Result<RgbImage> {
-    let img = ImageReader::open(path)
-        .context("cannot open the file")?
-        .with_guessed_format()
-        .context("cannot read the file")?
-        .decode()
-        .map_err(|e| anyhow!("not a PNG or JPEG image (or a damaged one): {e}"))?;
+    let img = decode_rgb8(path, MAX_PIXELS)?;
     if img.width() == 0 || img.height() == 0 {
         bail!("the image is empty");
     }
-    Ok(img.to_rgb8())
+    Ok(img)
 }
 
-/// How images are prepared for the network: side, stem and normalisation.
+/// How images are prepared for the network: side and normalisation.
 #[derive(Debug, Clone, Copy)]
 struct Prep {
-    stem: Stem,
     size: u32,
     norm: Normalization,
 }
@@ -160,7 +152,7 @@ impl Prep {
         let (size, norm) = match (meta, stem) {
             (Some(m), _) => (m.image_size, m.normalization),
             (None, Stem::Cifar) => (32, Normalization::default()),
-            (None, Stem::ImageNet) => (224, IMAGENET_NORM),
+            (None, Stem::ImageNet) => (224, IMAGENET_NORMALIZATION),
         };
         let size = u32::try_from(size)
             .ok()
@@ -168,49 +160,24 @@ impl Prep {
             .ok_or_else(|| {
                 anyhow!("image size {size} in the weights' metadata; expected 1 to 8192")
             })?;
-        Ok(Prep { stem, size, norm })
+        Ok(Prep { size, norm })
     }
 }
 
-/// torchvision's evaluation transform for `size`: `Resize(floor(size / 0.875))` (shorter side,
-/// bilinear, antialiased), then `CenterCrop(size)` (whose offsets Python rounds half to even).
-fn resize_and_crop(img: &RgbImage, size: u32) -> Result<RgbImage> {
-    let resize = ((size as f64 / 0.875).floor() as u64).max(size as u64);
-    let (w, h) = img.dimensions();
-    let (short, long) = (w.min(h) as u64, w.max(h) as u64);
-    if long * resize > 100_000 * short {
-        bail!("a {w}x{h} image is too elongated to resize to {resize} pixels on its short side");
-    }
-    let long = ((resize * long) / short).max(resize) as u32;
-    let resize = resize as u32;
-    let (nw, nh) = if w <= h {
-        (resize, long)
-    } else {
-        (long, resize)
-    };
-    let resized = image::imageops::resize(img, nw, nh, FilterType::Triangle);
-    let left = ((nw - size) as f64 / 2.0).round_ties_even() as u32;
-    let top = ((nh - size) as f64 / 2.0).round_ties_even() as u32;
-    Ok(image::imageops::crop_imm(&resized, left, top, size, size).to_image())
-}
-
-/// The `[1, 3, S, S]` input: resized (and cropped) as at training time, on the 0..1 scale,
-/// normalised per channel.
+/// The `[1, 3, S, S]` input, prepared as the validation images of training were: the
+/// evaluation transform of [`Recipe::for_size`] (resized to SxS up to 64 pixels; torchvision's
+/// resize to S/0.875 and centre crop above), normalised per channel.
 fn preprocess(img: &RgbImage, prep: &Prep) -> Result<Tensor> {
-    let img = match prep.stem {
-        Stem::Cifar => image::imageops::resize(img, prep.size, prep.size, FilterType::Triangle),
-        Stem::ImageNet => resize_and_crop(img, prep.size)?,
-    };
-    let (w, h) = img.dimensions();
-    let norm = prep.norm;
-    let mean = Tensor::from_slice(&norm.mean).view([3, 1, 1]);
-    let std = Tensor::from_slice(&norm.std).view([3, 1, 1]);
-    let x = Tensor::from_slice(img.as_raw())
-        .f_view([h as i64, w as i64, 3])?
-        .f_permute([2, 0, 1])?
-        .f_to_kind(Kind::Float)?
-        / 255.0;
-    Ok(((x - mean) / std).unsqueeze(0))
+    let side = i64::from(prep.size);
+    let mut out = vec![0f32; 3 * (side * side) as usize];
+    prepare(
+        img,
+        Recipe::for_size(prep.size),
+        Draw::None,
+        &prep.norm.affine(),
+        &mut out,
+    )?;
+    Ok(Tensor::from_slice(&out).view([1, 3, side, side]))
 }
 
 /// Classifies one image: the `top` classes with their probabilities.

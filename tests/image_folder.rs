@@ -12,6 +12,8 @@ use resnext::trainer::{Outcome, ProgressMode, TrainConfig, Trainer};
 use tch::{Device, Kind, Tensor};
 
 mod common;
+#[path = "common/python.rs"]
+mod python;
 
 const ARCHIVE_ENV: &str = "RESNEXT_CIFAR10_ARCHIVE";
 const MIRROR_MD5: &str = "324a4b0b915a15a5b99beeb78016aa48";
@@ -201,7 +203,7 @@ for name in list(pics) + ["rotated.jpg"]:
 #[test]
 fn every_colour_type_decodes_as_pillow_decodes_it() {
     let dir = tempfile::tempdir().unwrap();
-    common::python(WRITE_PICTURES, &[dir.path().to_str().unwrap()]);
+    python::run_python(WRITE_PICTURES, &[dir.path().to_str().unwrap()]);
     for name in [
         "rgb.png",
         "gray.png",
