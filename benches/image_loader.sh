@@ -20,7 +20,8 @@
 # * loader: for each round and each worker count, ours, torchvision's, and ours with
 #   `--keep-freed-memory` (glibc keeps freed memory, as the trainer sets on the CPU) alternate
 #   (the order reverses every round); each run is one warm-up epoch then --epochs timed epochs
-#   of the ImageNet training recipe at 224; the tables give the median over rounds.
+#   of the ImageNet training recipe at 224; the tables give the median over rounds (ratios:
+#   the median of the rounds' ratios).
 # About 5 minutes on 2 CPU cores with the defaults (after the build). CARGO_TARGET_DIR is
 # honoured.
 set -euo pipefail
@@ -40,7 +41,7 @@ while [ $# -gt 0 ]; do
         --rounds) rounds=$2; shift 2 ;;
         --epochs) epochs=$2; shift 2 ;;
         --batch-size) batch=$2; shift 2 ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
         *) say "unknown argument $1"; exit 2 ;;
     esac
 done
@@ -189,10 +190,17 @@ med = lambda key, field: statistics.median(r[field] for r in rows.get(key, [])) 
 print()
 print("| workers | ours images/s | torchvision images/s | ratio | ours, freed memory kept | ratio |")
 print("|---:|---:|---:|---:|---:|---:|")
+# Ratios: the median of each round's ratio (the runs of a round are next to each other in time,
+# which cancels most of the drift of a shared machine's speed).
+def ratio(a, b):
+    pairs = zip(rows.get(a, []), rows.get(b, []))
+    return statistics.median(x["images_per_s"] / y["images_per_s"] for x, y in pairs)
 for w in sorted({k[1] for k in rows if k[2] == "loader"}):
     o, t = med(("ours", w, "loader"), "images_per_s"), med(("torchvision", w, "loader"), "images_per_s")
     k = med(("kept", w, "loader"), "images_per_s")
-    print(f"| {w} | {o:.0f} | {t:.0f} | {o / t:.2f} | {k:.0f} | {k / t:.2f} |")
+    tv = ("torchvision", w, "loader")
+    print(f"| {w} | {o:.0f} | {t:.0f} | {ratio(('ours', w, 'loader'), tv):.2f} | {k:.0f} "
+          f"| {ratio(('kept', w, 'loader'), tv):.2f} |")
 print()
 print("| JPEG decoder, 1 thread | images/s |")
 print("|---|---:|")
