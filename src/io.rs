@@ -308,10 +308,41 @@ pub fn safetensors_bytes(
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    safetensors::tensor::serialize(views, &metadata).map_err(|e| IoError::Format {
+    let bytes = safetensors::tensor::serialize(views, &None).map_err(|e| IoError::Format {
         path: path.to_path_buf(),
         message: format!("{e:?}"),
-    })
+    })?;
+    match metadata {
+        Some(map) if !map.is_empty() => Ok(with_sorted_metadata(bytes, &map)),
+        _ => Ok(bytes),
+    }
+}
+
+/// `bytes` (a safetensors file without metadata) with `metadata` in its header, keys sorted.
+/// safetensors writes its metadata map in `HashMap` order, which changes from process to
+/// process; the same weights and metadata must give the same file, byte for byte (a resumed
+/// run's `last.safetensors` equals an uninterrupted run's).
+fn with_sorted_metadata(bytes: Vec<u8>, metadata: &HashMap<String, String>) -> Vec<u8> {
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&bytes[..8]);
+    let n = u64::from_le_bytes(len) as usize;
+    // The header is a JSON object of the tensors, padded with spaces; safetensors wrote it.
+    let header = String::from_utf8_lossy(&bytes[8..8 + n]);
+    let tensors = header.trim_end().strip_prefix('{').unwrap_or("}");
+    let sorted: std::collections::BTreeMap<&String, &String> = metadata.iter().collect();
+    // A map of strings always serialises.
+    let meta = serde_json::to_string(&sorted).unwrap_or_default();
+    let comma = if tensors == "}" { "" } else { "," };
+    let mut header = format!("{{\"__metadata__\":{meta}{comma}{tensors}");
+    // Data stays 8-byte aligned, as safetensors keeps it.
+    while header.len() % 8 != 0 {
+        header.push(' ');
+    }
+    let mut out = Vec::with_capacity(8 + header.len() + bytes.len() - 8 - n);
+    out.extend((header.len() as u64).to_le_bytes());
+    out.extend(header.as_bytes());
+    out.extend(&bytes[8 + n..]);
+    out
 }
 
 /// Writes named tensors and optional metadata as a safetensors file, atomically
@@ -387,4 +418,41 @@ pub fn read_safetensors(path: &Path) -> Result<TensorFile, IoError> {
         tensors.push((name, t));
     }
     Ok(TensorFile { tensors, metadata })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_tensors_and_metadata_give_the_same_bytes_and_read_back() {
+        let tensors = [
+            ("b".to_string(), Tensor::from_slice(&[1f32, 2.0, 3.0])),
+            ("a".to_string(), Tensor::from_slice(&[7i64])),
+        ];
+        let entries: Vec<(String, String)> = (0..8)
+            .map(|i| (format!("key{i}"), format!("value \"{i}\"")))
+            .collect();
+        let path = Path::new("t.safetensors");
+        // Every HashMap has its own random order.
+        let files: Vec<Vec<u8>> = (0..6)
+            .map(|_| {
+                let meta: HashMap<String, String> = entries.iter().cloned().collect();
+                safetensors_bytes(path, &tensors, Some(meta)).unwrap()
+            })
+            .collect();
+        assert!(files.windows(2).all(|w| w[0] == w[1]));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.safetensors");
+        std::fs::write(&file, &files[0]).unwrap();
+        let back = read_safetensors(&file).unwrap();
+        assert_eq!(back.metadata, entries.into_iter().collect());
+        assert_eq!(back.tensors.len(), 2);
+        assert!(back
+            .tensors
+            .iter()
+            .any(|(n, t)| n == "b" && t.equal(&tensors[0].1)));
+        let n = u64::from_le_bytes(files[0][..8].try_into().unwrap()) as usize;
+        assert_eq!((8 + n) % 8, 0, "data stays aligned");
+    }
 }

@@ -79,8 +79,8 @@ fn tiny_run(data: &DataSplits, dir: &Path) -> (Vec<f64>, Tensor) {
         device: "cpu".into(),
         ..TrainConfig::default()
     };
-    tch::manual_seed(0);
-    let mut t = Trainer::resnext(cfg).unwrap().with_run_dir(dir).unwrap();
+    let built = common::seeded(|| Trainer::resnext(cfg).unwrap());
+    let mut t = built.with_run_dir(dir).unwrap();
     t.set_progress(ProgressMode::Silent);
     assert!(matches!(t.fit(data).unwrap(), Outcome::Completed(_)));
     let m = &t.state().metrics;
@@ -423,4 +423,44 @@ fn imagenet_recipe_batches_are_reproducible_and_cached_or_not_the_same() {
         !a.iter().zip(&other_epoch).all(|(x, y)| x.0.equal(&y.0)),
         "epochs draw other crops"
     );
+}
+
+/// A PNG chunk: length, type, data, CRC.
+fn png_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut crc = flate2::Crc::new();
+    crc.update(kind);
+    crc.update(data);
+    let len = (data.len() as u32).to_be_bytes();
+    [&len[..], kind, data, &crc.sum().to_be_bytes()].concat()
+}
+
+#[test]
+fn a_decompression_bomb_is_refused_from_its_header() {
+    let mut ihdr = Vec::new();
+    ihdr.extend(100_000u32.to_be_bytes());
+    ihdr.extend(100_000u32.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]); // 8-bit RGB, no interlace
+    let png = [
+        &b"\x89PNG\r\n\x1a\n"[..],
+        &png_chunk(b"IHDR", &ihdr),
+        &png_chunk(b"IDAT", &[]),
+        &png_chunk(b"IEND", &[]),
+    ]
+    .concat();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bomb.png");
+    std::fs::write(&path, png).unwrap();
+    let err = decode_rgb8(&path, resnext::data::MAX_PIXELS).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DataError::ImageTooLarge {
+                width: 100_000,
+                height: 100_000,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("bomb.png"), "{err}");
 }

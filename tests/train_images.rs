@@ -13,6 +13,8 @@ use resnext::Stem;
 use tch::Tensor;
 
 mod common;
+#[path = "common/python.rs"]
+mod python;
 
 /// `root/<split>/<class>/<i>.jpg`: pictures of assorted sizes whose colour tells the class.
 fn write_folder(root: &Path, splits: &[(&str, usize)]) {
@@ -71,16 +73,14 @@ fn a_stopped_and_resumed_folder_run_equals_an_uninterrupted_one() {
     write_folder(tmp.path(), &[("train", 12), ("val", 4)]);
     let data = folders(tmp.path());
     let whole_dir = tmp.path().join("whole");
-    let mut whole = Trainer::resnext(config(2))
-        .unwrap()
+    let mut whole = common::seeded(|| Trainer::resnext(config(2)).unwrap())
         .with_run_dir(&whole_dir)
         .unwrap();
     whole.set_progress(ProgressMode::Silent);
     assert!(matches!(whole.fit(&data).unwrap(), Outcome::Completed(_)));
 
     let cut_dir = tmp.path().join("cut");
-    let mut first = Trainer::resnext(config(2))
-        .unwrap()
+    let mut first = common::seeded(|| Trainer::resnext(config(2)).unwrap())
         .with_run_dir(&cut_dir)
         .unwrap();
     first.set_progress(ProgressMode::Silent);
@@ -94,7 +94,7 @@ fn a_stopped_and_resumed_folder_run_equals_an_uninterrupted_one() {
         Outcome::Stopped { saved: true, .. }
     ));
     drop(first);
-    let mut resumed = Trainer::resume(&cut_dir, None).unwrap();
+    let mut resumed = common::seeded(|| Trainer::resume(&cut_dir, None)).unwrap();
     resumed.set_progress(ProgressMode::Silent);
     assert!(matches!(resumed.fit(&data).unwrap(), Outcome::Completed(_)));
     // Everything but the timings.
@@ -128,7 +128,7 @@ fn freeze_backbone_trains_the_classifier_only() {
         freeze_backbone: true,
         ..config(1)
     };
-    let mut t = Trainer::resnext(cfg).unwrap();
+    let mut t = common::seeded(|| Trainer::resnext(cfg)).unwrap();
     t.set_progress(ProgressMode::Silent);
     let before: Vec<(String, Tensor)> = weights(&t)
         .into_iter()
@@ -232,7 +232,10 @@ fn the_cli_holds_out_a_fraction_and_refuses_what_it_cannot_train() {
     let f = flat.to_str().unwrap();
     let (code, text) = train_images(&["--data-dir", f, "--out", run.to_str().unwrap()]);
     assert_eq!(code, Some(1), "{text}");
-    assert!(text.contains("train/ and val/"), "{text}");
+    assert!(
+        text.contains("has no train/ folder") && text.contains("--val-fraction"),
+        "{text}"
+    );
     let (code, text) = train_images(&[
         "--data-dir",
         f,
@@ -266,4 +269,66 @@ fn the_cli_holds_out_a_fraction_and_refuses_what_it_cannot_train() {
     let (code, text) = train_images(&["--data-dir", tmp.path().join("nowhere").to_str().unwrap()]);
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("nowhere"), "{text}");
+}
+
+/// `torch.save` of the safetensors state dict `argv[1]` as the OrderedDict
+/// `model.state_dict()` returns, into `argv[2]`.
+const TO_PTH: &str = r#"
+import collections, sys, torch
+from safetensors.torch import load_file
+torch.save(collections.OrderedDict(load_file(sys.argv[1])), sys.argv[2])
+"#;
+
+#[test]
+fn the_cli_fine_tunes_a_pytorch_pth_and_predict_needs_only_the_run_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_folder(&data, &[("train", 4), ("val", 2)]);
+    // Random tiny weights with the ImageNet stem and 10 classes, written by PyTorch as .pth.
+    let ours = tmp.path().join("start.safetensors");
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let config = resnext::ResNeXtConfig::tiny(10).with_stem(Stem::ImageNet);
+    let _net = common::seeded(|| resnext::ResNeXt::new(&vs.root(), &config));
+    resnext::weights::save_weights(&vs, &ours, 0).unwrap();
+    let pth = tmp.path().join("start.pth");
+    python::run_python(TO_PTH, &[ours.to_str().unwrap(), pth.to_str().unwrap()]);
+
+    let run = tmp.path().join("run");
+    let (code, text) = train_images(&[
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--image-size",
+        "32",
+        "--pretrained",
+        pth.to_str().unwrap(),
+        "--freeze-backbone",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("classifier replaced: file has 10 classes, model 3"),
+        "{text}"
+    );
+    let cfg = std::fs::read_to_string(run.join("config.json")).unwrap();
+    assert!(
+        cfg.contains(r#""stem": "imagenet""#),
+        "the stem comes from the file: {cfg}"
+    );
+
+    let out = Command::new(common::example("predict"))
+        .args(["--device", "cpu", "--weights"])
+        .arg(run.join("best.safetensors"))
+        .arg(data.join("val/class1/000.jpg"))
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    for class in ["class0", "class1", "class2"] {
+        assert!(
+            text.contains(class),
+            "predict names the folder classes: {text}"
+        );
+    }
 }

@@ -59,15 +59,7 @@ fn config(epochs: usize) -> TrainConfig {
     }
 }
 
-/// Held while a test seeds libtorch's global generator and draws initial weights from it
-/// (`Trainer::resnext`), so that tests running in parallel do not interleave their draws.
-static SEEDED_INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Runs `f`, which seeds or draws from libtorch's global generator, holding [`SEEDED_INIT`].
-fn seeded<T>(f: impl FnOnce() -> T) -> T {
-    let _init = SEEDED_INIT.lock().unwrap_or_else(|e| e.into_inner());
-    f()
-}
+use common::{seeded, SEEDED_INIT};
 
 fn trainer(cfg: TrainConfig, dir: &Path) -> Trainer<ResNeXt> {
     let built = seeded(|| Trainer::resnext(cfg).unwrap());

@@ -12,6 +12,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Instant;
 
+mod common;
 #[path = "common/python.rs"]
 mod python;
 use python::{python_path, run_python};
@@ -866,27 +867,9 @@ fn a_file_that_does_not_fit_says_so_in_a_few_lines() {
     );
 }
 
-/// The example binary, built by `cargo test` next to the test binaries.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("examples")
-        .join(name);
-    assert!(
-        path.is_file(),
-        "example binary {} is missing: run the tests with plain `cargo test` (or `cargo build \
-         --example {name}` first), which builds the examples",
-        path.display()
-    );
-    path
-}
-
 /// Runs `predict --device cpu --weights WEIGHTS [ARGS] IMAGE`: exit code, stdout, stderr.
 fn predict(weights: &Path, args: &[&str], image: &Path) -> (Option<i32>, String, String) {
-    let out = Command::new(example("predict"))
+    let out = Command::new(common::example("predict"))
         .args(["--device", "cpu", "--weights"])
         .arg(weights)
         .args(args)

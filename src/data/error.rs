@@ -190,6 +190,13 @@ pub enum DataError {
         /// What it should hold.
         expected: &'static str,
     },
+    /// An image dataset folder has class folders but no `train/` and `val/`, and no
+    /// validation fraction was given.
+    #[error("{p} has no train/ folder: expected {p}/train/<class>/ and {p}/val/<class>/, or a validation fraction to hold out of its class folders", p = path.display())]
+    MissingSplit {
+        /// The folder.
+        path: PathBuf,
+    },
     /// The training and validation folders of an image dataset have different classes.
     #[error("the class folders of {} and {} differ: {difference}", train.display(), val.display())]
     ClassMismatch {

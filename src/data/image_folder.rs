@@ -166,7 +166,7 @@ impl ImageFolder {
     ///
     /// # Errors
     /// As [`ImageFolder::open`]; [`DataError::ClassMismatch`] when the two folders have other
-    /// classes; [`DataError::EmptyFolder`] when `dir` has no `train/` and no fraction is set.
+    /// classes; [`DataError::MissingSplit`] when `dir` has no `train/` and no fraction is set.
     pub fn open_splits(
         dir: &Path,
         options: &ImageFolderOptions,
@@ -182,11 +182,11 @@ impl ImageFolder {
             }
             Some(fraction) => FolderIndex::scan(dir)?.split(fraction, split.seed)?,
             None => {
-                return Err(DataError::EmptyFolder {
+                // A folder that cannot be read says so first.
+                FolderIndex::scan(dir)?;
+                return Err(DataError::MissingSplit {
                     path: dir.to_path_buf(),
-                    expected: "train/ and val/ folders of class folders (or a validation \
-                               fraction to hold out of a folder of class folders)",
-                })
+                });
             }
         };
         let cut = |index: FolderIndex, limit: Option<usize>| match limit {

@@ -29,3 +29,16 @@ pub fn example(name: &str) -> std::path::PathBuf {
     );
     path
 }
+
+/// Held while a test seeds libtorch's global generator and draws initial weights from it
+/// (`Trainer::resnext`, `ResNeXt::new`), so that tests running in parallel threads of one test
+/// binary do not interleave their draws.
+#[allow(dead_code)]
+pub static SEEDED_INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs `f`, which seeds or draws from libtorch's global generator, holding [`SEEDED_INIT`].
+#[allow(dead_code)]
+pub fn seeded<T>(f: impl FnOnce() -> T) -> T {
+    let _init = SEEDED_INIT.lock().unwrap_or_else(|e| e.into_inner());
+    f()
+}
