@@ -15,12 +15,10 @@ pub(crate) struct RxGroup {
 
 pub(crate) const RX_OK: c_int = 0;
 pub(crate) const RX_ERR_NETWORK: c_int = 1;
-pub(crate) const RX_ERR_STORE: c_int = 2;
-pub(crate) const RX_ERR_BACKEND: c_int = 3;
-pub(crate) const RX_ERR_TORCH: c_int = 4;
+// 2: c10::DistStoreError, 3: c10::DistBackendError, 4: other c10::Error, 5: other exception
+// (see csrc/c10d_shim.h); told apart by their messages in group.rs.
 
 pub(crate) const RX_OP_SUM: c_int = 0;
-#[allow(dead_code)] // Gloo refuses AVG (checked in tests/distributed.rs); kept for NCCL.
 pub(crate) const RX_OP_AVG: c_int = 1;
 
 extern "C" {

@@ -218,8 +218,8 @@ impl ProcessGroup {
     /// Averages `tensor` over all ranks, in place (the sum divided by the world size). Floating
     /// point tensors only (`InvalidArgument` otherwise).
     ///
-    /// Gloo has no averaging reduction (c10d's `ReduceOp::AVG` is refused by ProcessGroupGloo),
-    /// so this is [`ProcessGroup::all_reduce_sum`] and a division, on every backend alike.
+    /// One collective with c10d's `ReduceOp::AVG`, which Gloo (in libtorch 2.11) and NCCL both
+    /// implement: no separate pass over the tensor to divide it.
     pub fn all_reduce_mean(&self, tensor: &mut Tensor) -> Result<(), DistError> {
         if !tensor.is_floating_point() {
             return Err(DistError::InvalidArgument(format!(
@@ -227,11 +227,11 @@ impl ProcessGroup {
                 tensor.kind()
             )));
         }
-        self.all_reduce_sum(tensor)?;
-        if self.world_size > 1 {
-            let _ = tensor.g_div_scalar_(self.world_size as f64);
-        }
-        Ok(())
+        self.in_place(tensor, "all_reduce (average)", |group, t| unsafe {
+            ffi::call(|err| {
+                ffi::rx_group_all_reduce(group, t.as_mut_ptr() as *mut c_void, ffi::RX_OP_AVG, err)
+            })
+        })
     }
 
     /// Copies rank `root`'s `tensor` into every other rank's `tensor` (same shape and kind on
@@ -462,7 +462,6 @@ fn classify(
     timeout: Duration,
 ) -> DistError {
     let detail = e.message.trim().to_string();
-    let _ = (ffi::RX_ERR_NETWORK, ffi::RX_ERR_STORE, ffi::RX_ERR_BACKEND);
     if mentions(&detail, TIMEOUT_WORDS) {
         DistError::Timeout {
             rank,
@@ -470,7 +469,8 @@ fn classify(
             timeout,
             detail,
         }
-    } else if mentions(&detail, PEER_GONE_WORDS) {
+    } else if mentions(&detail, PEER_GONE_WORDS) || e.status == ffi::RX_ERR_NETWORK {
+        // c10::DistNetworkError: a socket to a peer failed.
         DistError::PeerGone { rank, op, detail }
     } else if backend == Backend::Gloo
         && mentions(&detail, &["unsupported", "cannot use", "not supported"])
