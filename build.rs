@@ -44,7 +44,8 @@ fn gloo_include() -> PathBuf {
     println!("cargo:rerun-if-env-changed=XDG_CACHE_HOME");
     let has_gloo =
         |dir: &Path| dir.join("gloo/algorithm.h").is_file() && dir.join("gloo/config.h").is_file();
-    if let Some(dir) = std::env::var_os("RESNEXT_GLOO_INCLUDE").map(PathBuf::from) {
+    let from_env = std::env::var_os("RESNEXT_GLOO_INCLUDE").filter(|v| !v.is_empty());
+    if let Some(dir) = from_env.map(PathBuf::from) {
         if has_gloo(&dir) {
             return dir;
         }
@@ -115,26 +116,36 @@ fn build_c10d_shim(lib: &Path) {
         // The wheel's site-packages: torch/lib -> torch -> site-packages.
         let site = root.parent().map(Path::to_path_buf).unwrap_or_default();
         let nccl = site.join("nvidia/nccl/include");
-        let cuda = std::env::var_os("RESNEXT_CUDA_INCLUDE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| site.join("nvidia/cu13/include"));
-        for (what, dir, file) in [
-            ("NCCL", &nccl, "nccl.h"),
-            ("CUDA", &cuda, "cuda_runtime_api.h"),
-        ] {
-            if !dir.join(file).is_file() {
+        // CUDA's headers: the wheel's nvidia/cu13/include lacks crt/ and cccl/, which the PyPI
+        // packages nvidia-cuda-crt and nvidia-cuda-cccl add (`pip install --no-deps --target
+        // <site-packages of the wheel> nvidia-cuda-crt==13.0.* nvidia-cuda-cccl==13.0.*`), or
+        // RESNEXT_CUDA_INCLUDE lists the folders (':'-separated).
+        let cuda: Vec<PathBuf> = match std::env::var_os("RESNEXT_CUDA_INCLUDE") {
+            Some(list) if !list.is_empty() => std::env::split_paths(&list).collect(),
+            _ => {
+                let cu = site.join("nvidia/cu13/include");
+                vec![cu.join("cccl"), cu]
+            }
+        };
+        if !nccl.join("nccl.h").is_file() {
+            panic!(
+                "the `nccl` feature needs NCCL's header: no nccl.h in {} (the torch wheel's \
+                 nvidia-nccl package)",
+                nccl.display()
+            );
+        }
+        for file in ["cuda_runtime_api.h", "crt/host_config.h"] {
+            if !cuda.iter().any(|d| d.join(file).is_file()) {
                 panic!(
-                    "the `nccl` feature needs {what}'s headers: no {file} in {} (set \
-                     RESNEXT_CUDA_INCLUDE to a folder with CUDA's headers, or install the \
-                     nvidia-cuda-crt and nvidia-cuda-cccl wheels beside torch)",
-                    dir.display()
+                    "the `nccl` feature needs CUDA's headers: no {file} in {cuda:?}. Install the \
+                     nvidia-cuda-crt and nvidia-cuda-cccl wheels (13.0.*) beside torch, or set \
+                     RESNEXT_CUDA_INCLUDE to the folders (':'-separated) that hold CUDA's headers"
                 );
             }
         }
         build
             .include(&nccl)
-            .include(&cuda)
-            .include(cuda.join("cccl"))
+            .includes(&cuda)
             .define("USE_C10D_NCCL", None)
             .define("USE_CUDA", None)
             .file("csrc/c10d_shim_nccl.cpp");
