@@ -7,6 +7,9 @@
 #   minutes), and reused on every later run. The install goes to a temporary folder that is
 #   renamed into place only once complete and verified.
 # * It writes .cargo/config.toml (git-ignored) so that plain `cargo build/test/run/bench` find it.
+# * It runs scripts/setup-gloo-headers.sh (gloo's headers, which the wheel lacks and
+#   resnext::distributed's C++ shim needs; 49 kB, cached) and records their folder in that file
+#   too (RESNEXT_GLOO_INCLUDE).
 #
 # Prints `export LIBTORCH=...` on its last line. Idempotent: a second run takes about a second.
 set -euo pipefail
@@ -69,12 +72,17 @@ else
     fi
 fi
 
+gloo_line=$(bash "$repo/scripts/setup-gloo-headers.sh" | tail -n1)
+gloo_include=${gloo_line#export RESNEXT_GLOO_INCLUDE=}
+
 mkdir -p "$repo/.cargo"
 cat > "$repo/.cargo/config.toml" <<TOML
-# Written by scripts/setup-libtorch.sh; git-ignored. Points the tch build at libtorch.
+# Written by scripts/setup-libtorch.sh; git-ignored. Points the tch build at libtorch, and
+# build.rs (resnext::distributed's c10d shim) at gloo's headers.
 [env]
 LIBTORCH = "$libtorch"
 LIBTORCH_CXX11_ABI = "1"
+RESNEXT_GLOO_INCLUDE = "$gloo_include"
 TOML
 if [ -f "$libtorch/lib/libtorch_cuda.so" ]; then
     say "libtorch at $libtorch (CUDA build; runs on CPU as well). Wrote .cargo/config.toml."

@@ -3,6 +3,7 @@
 //!
 //! * [`resnext`]: the model family, with torchvision's parameter names;
 //! * [`data`]: CIFAR-10 loading, download and augmentation;
+//! * [`distributed`]: process groups and collectives on libtorch's c10d (Gloo, NCCL);
 //! * [`trainer`]: SGD training with schedules, exact resume, metrics and plots;
 //! * [`weights`]: safetensors weights that PyTorch loads;
 //! * [`inference`]: a faster evaluation-only form of the network;
@@ -11,6 +12,7 @@
 //! * [`io`]: atomic writes and safetensors files with metadata;
 //! * [`error_report`]: an error and its causes on one line, for command-line tools.
 pub mod data;
+pub mod distributed;
 pub mod inference;
 pub mod io;
 pub mod layout;

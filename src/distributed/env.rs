@@ -1,0 +1,209 @@
+//! The torchrun environment: where a process learns its rank and how to reach the others.
+//!
+//! `torchrun` (`python -m torch.distributed.run --no-python --nproc-per-node=N ./binary`) starts
+//! each process with `RANK`, `LOCAL_RANK`, `WORLD_SIZE`, `LOCAL_WORLD_SIZE`, `MASTER_ADDR` and
+//! `MASTER_PORT`, and hosts the rendezvous store itself (`TORCHELASTIC_USE_AGENT_STORE=True`,
+//! restarts counted in `TORCHELASTIC_RESTART_COUNT`). The same variables set by hand (or by
+//! another launcher) work too.
+use thiserror::Error;
+
+/// What is wrong with the torchrun environment variables.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum EnvError {
+    /// A variable needed for a distributed run is not set.
+    #[error(
+        "environment variable {var} is not set ({hint}); launch with torchrun \
+         (python -m torch.distributed.run --no-python ...) or set RANK, WORLD_SIZE, MASTER_ADDR \
+         and MASTER_PORT"
+    )]
+    Missing {
+        /// The variable's name.
+        var: &'static str,
+        /// What the variable is for.
+        hint: &'static str,
+    },
+    /// A variable is set to something that does not parse as what it must be.
+    #[error("environment variable {var}={value:?} is not {expected}")]
+    Invalid {
+        /// The variable's name.
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// What it must be.
+        expected: &'static str,
+    },
+    /// `RANK` is not below `WORLD_SIZE`.
+    #[error("RANK={rank} is not below WORLD_SIZE={world_size} (ranks are 0..WORLD_SIZE-1)")]
+    RankOutOfRange {
+        /// `RANK`.
+        rank: usize,
+        /// `WORLD_SIZE`.
+        world_size: usize,
+    },
+    /// `LOCAL_RANK` is not below `LOCAL_WORLD_SIZE`.
+    #[error(
+        "LOCAL_RANK={local_rank} is not below LOCAL_WORLD_SIZE={local_world_size} \
+         (local ranks are 0..LOCAL_WORLD_SIZE-1)"
+    )]
+    LocalRankOutOfRange {
+        /// `LOCAL_RANK`.
+        local_rank: usize,
+        /// `LOCAL_WORLD_SIZE`.
+        local_world_size: usize,
+    },
+    /// `LOCAL_WORLD_SIZE` is larger than `WORLD_SIZE`.
+    #[error("LOCAL_WORLD_SIZE={local_world_size} is larger than WORLD_SIZE={world_size}")]
+    LocalWorldTooLarge {
+        /// `LOCAL_WORLD_SIZE`.
+        local_world_size: usize,
+        /// `WORLD_SIZE`.
+        world_size: usize,
+    },
+}
+
+/// A process's place in a distributed run, as the torchrun variables describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DistEnv {
+    /// `RANK`: this process's rank among all processes, `0..world_size`.
+    pub rank: usize,
+    /// `WORLD_SIZE`: the number of processes.
+    pub world_size: usize,
+    /// `LOCAL_RANK`: the rank among the processes of this machine (the GPU to use). Defaults to
+    /// `rank` when unset (every process on one machine).
+    pub local_rank: usize,
+    /// `LOCAL_WORLD_SIZE`: the number of processes on this machine. Defaults to `world_size`
+    /// when unset.
+    pub local_world_size: usize,
+    /// `MASTER_ADDR`: the host of the rendezvous store (rank 0's machine).
+    pub master_addr: String,
+    /// `MASTER_PORT`: the store's TCP port.
+    pub master_port: u16,
+    /// `TORCHELASTIC_USE_AGENT_STORE=True`: torchrun's agent already hosts the store, so every
+    /// rank (rank 0 included) connects to it as a client.
+    pub agent_store: bool,
+    /// `TORCHELASTIC_RESTART_COUNT` (0 when unset): keys of each restart are kept apart in the
+    /// agent's store, as torch.distributed does.
+    pub restart_count: u64,
+}
+
+impl DistEnv {
+    /// Reads the torchrun variables of this process's environment.
+    ///
+    /// `Ok(None)` when `WORLD_SIZE` is unset: not a distributed launch. Otherwise every needed
+    /// variable must be present and consistent.
+    pub fn from_env() -> Result<Option<Self>, EnvError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// As [`DistEnv::from_env`], with the variables looked up through `get` (for tests and for
+    /// launchers that build a child's environment).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Option<Self>, EnvError> {
+        let get = |name: &str| get(name).map(|v| v.trim().to_string());
+        let Some(world) = get("WORLD_SIZE") else {
+            return Ok(None);
+        };
+        let world_size = parse_count("WORLD_SIZE", &world)?;
+        let rank = parse_index(
+            "RANK",
+            &get("RANK").ok_or(EnvError::Missing {
+                var: "RANK",
+                hint: "this process's rank, 0..WORLD_SIZE-1",
+            })?,
+        )?;
+        if rank >= world_size {
+            return Err(EnvError::RankOutOfRange { rank, world_size });
+        }
+        let local_world_size = match get("LOCAL_WORLD_SIZE") {
+            Some(v) => parse_count("LOCAL_WORLD_SIZE", &v)?,
+            None => world_size,
+        };
+        if local_world_size > world_size {
+            return Err(EnvError::LocalWorldTooLarge {
+                local_world_size,
+                world_size,
+            });
+        }
+        let local_rank = match get("LOCAL_RANK") {
+            Some(v) => parse_index("LOCAL_RANK", &v)?,
+            None => rank,
+        };
+        if local_rank >= local_world_size {
+            return Err(EnvError::LocalRankOutOfRange {
+                local_rank,
+                local_world_size,
+            });
+        }
+        let master_addr =
+            get("MASTER_ADDR")
+                .filter(|a| !a.is_empty())
+                .ok_or(EnvError::Missing {
+                    var: "MASTER_ADDR",
+                    hint: "the host name or IP address of rank 0's machine",
+                })?;
+        let port = get("MASTER_PORT").ok_or(EnvError::Missing {
+            var: "MASTER_PORT",
+            hint: "the TCP port of the rendezvous store on MASTER_ADDR",
+        })?;
+        let master_port = match port.parse::<u16>() {
+            Ok(p) if p > 0 => p,
+            _ => {
+                return Err(EnvError::Invalid {
+                    var: "MASTER_PORT",
+                    value: port,
+                    expected: "a TCP port number (1..65535)",
+                })
+            }
+        };
+        let agent_store = match get("TORCHELASTIC_USE_AGENT_STORE") {
+            None => false,
+            Some(v) => match v.to_ascii_lowercase().as_str() {
+                "true" | "1" => true,
+                "false" | "0" | "" => false,
+                _ => {
+                    return Err(EnvError::Invalid {
+                        var: "TORCHELASTIC_USE_AGENT_STORE",
+                        value: v,
+                        expected: "True or False",
+                    })
+                }
+            },
+        };
+        let restart_count = match get("TORCHELASTIC_RESTART_COUNT") {
+            None => 0,
+            Some(v) => v.parse::<u64>().map_err(|_| EnvError::Invalid {
+                var: "TORCHELASTIC_RESTART_COUNT",
+                value: v,
+                expected: "a non-negative integer",
+            })?,
+        };
+        Ok(Some(DistEnv {
+            rank,
+            world_size,
+            local_rank,
+            local_world_size,
+            master_addr,
+            master_port,
+            agent_store,
+            restart_count,
+        }))
+    }
+}
+
+fn parse_index(var: &'static str, value: &str) -> Result<usize, EnvError> {
+    value.parse::<usize>().map_err(|_| EnvError::Invalid {
+        var,
+        value: value.to_string(),
+        expected: "a non-negative integer",
+    })
+}
+
+fn parse_count(var: &'static str, value: &str) -> Result<usize, EnvError> {
+    match value.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(EnvError::Invalid {
+            var,
+            value: value.to_string(),
+            expected: "a positive integer",
+        }),
+    }
+}

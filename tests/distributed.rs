@@ -1,0 +1,618 @@
+//! resnext::distributed on CPU with Gloo: two processes of this test binary (re-executed with
+//! `RESNEXT_DIST_ROLE` naming what a child does) join a group on a free port and check every
+//! collective the shim calls; a rank that leaves or stalls gives the other a typed error within
+//! a short timeout; the environment parsing and the set-up errors (port in use, no store, a rank
+//! missing, NCCL in a build without it) are checked in this process.
+//!
+//! A plain `main` (harness = false): the scenarios run one after another (two processes each,
+//! on a shared 2-core machine). `cargo test --test distributed -- NAME` runs those whose name
+//! contains NAME.
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use resnext::distributed::{Backend, DistEnv, DistError, EnvError, ProcessGroup};
+use tch::{Device, Kind, Tensor};
+
+const ROLE: &str = "RESNEXT_DIST_ROLE";
+const TIMEOUT_MS: &str = "RESNEXT_DIST_TIMEOUT_MS";
+
+fn main() {
+    if let Ok(role) = std::env::var(ROLE) {
+        // A child: one rank of a scenario. Exit status 0 when its checks pass.
+        tch::set_num_threads(1);
+        let code = match child(&role) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("rank {:?} role {role}: FAILED: {e}", std::env::var("RANK"));
+                1
+            }
+        };
+        std::process::exit(code);
+    }
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let tests: &[(&str, fn())] = &[
+        ("env_parsing", env_parsing),
+        ("collectives_two_ranks", collectives_two_ranks),
+        ("peer_exits_gives_typed_error", peer_exits_gives_typed_error),
+        ("peer_stalls_gives_timeout", peer_stalls_gives_timeout),
+        (
+            "single_rank_group_and_nccl_unavailable",
+            single_rank_group_and_nccl_unavailable,
+        ),
+        ("port_in_use", port_in_use),
+        ("no_store_gives_connect_error", no_store_gives_connect_error),
+        (
+            "missing_rank_gives_join_timeout",
+            missing_rank_gives_join_timeout,
+        ),
+    ];
+    let mut ran = 0;
+    for (name, test) in tests {
+        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
+            continue;
+        }
+        let start = Instant::now();
+        eprintln!("test {name} ...");
+        test();
+        eprintln!(
+            "test {name} ... ok ({:.1} s)",
+            start.elapsed().as_secs_f64()
+        );
+        ran += 1;
+    }
+    eprintln!("distributed: {ran} tests passed");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `world_size` children running `role`, with the torchrun variables and `timeout`.
+fn spawn_ranks(role: &str, world_size: usize, timeout: Duration) -> Vec<Child> {
+    let port = free_port();
+    let exe = std::env::current_exe().unwrap();
+    (0..world_size)
+        .map(|rank| {
+            Command::new(&exe)
+                .env(ROLE, role)
+                .env("RANK", rank.to_string())
+                .env("LOCAL_RANK", rank.to_string())
+                .env("WORLD_SIZE", world_size.to_string())
+                .env("LOCAL_WORLD_SIZE", world_size.to_string())
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", port.to_string())
+                .env(TIMEOUT_MS, timeout.as_millis().to_string())
+                .env_remove("TORCHELASTIC_USE_AGENT_STORE")
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Waits for `child` at most `limit`; kills it and panics past that.
+fn wait_within(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} still running after {limit:?}: a hang");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn child_timeout() -> Duration {
+    Duration::from_millis(std::env::var(TIMEOUT_MS).unwrap().parse().unwrap())
+}
+
+type Res = Result<(), Box<dyn std::error::Error>>;
+
+fn check(cond: bool, what: impl FnOnce() -> String) -> Res {
+    if cond {
+        Ok(())
+    } else {
+        Err(what().into())
+    }
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}
+
+// ---------------------------------------------------------------------------------------------
+// Children
+
+fn child(role: &str) -> Res {
+    let timeout = child_timeout();
+    match role {
+        "collectives" => child_collectives(timeout),
+        "exit_early" => child_exit_early(timeout),
+        "stall" => child_stall(timeout),
+        other => Err(format!("unknown role {other}").into()),
+    }
+}
+
+fn child_collectives(timeout: Duration) -> Res {
+    let group = ProcessGroup::from_env(timeout)?;
+    let (rank, world) = (group.rank() as i64, group.world_size() as i64);
+    check(world == 2, || format!("world size {world}"))?;
+    let opts = (Kind::Float, Device::Cpu);
+
+    // all_reduce_sum / all_reduce_mean on f32 of several sizes, up to a 16 MB flat buffer.
+    for &n in &[1i64, 7, 1000, 4 << 20] {
+        let base = Tensor::arange(n, opts).remainder(1000.0);
+        let mut t = &base * (rank + 1) as f64;
+        group.all_reduce_sum(&mut t)?;
+        let expected = &base * 3.0; // 1 + 2
+        check(max_abs_diff(&t, &expected) == 0.0, || {
+            format!("sum of {n} floats is wrong")
+        })?;
+        let mut m = &base * (rank + 1) as f64;
+        group.all_reduce_mean(&mut m)?;
+        let expected = &base * 1.5;
+        check(max_abs_diff(&m, &expected) < 1e-6, || {
+            format!("mean of {n} floats is wrong")
+        })?;
+    }
+    // Other kinds: f64, i64, i32.
+    let mut d = Tensor::from_slice(&[0.5f64 + rank as f64, 1e-12]);
+    group.all_reduce_sum(&mut d)?;
+    check(
+        max_abs_diff(&d, &Tensor::from_slice(&[2.0f64, 2e-12])) == 0.0,
+        || format!("f64 sum {d}"),
+    )?;
+    let mut l = Tensor::from_slice(&[rank + (1i64 << 40), -3]);
+    group.all_reduce_sum(&mut l)?;
+    check(
+        Vec::<i64>::try_from(&l)? == vec![1 + (2i64 << 40), -6],
+        || format!("i64 sum {l}"),
+    )?;
+    let mut i = Tensor::from_slice(&[rank as i32 * 5]);
+    group.all_reduce_sum(&mut i)?;
+    check(i.int64_value(&[0]) == 5, || format!("i32 sum {i}"))?;
+    // Integers cannot be averaged.
+    let mut li = Tensor::from_slice(&[1i64]);
+    check(
+        matches!(
+            group.all_reduce_mean(&mut li),
+            Err(DistError::InvalidArgument(_))
+        ),
+        || "mean of i64 accepted".into(),
+    )?;
+    // A non-contiguous tensor (a transposed view) is reduced in place as well.
+    let mut nc = (Tensor::arange(6, opts).view([2, 3]) * (rank + 1) as f64).tr();
+    check(!nc.is_contiguous(), || "view is contiguous".into())?;
+    group.all_reduce_sum(&mut nc)?;
+    let expected = (Tensor::arange(6, opts).view([2, 3]) * 3.0).tr();
+    check(max_abs_diff(&nc, &expected) == 0.0, || {
+        format!("non-contiguous sum {nc}")
+    })?;
+
+    // broadcast from each root, several sizes.
+    for root in 0..2i64 {
+        for &n in &[1i64, 1000, 1 << 20] {
+            let mut t = Tensor::full([n], (rank * 10 + 1) as f64, opts);
+            group.broadcast(&mut t, root as usize)?;
+            let expected = Tensor::full([n], (root * 10 + 1) as f64, opts);
+            check(max_abs_diff(&t, &expected) == 0.0, || {
+                format!("broadcast of {n} from {root}")
+            })?;
+        }
+    }
+    // A parameter-like 4-d tensor, i64 buffer.
+    let mut w = Tensor::randn([16, 3, 3, 3], opts);
+    group.broadcast(&mut w, 0)?;
+    let mut sum = w.copy();
+    group.all_reduce_sum(&mut sum)?;
+    check(max_abs_diff(&sum, &(&w * 2.0)) == 0.0, || {
+        "ranks differ after broadcast".into()
+    })?;
+    let mut steps = Tensor::from_slice(&[rank * 7 + 100]);
+    group.broadcast(&mut steps, 1)?;
+    check(steps.int64_value(&[0]) == 107, || {
+        format!("i64 broadcast {steps}")
+    })?;
+    check(
+        matches!(
+            group.broadcast(&mut steps, 2),
+            Err(DistError::InvalidArgument(_))
+        ),
+        || "root 2 accepted".into(),
+    )?;
+
+    // all_gather of small values: f32 metrics, an i64 hash, a 2-d tensor.
+    let metrics = Tensor::from_slice(&[rank as f32 + 0.25, 100.0 * (rank + 1) as f32]);
+    let all = group.all_gather(&metrics)?;
+    check(all.len() == 2, || format!("{} gathered", all.len()))?;
+    for (r, t) in all.iter().enumerate() {
+        let expected = Tensor::from_slice(&[r as f32 + 0.25, 100.0 * (r + 1) as f32]);
+        check(max_abs_diff(t, &expected) == 0.0, || {
+            format!("gathered[{r}] = {t}")
+        })?;
+    }
+    let hash = Tensor::from_slice(&[0x1234_5678_9abc_def0u64 as i64 + rank]);
+    let hashes: Vec<i64> = group
+        .all_gather(&hash)?
+        .iter()
+        .map(|t| t.int64_value(&[0]))
+        .collect();
+    check(
+        hashes
+            == vec![
+                0x1234_5678_9abc_def0u64 as i64,
+                0x1234_5678_9abc_def1u64 as i64,
+            ],
+        || format!("hashes {hashes:?}"),
+    )?;
+    let grid = Tensor::arange(6, opts).view([2, 3]).tr() + rank as f64; // non-contiguous input
+    let grids = group.all_gather(&grid)?;
+    for (r, t) in grids.iter().enumerate() {
+        let expected = Tensor::arange(6, opts).view([2, 3]).tr() + r as f64;
+        check(
+            t.size() == vec![3, 2] && max_abs_diff(t, &expected) == 0.0,
+            || format!("gathered grid[{r}] = {t}"),
+        )?;
+    }
+
+    // barrier: rank 1 arrives late; rank 0 must wait for it.
+    let start = Instant::now();
+    if rank == 1 {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    group.barrier()?;
+    if rank == 0 {
+        check(start.elapsed() >= Duration::from_millis(400), || {
+            format!(
+                "barrier returned after {:?}, before rank 1 arrived",
+                start.elapsed()
+            )
+        })?;
+    }
+    group.barrier()?;
+    Ok(())
+}
+
+/// Rank 1 leaves right after joining; rank 0's next collectives must fail with a typed error
+/// within the timeout.
+fn child_exit_early(timeout: Duration) -> Res {
+    let group = ProcessGroup::from_env(timeout)?;
+    group.barrier()?;
+    if group.rank() == 1 {
+        std::process::exit(0);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    let mut t = Tensor::ones([1 << 16], (Kind::Float, Device::Cpu));
+    let err = match group.all_reduce_sum(&mut t) {
+        Ok(()) => return Err("all_reduce with a rank gone succeeded".into()),
+        Err(e) => e,
+    };
+    let took = start.elapsed();
+    eprintln!("rank 0 got, after {took:?}: {err}");
+    check(took < timeout + Duration::from_secs(3), || {
+        format!("error after {took:?}")
+    })?;
+    check(
+        matches!(err, DistError::PeerGone { .. } | DistError::Timeout { .. }),
+        || format!("not PeerGone/Timeout: {err:?}"),
+    )?;
+    // Later calls fail too, and quickly.
+    let start = Instant::now();
+    check(group.barrier().is_err(), || {
+        "barrier after a failure succeeded".into()
+    })?;
+    check(start.elapsed() < timeout + Duration::from_secs(3), || {
+        "second error slow".into()
+    })?;
+    Ok(())
+}
+
+/// Rank 1 stays alive but takes part in nothing; rank 0 must get a Timeout naming the timeout.
+fn child_stall(timeout: Duration) -> Res {
+    let group = ProcessGroup::from_env(timeout)?;
+    group.barrier()?;
+    if group.rank() == 1 {
+        std::thread::sleep(timeout * 4);
+        return Ok(());
+    }
+    let start = Instant::now();
+    let mut t = Tensor::ones([1000], (Kind::Float, Device::Cpu));
+    let err = match group.all_reduce_sum(&mut t) {
+        Ok(()) => return Err("all_reduce with a stalled rank succeeded".into()),
+        Err(e) => e,
+    };
+    let took = start.elapsed();
+    eprintln!("rank 0 got, after {took:?}: {err}");
+    check(
+        took >= timeout.mul_f64(0.9) && took < timeout + Duration::from_secs(5),
+        || format!("error after {took:?} with timeout {timeout:?}"),
+    )?;
+    match err {
+        DistError::Timeout { timeout: t, .. } if t == timeout => Ok(()),
+        other => Err(format!("not a Timeout of {timeout:?}: {other:?}").into()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+fn collectives_two_ranks() {
+    let mut ranks = spawn_ranks("collectives", 2, Duration::from_secs(60));
+    for (r, c) in ranks.iter_mut().enumerate() {
+        let status = wait_within(c, Duration::from_secs(120), &format!("rank {r}"));
+        assert!(status.success(), "rank {r} failed: {status}");
+    }
+}
+
+fn peer_exits_gives_typed_error() {
+    let timeout = Duration::from_secs(5);
+    let mut ranks = spawn_ranks("exit_early", 2, timeout);
+    for (r, c) in ranks.iter_mut().enumerate() {
+        let status = wait_within(c, Duration::from_secs(60), &format!("rank {r}"));
+        assert!(status.success(), "rank {r} failed: {status}");
+    }
+}
+
+fn peer_stalls_gives_timeout() {
+    let timeout = Duration::from_secs(3);
+    let mut ranks = spawn_ranks("stall", 2, timeout);
+    let status = wait_within(&mut ranks[0], Duration::from_secs(60), "rank 0");
+    let _ = ranks[1].kill();
+    let _ = ranks[1].wait();
+    assert!(status.success(), "rank 0 failed: {status}");
+}
+
+fn single_rank_group_and_nccl_unavailable() {
+    let group = ProcessGroup::new(0, 1, "127.0.0.1", free_port(), Duration::from_secs(10)).unwrap();
+    assert_eq!((group.rank(), group.world_size()), (0, 1));
+    let mut t = Tensor::from_slice(&[1.5f32, 2.5]);
+    group.all_reduce_mean(&mut t).unwrap();
+    assert_eq!(Vec::<f32>::try_from(&t).unwrap(), vec![1.5, 2.5]);
+    group.broadcast(&mut t, 0).unwrap();
+    assert_eq!(group.all_gather(&t).unwrap().len(), 1);
+    group.barrier().unwrap();
+    assert_eq!(Backend::for_device(Device::Cpu), Backend::Gloo);
+    assert_eq!(Backend::for_device(Device::Cuda(0)), Backend::Nccl);
+    let nccl = group.init_backend(Backend::Nccl);
+    if cfg!(feature = "nccl") {
+        if !tch::Cuda::is_available() {
+            assert!(matches!(nccl, Err(DistError::NoCuda)), "{nccl:?}");
+        }
+    } else {
+        let err = nccl.unwrap_err();
+        assert!(matches!(err, DistError::NcclUnavailable), "{err:?}");
+        assert!(err.to_string().contains("--features nccl"), "{err}");
+    }
+    group.init_backend(Backend::Gloo).unwrap();
+}
+
+fn port_in_use() {
+    let listener = TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let start = Instant::now();
+    let err = ProcessGroup::new(0, 2, "127.0.0.1", port, Duration::from_secs(5)).unwrap_err();
+    eprintln!("  got after {:?}: {err}", start.elapsed());
+    assert!(
+        matches!(err, DistError::PortInUse { port: p, .. } if p == port),
+        "{err:?}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(5));
+}
+
+fn no_store_gives_connect_error() {
+    let port = free_port();
+    let timeout = Duration::from_secs(2);
+    let start = Instant::now();
+    let err = ProcessGroup::new(1, 2, "127.0.0.1", port, timeout).unwrap_err();
+    let took = start.elapsed();
+    eprintln!("  got after {took:?}: {err}");
+    assert!(
+        matches!(err, DistError::Connect { port: p, .. } if p == port),
+        "{err:?}"
+    );
+    assert!(took < timeout + Duration::from_secs(5), "{took:?}");
+    assert!(err.to_string().contains("MASTER_ADDR"), "{err}");
+}
+
+fn missing_rank_gives_join_timeout() {
+    let timeout = Duration::from_secs(2);
+    let start = Instant::now();
+    let err = ProcessGroup::new(0, 2, "127.0.0.1", free_port(), timeout).unwrap_err();
+    let took = start.elapsed();
+    eprintln!("  got after {took:?}: {err}");
+    assert!(
+        matches!(err, DistError::Timeout { timeout: t, .. } if t == timeout),
+        "{err:?}"
+    );
+    assert!(
+        took >= timeout.mul_f64(0.9) && took < timeout + Duration::from_secs(5),
+        "{took:?}"
+    );
+}
+
+fn env_parsing() {
+    fn parse(vars: &[(&str, &str)]) -> Result<Option<DistEnv>, EnvError> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        DistEnv::from_lookup(|name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+    }
+    let full = [
+        ("RANK", "3"),
+        ("LOCAL_RANK", "1"),
+        ("WORLD_SIZE", "4"),
+        ("LOCAL_WORLD_SIZE", "2"),
+        ("MASTER_ADDR", "node0"),
+        ("MASTER_PORT", "29500"),
+    ];
+    let env = parse(&full).unwrap().unwrap();
+    assert_eq!(
+        env,
+        DistEnv {
+            rank: 3,
+            world_size: 4,
+            local_rank: 1,
+            local_world_size: 2,
+            master_addr: "node0".into(),
+            master_port: 29500,
+            agent_store: false,
+            restart_count: 0,
+        }
+    );
+    // Not a distributed launch.
+    assert_eq!(parse(&[]).unwrap(), None);
+    assert_eq!(parse(&[("RANK", "0")]).unwrap(), None);
+    // torchrun's agent store.
+    let mut agent = full.to_vec();
+    agent.push(("TORCHELASTIC_USE_AGENT_STORE", "True"));
+    agent.push(("TORCHELASTIC_RESTART_COUNT", "2"));
+    let env = parse(&agent).unwrap().unwrap();
+    assert!(env.agent_store);
+    assert_eq!(env.restart_count, 2);
+    // Local values default to the global ones.
+    let env = parse(&[
+        ("RANK", "1"),
+        ("WORLD_SIZE", "2"),
+        ("MASTER_ADDR", "127.0.0.1"),
+        ("MASTER_PORT", "1234"),
+    ])
+    .unwrap()
+    .unwrap();
+    assert_eq!((env.local_rank, env.local_world_size), (1, 2));
+
+    let with = |k: &'static str, v: &'static str| {
+        let mut vars: Vec<(&str, &str)> = full.iter().copied().filter(|(n, _)| *n != k).collect();
+        vars.push((k, v));
+        parse(&vars)
+    };
+    let without = |k: &str| {
+        let vars: Vec<(&str, &str)> = full.iter().copied().filter(|(n, _)| *n != k).collect();
+        parse(&vars)
+    };
+    assert_eq!(
+        with("RANK", "4"),
+        Err(EnvError::RankOutOfRange {
+            rank: 4,
+            world_size: 4
+        })
+    );
+    let err = with("RANK", "7").unwrap_err();
+    assert!(
+        err.to_string().contains("RANK=7 is not below WORLD_SIZE=4"),
+        "{err}"
+    );
+    assert!(matches!(
+        without("MASTER_PORT"),
+        Err(EnvError::Missing {
+            var: "MASTER_PORT",
+            ..
+        })
+    ));
+    let err = without("MASTER_PORT").unwrap_err().to_string();
+    assert!(
+        err.contains("MASTER_PORT is not set") && err.contains("torchrun"),
+        "{err}"
+    );
+    assert!(matches!(
+        without("MASTER_ADDR"),
+        Err(EnvError::Missing {
+            var: "MASTER_ADDR",
+            ..
+        })
+    ));
+    assert!(matches!(
+        without("RANK"),
+        Err(EnvError::Missing { var: "RANK", .. })
+    ));
+    assert!(matches!(
+        with("MASTER_PORT", "http"),
+        Err(EnvError::Invalid {
+            var: "MASTER_PORT",
+            ..
+        })
+    ));
+    assert!(matches!(
+        with("MASTER_PORT", "70000"),
+        Err(EnvError::Invalid {
+            var: "MASTER_PORT",
+            ..
+        })
+    ));
+    assert!(matches!(
+        with("MASTER_PORT", "0"),
+        Err(EnvError::Invalid {
+            var: "MASTER_PORT",
+            ..
+        })
+    ));
+    assert!(matches!(
+        with("WORLD_SIZE", "two"),
+        Err(EnvError::Invalid {
+            var: "WORLD_SIZE",
+            ..
+        })
+    ));
+    assert!(matches!(
+        with("WORLD_SIZE", "0"),
+        Err(EnvError::Invalid {
+            var: "WORLD_SIZE",
+            ..
+        })
+    ));
+    assert!(matches!(
+        with("RANK", "-1"),
+        Err(EnvError::Invalid { var: "RANK", .. })
+    ));
+    assert_eq!(
+        with("LOCAL_RANK", "2"),
+        Err(EnvError::LocalRankOutOfRange {
+            local_rank: 2,
+            local_world_size: 2
+        })
+    );
+    assert_eq!(
+        with("LOCAL_WORLD_SIZE", "5"),
+        Err(EnvError::LocalWorldTooLarge {
+            local_world_size: 5,
+            world_size: 4
+        })
+    );
+    assert!(matches!(
+        with("TORCHELASTIC_USE_AGENT_STORE", "maybe"),
+        Err(EnvError::Invalid {
+            var: "TORCHELASTIC_USE_AGENT_STORE",
+            ..
+        })
+    ));
+    // from_env without WORLD_SIZE: a typed error, not a hang or a panic.
+    if std::env::var_os("WORLD_SIZE").is_none() {
+        let err = ProcessGroup::from_env(Duration::from_secs(1)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DistError::Env(EnvError::Missing {
+                    var: "WORLD_SIZE",
+                    ..
+                })
+            ),
+            "{err:?}"
+        );
+    }
+}
