@@ -11,7 +11,13 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use resnext::distributed::{Backend, DistEnv, DistError, EnvError, ProcessGroup};
+use resnext::distributed::{
+    broadcast_tensors, broadcast_variables, Backend, DistEnv, DistError, EnvError, GradientBuckets,
+    ProcessGroup,
+};
+use resnext::trainer::{Sgd, SgdConfig};
+use resnext::{layout, ResNeXt, ResNeXtConfig};
+use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
 const ROLE: &str = "RESNEXT_DIST_ROLE";
@@ -42,6 +48,18 @@ fn main() {
         (
             "single_rank_group_and_nccl_unavailable",
             single_rank_group_and_nccl_unavailable,
+        ),
+        (
+            "broadcast_variables_two_ranks",
+            broadcast_variables_two_ranks,
+        ),
+        (
+            "data_parallel_matches_single_process",
+            data_parallel_matches_single_process,
+        ),
+        (
+            "data_parallel_peer_dies_gives_typed_error",
+            data_parallel_peer_dies_gives_typed_error,
         ),
         ("port_in_use", port_in_use),
         ("no_store_gives_connect_error", no_store_gives_connect_error),
@@ -144,7 +162,15 @@ fn child(role: &str) -> Res {
         "collectives" => child_collectives(timeout),
         "exit_early" => child_exit_early(timeout),
         "stall" => child_stall(timeout),
-        other => Err(format!("unknown role {other}").into()),
+        "broadcast_variables" => child_broadcast_variables(timeout),
+        "ddp_peer_dies" => child_ddp_peer_dies(timeout),
+        other => match other.split(':').collect::<Vec<_>>()[..] {
+            // ddp_equivalence:<bucket bytes>:<cl|nchw>
+            ["ddp_equivalence", bytes, layout] => {
+                child_ddp_equivalence(timeout, bytes.parse()?, layout == "cl")
+            }
+            _ => Err(format!("unknown role {other}").into()),
+        },
     }
 }
 
@@ -349,6 +375,241 @@ fn child_stall(timeout: Duration) -> Res {
     }
 }
 
+/// A tiny ResNeXt with weights from `seed`, channels-last if asked.
+fn tiny_model(seed: i64, channels_last: bool) -> Result<(nn::VarStore, ResNeXt), tch::TchError> {
+    tch::manual_seed(seed);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = ResNeXt::new(&vs.root(), &ResNeXtConfig::tiny(10));
+    if channels_last {
+        layout::vars_to_channels_last(&vs)?;
+    }
+    Ok((vs, net))
+}
+
+fn sorted_variables(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
+}
+
+/// Whether every rank's `t` is bitwise rank `root`'s (gathered).
+fn same_as_rank(group: &ProcessGroup, t: &Tensor, root: usize) -> Result<bool, DistError> {
+    let all = group.all_gather(t)?;
+    Ok(all.iter().all(|x| x.equal(&all[root])))
+}
+
+/// Rank 1's tiny model (other seed, channels-last, other BN statistics) becomes rank 0's with
+/// `broadcast_variables`; then tensors from root 1 through small buckets.
+fn child_broadcast_variables(timeout: Duration) -> Res {
+    let group = ProcessGroup::from_env(timeout)?;
+    let rank = group.rank();
+    let (vs, _net) = tiny_model(10 + rank as i64, rank == 1)?;
+    let vars = sorted_variables(&vs);
+    tch::no_grad(|| {
+        for (name, v) in &vars {
+            if name.ends_with("running_mean") {
+                let _ = v.shallow_clone().fill_(rank as f64 + 0.5);
+            }
+        }
+    });
+    let conv1 = vs.variables()["conv1.weight"].shallow_clone();
+    check(!same_as_rank(&group, &conv1, 0)?, || {
+        "models equal before the broadcast".into()
+    })?;
+    broadcast_variables(&group, &vs, 0)?;
+    for (name, v) in &vars {
+        check(same_as_rank(&group, v, 0)?, || {
+            format!("{name} differs from rank 0's")
+        })?;
+    }
+    check(vars.iter().any(|(n, _)| n.ends_with("running_var")), || {
+        "no BN buffers among the variables".into()
+    })?;
+    check(layout::is_channels_last(&conv1) == (rank == 1), || {
+        "layout of conv1.weight changed".into()
+    })?;
+    // Root 1, several buckets of 4 KiB.
+    tch::no_grad(|| {
+        for (_, v) in &vars {
+            if v.is_floating_point() {
+                let _ = v.shallow_clone().g_add_scalar_(rank as f64);
+            }
+        }
+    });
+    broadcast_tensors(&group, &vars, 1, 4096)?;
+    for (name, v) in &vars {
+        check(same_as_rank(&group, v, 1)?, || {
+            format!("{name} differs from rank 1's")
+        })?;
+    }
+    // A different model on one rank is an error, not a broadcast of mismatched buffers.
+    let short = &vars[..vars.len() - rank];
+    let err = match broadcast_tensors(&group, short, 0, 4096) {
+        Ok(()) => return Err("mismatched models broadcast".into()),
+        Err(e) => e,
+    };
+    check(matches!(err, DistError::InvalidArgument(_)), || {
+        format!("mismatch gave {err:?}")
+    })?;
+    group.barrier()?;
+    Ok(())
+}
+
+/// Mean cross-entropy of `net` on `(images, labels)`, in train mode.
+fn train_loss(net: &ResNeXt, images: &Tensor, labels: &Tensor) -> Tensor {
+    net.forward_t(images, true).cross_entropy_for_logits(labels)
+}
+
+const DDP_STEPS: usize = 3;
+const DDP_HALF: i64 = 8;
+const DDP_LR: f64 = 0.1;
+
+/// Batch `step` of the equivalence test (the same on every rank), split into two halves.
+fn ddp_batch(channels_last: bool) -> Result<[(Tensor, Tensor); 2], tch::TchError> {
+    let images = Tensor::randn([2 * DDP_HALF, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let labels = Tensor::randint(10, [2 * DDP_HALF], (Kind::Int64, Device::Cpu));
+    let half = |h: i64| -> Result<(Tensor, Tensor), tch::TchError> {
+        let x = images.narrow(0, h * DDP_HALF, DDP_HALF);
+        let x = if channels_last {
+            layout::channels_last(&x)?
+        } else {
+            x.contiguous()
+        };
+        Ok((x, labels.narrow(0, h * DDP_HALF, DDP_HALF)))
+    };
+    Ok([half(0)?, half(1)?])
+}
+
+/// One reference step in this process: the gradients of both halves computed separately and
+/// averaged, then the SGD update.
+fn reference_step(net: &ResNeXt, sgd: &mut Sgd, halves: &[(Tensor, Tensor); 2]) {
+    sgd.zero_grad();
+    train_loss(net, &halves[0].0, &halves[0].1).backward();
+    let g0: Vec<Tensor> = sgd
+        .parameters()
+        .iter()
+        .map(|(_, p)| p.grad().copy())
+        .collect();
+    sgd.zero_grad();
+    train_loss(net, &halves[1].0, &halves[1].1).backward();
+    tch::no_grad(|| {
+        for ((_, p), g0) in sgd.parameters().iter().zip(&g0) {
+            let mut g = p.grad();
+            let avg = (g0 + &g) / 2.0;
+            let _ = g.copy_(&avg);
+        }
+    });
+    sgd.step(DDP_LR);
+}
+
+/// K SGD steps where rank r trains on half r of each batch, gradients averaged with
+/// `GradientBuckets`, against the same steps in one process with the two halves' gradients
+/// averaged by hand; parameters compared (BN running statistics differ by design).
+fn child_ddp_equivalence(timeout: Duration, bucket_bytes: usize, channels_last: bool) -> Res {
+    let group = ProcessGroup::from_env(timeout)?;
+    let rank = group.rank();
+    let (vs, net) = tiny_model(20 + rank as i64, channels_last)?;
+    broadcast_variables(&group, &vs, 0)?;
+    let (mut ref_vs, ref_net) = tiny_model(99, channels_last)?;
+    ref_vs.copy(&vs)?;
+    let mut sgd = Sgd::new(&vs, SgdConfig::default());
+    let mut ref_sgd = Sgd::new(&ref_vs, SgdConfig::default());
+    let mut buckets = GradientBuckets::with_bucket_bytes(sgd.parameters(), bucket_bytes)?;
+    let want_buckets = if bucket_bytes < (1 << 20) { 3 } else { 1 };
+    check(buckets.num_buckets() >= want_buckets, || {
+        format!("{} buckets of {bucket_bytes} bytes", buckets.num_buckets())
+    })?;
+    tch::manual_seed(7);
+    for step in 0..DDP_STEPS {
+        let halves = ddp_batch(channels_last)?;
+        let (x, y) = &halves[rank];
+        sgd.zero_grad();
+        train_loss(&net, x, y).backward();
+        let (name, p0) = &sgd.parameters()[0];
+        let local = p0.grad().copy();
+        buckets.average(&group, sgd.parameters())?;
+        check(!local.equal(&p0.grad()), || {
+            format!("step {step}: the gradient of {name} did not change when averaged")
+        })?;
+        if channels_last {
+            let g = vs.variables()["conv1.weight"].grad();
+            check(layout::is_channels_last(&g), || {
+                "conv1.weight's gradient is not channels-last".into()
+            })?;
+        }
+        sgd.step(DDP_LR);
+        reference_step(&ref_net, &mut ref_sgd, &halves);
+    }
+    compare_with_reference(&group, &sgd, &ref_sgd)
+}
+
+/// Every parameter equal on both ranks (bitwise) and within 1e-5 (relative to the largest
+/// value of the tensor, at least 1) of the reference.
+fn compare_with_reference(group: &ProcessGroup, sgd: &Sgd, ref_sgd: &Sgd) -> Res {
+    let mut worst = (0.0f64, String::new());
+    for ((name, p), (ref_name, r)) in sgd.parameters().iter().zip(ref_sgd.parameters()) {
+        check(name == ref_name, || format!("{name} vs {ref_name}"))?;
+        check(same_as_rank(group, p, 0)?, || {
+            format!("{name} differs between the ranks")
+        })?;
+        let diff = max_abs_diff(p, r);
+        let scale = r.abs().max().double_value(&[]).max(1.0);
+        check(diff <= 1e-5 * scale, || {
+            format!("{name}: max abs diff {diff:e} from the reference (scale {scale})")
+        })?;
+        if diff >= worst.0 {
+            worst = (diff, name.clone());
+        }
+    }
+    if group.rank() == 0 {
+        eprintln!(
+            "  {} parameters match the single-process reference; max abs diff {:e} ({})",
+            sgd.parameters().len(),
+            worst.0,
+            worst.1
+        );
+    }
+    group.barrier()?;
+    Ok(())
+}
+
+/// Rank 1 takes part in one averaged step, then exits before the second all-reduce; rank 0's
+/// second `average` must fail with a typed error within the timeout.
+fn child_ddp_peer_dies(timeout: Duration) -> Res {
+    let group = ProcessGroup::from_env(timeout)?;
+    let (vs, net) = tiny_model(5, false)?;
+    broadcast_variables(&group, &vs, 0)?;
+    let mut sgd = Sgd::new(&vs, SgdConfig::default());
+    let mut buckets = GradientBuckets::with_bucket_bytes(sgd.parameters(), 64 << 10)?;
+    for step in 0..2 {
+        if step == 1 && group.rank() == 1 {
+            std::process::exit(0);
+        }
+        let images = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let labels = Tensor::from_slice(&[0i64, 1, 2, 3]);
+        sgd.zero_grad();
+        train_loss(&net, &images, &labels).backward();
+        let start = Instant::now();
+        match buckets.average(&group, sgd.parameters()) {
+            Ok(()) if step == 0 => sgd.step(DDP_LR),
+            Ok(()) => return Err("average with a rank gone succeeded".into()),
+            Err(e) if step == 0 => return Err(e.into()),
+            Err(err) => {
+                let took = start.elapsed();
+                eprintln!("  rank 0 got, after {took:?}: {err}");
+                check(took < timeout + Duration::from_secs(3), || {
+                    format!("error after {took:?}")
+                })?;
+                check(
+                    matches!(err, DistError::PeerGone { .. } | DistError::Timeout { .. }),
+                    || format!("not PeerGone/Timeout: {err:?}"),
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tests
 
@@ -376,6 +637,42 @@ fn peer_stalls_gives_timeout() {
     let _ = ranks[1].kill();
     let _ = ranks[1].wait();
     assert!(status.success(), "rank 0 failed: {status}");
+}
+
+/// Runs `role` on two ranks with `timeout`; both must succeed within `limit`.
+fn run_two_ranks(role: &str, timeout: Duration, limit: Duration) {
+    let mut ranks = spawn_ranks(role, 2, timeout);
+    for (r, c) in ranks.iter_mut().enumerate() {
+        let status = wait_within(c, limit, &format!("{role} rank {r}"));
+        assert!(status.success(), "{role} rank {r} failed: {status}");
+    }
+}
+
+fn broadcast_variables_two_ranks() {
+    run_two_ranks(
+        "broadcast_variables",
+        Duration::from_secs(60),
+        Duration::from_secs(120),
+    );
+}
+
+fn data_parallel_matches_single_process() {
+    // One bucket of 25 MiB with contiguous weights; buckets of 64 KiB with channels-last ones.
+    for role in [
+        format!("ddp_equivalence:{}:nchw", 25 << 20),
+        format!("ddp_equivalence:{}:cl", 64 << 10),
+    ] {
+        eprintln!("  {role}");
+        run_two_ranks(&role, Duration::from_secs(60), Duration::from_secs(300));
+    }
+}
+
+fn data_parallel_peer_dies_gives_typed_error() {
+    run_two_ranks(
+        "ddp_peer_dies",
+        Duration::from_secs(5),
+        Duration::from_secs(120),
+    );
 }
 
 fn single_rank_group_and_nccl_unavailable() {

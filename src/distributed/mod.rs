@@ -41,6 +41,7 @@
 //! interface as torch.distributed does: `GLOO_SOCKET_IFNAME` if set, else the address this
 //! host's name resolves to, else the loopback; on several machines make sure the host name
 //! resolves to a reachable address or set `GLOO_SOCKET_IFNAME`.
+mod data_parallel;
 mod env;
 mod ffi;
 mod group;
@@ -49,6 +50,9 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+pub use data_parallel::{
+    broadcast_tensors, broadcast_variables, GradientBuckets, DEFAULT_BUCKET_BYTES,
+};
 pub use env::{DistEnv, EnvError};
 pub use group::ProcessGroup;
 
