@@ -233,30 +233,18 @@ pub fn prepare(
             actual: format!("{} values", out.len()),
         });
     }
-    match (recipe, draw) {
+    // Where the pixels come from (a crop resized to the output, or the picture itself), the
+    // shift of the small-image crop, and the flip.
+    let (pixels, shift, flip) = match (recipe, draw) {
         (Recipe::ImageNet { .. }, Draw::Seed(seed)) => {
             let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
             let crop = random_resized_crop(&mut rng, image.width(), image.height());
             let flip = rng.gen_bool(0.5);
-            write_chw(
-                &resize_crop(image, crop, size)?,
-                side,
-                (0, 0),
-                flip,
-                affine,
-                out,
-            );
+            (Some(resize_crop(image, crop, size)?), (0, 0), flip)
         }
         (Recipe::ImageNet { .. }, _) => {
             let crop = center_crop_box(image.width(), image.height(), size);
-            write_chw(
-                &resize_crop(image, crop, size)?,
-                side,
-                (0, 0),
-                false,
-                affine,
-                out,
-            );
+            (Some(resize_crop(image, crop, size)?), (0, 0), false)
         }
         (Recipe::Small { .. }, draw) => {
             let p = match draw {
@@ -267,28 +255,27 @@ pub fn prepare(
                 isize::from(p.dx) - isize::from(PADDING),
                 isize::from(p.dy) - isize::from(PADDING),
             );
-            if image.dimensions() == (size, size) {
-                write_chw(image.as_raw(), side, shift, p.flip, affine, out);
-            } else {
-                let (w, h) = image.dimensions();
-                let all = CropBox {
-                    left: 0.0,
-                    top: 0.0,
-                    width: f64::from(w),
-                    height: f64::from(h),
-                };
-                write_chw(
-                    &resize_crop(image, all, size)?,
-                    side,
-                    shift,
-                    p.flip,
-                    affine,
-                    out,
-                );
-            }
+            let resized = match image.dimensions() == (size, size) {
+                true => None,
+                false => Some(resize_crop(image, whole(image), size)?),
+            };
+            (resized, shift, p.flip)
         }
-    }
+    };
+    let rgb = pixels.as_deref().unwrap_or(image.as_raw());
+    write_chw(rgb, side, shift, flip, affine, out);
     Ok(())
+}
+
+/// The whole of `image` as a crop box.
+fn whole(image: &RgbImage) -> CropBox {
+    let (w, h) = image.dimensions();
+    CropBox {
+        left: 0.0,
+        top: 0.0,
+        width: f64::from(w),
+        height: f64::from(h),
+    }
 }
 
 #[cfg(test)]
