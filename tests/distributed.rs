@@ -496,7 +496,7 @@ fn reference_step(net: &ResNeXt, sgd: &mut Sgd, halves: &[(Tensor, Tensor); 2]) 
         for ((_, p), g0) in sgd.parameters().iter().zip(&g0) {
             let mut g = p.grad();
             let avg = (g0 + &g) / 2.0;
-            let _ = g.copy_(&avg);
+            g.copy_(&avg);
         }
     });
     sgd.step(DDP_LR);
