@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use image::RgbImage;
 use rand::Rng;
 use rayon::prelude::*;
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use super::decode::{decode_rgb8, MAX_PIXELS};
 use super::folder::FolderIndex;
@@ -314,7 +314,17 @@ impl Dataset for ImageFolder {
         let n = request.indices.len();
         let affine = request.config.normalization.affine();
         let draws = self.draws(request);
-        let mut out = vec![0f32; n * plane];
+        let dims = [n as i64, 3, side as i64, side as i64];
+        let images = Tensor::f_empty(dims, (Kind::Float, Device::Cpu))?;
+        if n == 0 {
+            return Ok((images, Tensor::f_empty([0], (Kind::Int64, Device::Cpu))?));
+        }
+        // The pictures are written straight into the batch tensor (no copy of the batch).
+        // SAFETY: `images` is a new, contiguous CPU f32 tensor of `n * plane` elements (n > 0,
+        // so its data pointer is valid) that nothing else references; the slice is dropped
+        // before the tensor is returned.
+        let out =
+            unsafe { std::slice::from_raw_parts_mut(images.data_ptr() as *mut f32, n * plane) };
         self.pool.install(|| {
             out.par_chunks_mut(plane)
                 .zip(request.indices.par_iter().zip(&draws))
@@ -328,7 +338,6 @@ impl Dataset for ImageFolder {
             .iter()
             .map(|&i| self.index.samples[i].1 as i64)
             .collect();
-        let images = Tensor::from_slice(&out).view([n as i64, 3, side as i64, side as i64]);
         Ok((images, Tensor::from_slice(&labels)))
     }
 }
