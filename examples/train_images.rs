@@ -8,7 +8,7 @@
 //!     --freeze-backbone --epochs 5 --lr 0.01
 //! # one folder of class folders: hold 10% of each class out for validation
 //! cargo run --release --example train_images -- --data-dir DIR --val-fraction 0.1
-//! cargo run --release --example train_images -- --resume runs/images-resnext50_32x4d-seed1
+//! cargo run --release --example train_images -- --resume runs/resnext50_32x4d-seed1
 //! ```
 //!
 //! Images are made `--image-size` pixels square: above 64 with torchvision's ImageNet
