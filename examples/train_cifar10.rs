@@ -4,6 +4,7 @@
 //! cargo run --release --example train_cifar10 -- --download                     # ResNeXt-50, 200 epochs
 //! cargo run --release --example train_cifar10 -- --model tiny --epochs 5        # a quick CPU run
 //! cargo run --release --example train_cifar10 -- --resume runs/tiny-seed1       # continue a run
+//! cargo run --release --example train_cifar10 -- --model tiny --nproc 2         # 2 processes
 //! ```
 //!
 //! Settings come from the defaults, then `--config FILE` (JSON), then the flags given. Bad values
@@ -18,7 +19,7 @@ use resnext::data::{ensure_cifar10, Cifar10, DownloadOptions};
 use resnext::trainer::{DataLocation, TrainConfig};
 
 mod common;
-use common::{exit_code, exit_with, open_trainer, train, TrainFlags};
+use common::{exit_code, exit_with, open_trainer, start, train, Start, TrainFlags};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -68,7 +69,8 @@ fn data_location(args: &Args, saved: &DataLocation) -> DataLocation {
 }
 
 /// Loads CIFAR-10 from `location`, downloading it first when its source is recorded (or
-/// `--download` was given) and it is missing.
+/// `--download` was given) and it is missing (the ranks of a data-parallel run on one machine
+/// download it once: `ensure_cifar10` lets one process at a time fetch into a folder).
 fn load_data(location: &DataLocation, resumed: bool, quiet: bool) -> Result<Cifar10> {
     let root = location
         .dir
@@ -94,12 +96,16 @@ fn load_data(location: &DataLocation, resumed: bool, quiet: bool) -> Result<Cifa
 }
 
 fn run(args: Args) -> Result<ExitCode> {
+    let rank = match start(&args.train)? {
+        Start::Launched(code) => return Ok(code),
+        Start::Train(rank) => rank,
+    };
     let config = || {
         let mut cfg = args.train.config(TrainConfig::default())?;
         cfg.data = data_location(&args, &DataLocation::default());
         Ok(cfg)
     };
-    let mut trainer = match open_trainer(&args.train, config) {
+    let mut trainer = match open_trainer(&args.train, config, rank) {
         Ok(t) => t,
         Err(e) => return Ok(exit_with(e)),
     };
@@ -111,7 +117,8 @@ fn run(args: Args) -> Result<ExitCode> {
         }
     }
     let location = trainer.state().config.data.clone();
-    let data = load_data(&location, resumed, args.train.quiet)?
+    let quiet = args.train.quiet || trainer.rank() != 0;
+    let data = load_data(&location, resumed, quiet)?
         .splits(trainer.device())
         .context("preparing CIFAR-10 for training")?;
     train(trainer, &data, args.train.quiet)

@@ -9,6 +9,7 @@
 //! # one folder of class folders: hold 10% of each class out for validation
 //! cargo run --release --example train_images -- --data-dir DIR --val-fraction 0.1
 //! cargo run --release --example train_images -- --resume runs/resnext50_32x4d-seed1
+//! cargo run --release --example train_images -- --data-dir DIR --nproc 2   # 2 processes
 //! ```
 //!
 //! Images are made `--image-size` pixels square: above 64 with torchvision's ImageNet
@@ -29,7 +30,7 @@ use resnext::trainer::{DataLocation, TrainConfig, TrainError, Trainer};
 use resnext::{ResNeXt, Stem};
 
 mod common;
-use common::{exit_code, exit_with, open_trainer, train, TrainFlags};
+use common::{exit_code, exit_with, open_trainer, start, train, Start, TrainFlags};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -187,12 +188,16 @@ fn run(args: Args) -> Result<ExitCode> {
     // each back to the system and page-fault it in again (benches/image_loader.sh: 1.2-1.3x
     // loader throughput when kept). Process-wide, so called here, first, on every device.
     resnext::memory::keep_freed_memory();
+    let rank = match start(&args.train)? {
+        Start::Launched(code) => return Ok(code),
+        Start::Train(rank) => rank,
+    };
     let classes = match args.train.resume {
         Some(_) => 0,
         None => count_classes(&args)?,
     };
     let config = || new_config(&args, classes);
-    let mut trainer: Trainer<ResNeXt> = match open_trainer(&args.train, config) {
+    let mut trainer: Trainer<ResNeXt> = match open_trainer(&args.train, config, rank) {
         Ok(t) => t,
         Err(e) => return Ok(exit_with(e)),
     };
@@ -203,7 +208,9 @@ fn run(args: Args) -> Result<ExitCode> {
     }
     let cfg = trainer.state().config.clone();
     let (train_set, val_set) = open_folders(&cfg, &args)?;
-    report_folders(&train_set, &val_set, trainer.run_dir())?;
+    if trainer.rank() == 0 {
+        report_folders(&train_set, &val_set, trainer.run_dir())?;
+    }
     let data = resnext::data::DataSplits::new(train_set, val_set);
     train(trainer, &data, args.train.quiet)
 }

@@ -73,7 +73,7 @@ impl Dataset for Bars {
 
     fn make_batch(&self, request: &BatchRequest<'_>) -> Result<(Tensor, Tensor), DataError> {
         let cfg = request.config;
-        let mut rng = augmentation_rng(cfg.seed, request.epoch, request.index);
+        let mut rng = augmentation_rng(cfg.seed, request.epoch, request.augmentation_stream());
         let mut pixels = Vec::with_capacity(request.indices.len() * 768);
         let mut labels = Vec::with_capacity(request.indices.len());
         for &i in request.indices {

@@ -8,7 +8,6 @@
 //! on a shared 2-core machine). `cargo test --test distributed -- NAME` runs those whose name
 //! contains NAME.
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use resnext::distributed::{
@@ -20,26 +19,11 @@ use resnext::{layout, ResNeXt, ResNeXtConfig};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
-const ROLE: &str = "RESNEXT_DIST_ROLE";
-const TIMEOUT_MS: &str = "RESNEXT_DIST_TIMEOUT_MS";
+#[path = "common/ranks.rs"]
+mod ranks;
+use ranks::{child_timeout, free_port, spawn_ranks, wait_within};
 
 fn main() {
-    if let Ok(role) = std::env::var(ROLE) {
-        // A child: one rank of a scenario. Exit status 0 when its checks pass.
-        tch::set_num_threads(1);
-        let code = match child(&role) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("rank {:?} role {role}: FAILED: {e}", std::env::var("RANK"));
-                1
-            }
-        };
-        std::process::exit(code);
-    }
-    let filters: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
     let tests: &[(&str, fn())] = &[
         ("env_parsing", env_parsing),
         ("collectives_two_ranks", collectives_two_ranks),
@@ -68,76 +52,11 @@ fn main() {
             missing_rank_gives_join_timeout,
         ),
     ];
-    let mut ran = 0;
-    for (name, test) in tests {
-        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
-            continue;
-        }
-        let start = Instant::now();
-        eprintln!("test {name} ...");
-        test();
-        eprintln!(
-            "test {name} ... ok ({:.1} s)",
-            start.elapsed().as_secs_f64()
-        );
-        ran += 1;
-    }
-    eprintln!("distributed: {ran} tests passed");
+    ranks::main("distributed", tests, child);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts `world_size` children running `role`, with the torchrun variables and `timeout`.
-fn spawn_ranks(role: &str, world_size: usize, timeout: Duration) -> Vec<Child> {
-    let port = free_port();
-    let exe = std::env::current_exe().unwrap();
-    (0..world_size)
-        .map(|rank| {
-            Command::new(&exe)
-                .env(ROLE, role)
-                .env("RANK", rank.to_string())
-                .env("LOCAL_RANK", rank.to_string())
-                .env("WORLD_SIZE", world_size.to_string())
-                .env("LOCAL_WORLD_SIZE", world_size.to_string())
-                .env("MASTER_ADDR", "127.0.0.1")
-                .env("MASTER_PORT", port.to_string())
-                .env(TIMEOUT_MS, timeout.as_millis().to_string())
-                .env_remove("TORCHELASTIC_USE_AGENT_STORE")
-                .stdin(Stdio::null())
-                .spawn()
-                .unwrap()
-        })
-        .collect()
-}
-
-/// Waits for `child` at most `limit`; kills it and panics past that.
-fn wait_within(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} still running after {limit:?}: a hang");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn child_timeout() -> Duration {
-    Duration::from_millis(std::env::var(TIMEOUT_MS).unwrap().parse().unwrap())
-}
 
 type Res = Result<(), Box<dyn std::error::Error>>;
 

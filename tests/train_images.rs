@@ -332,3 +332,98 @@ fn the_cli_fine_tunes_a_pytorch_pth_and_predict_needs_only_the_run_weights() {
         );
     }
 }
+
+#[test]
+fn the_cli_launches_two_processes_and_stops_both_when_one_dies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_folder(&data, &[("train", 6), ("val", 3)]);
+    let d = data.to_str().unwrap();
+    let run = tmp.path().join("run");
+    let r = run.to_str().unwrap();
+    let (code, text) = train_images(&[
+        "--data-dir",
+        d,
+        "--image-size",
+        "32",
+        "--nproc",
+        "2",
+        "--out",
+        r,
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("x 2 processes"), "{text}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["world_size"], 2);
+    // One process cannot resume it exactly: a usage error that says what to do.
+    let out = Command::new(common::example("train_images"))
+        .args(["--resume", r, "--quiet"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("--nproc 2"), "{text}");
+
+    // A rank killed mid-run: the launcher stops the other and fails at once.
+    let long = tmp.path().join("long");
+    let mut launcher = Command::new(common::example("train_images"))
+        .args([
+            "--data-dir",
+            d,
+            "--image-size",
+            "32",
+            "--nproc",
+            "2",
+            "--model",
+            "tiny",
+        ])
+        .args([
+            "--epochs",
+            "1000",
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+            "--quiet",
+        ])
+        .args(["--out", long.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !long.join("metrics.jsonl").exists() {
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "no epoch done in 2 minutes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let ranks = children(launcher.id());
+    assert_eq!(ranks.len(), 2, "the launcher's children: {ranks:?}");
+    let killed = std::time::Instant::now();
+    let _ = Command::new("kill")
+        .args(["-9", &ranks[1].to_string()])
+        .status();
+    let status = launcher.wait().unwrap();
+    let took = killed.elapsed();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut launcher.stderr.take().unwrap(), &mut text).unwrap();
+    assert!(!status.success(), "{text}");
+    assert!(text.contains("rank 1 failed"), "{text}");
+    assert!(
+        took.as_secs() < 15,
+        "the launcher took {took:?} to stop: {text}"
+    );
+    assert!(children(launcher.id()).is_empty(), "ranks left running");
+}
+
+/// The PIDs of `pid`'s children, oldest first.
+fn children(pid: u32) -> Vec<u32> {
+    let path = format!("/proc/{pid}/task/{pid}/children");
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect()
+}

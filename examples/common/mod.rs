@@ -1,12 +1,17 @@
 //! What the training programs (`train_cifar10`, `train_images`) share: the training flags and
 //! the configuration they make, the trainer they open (new or resumed), the Ctrl-C handler,
-//! the command-line hints added to library errors, and the exit codes.
+//! the command-line hints added to library errors, the exit codes, and data-parallel runs
+//! ([`launch`]).
+pub mod launch;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use resnext::data::DataSplits;
+use resnext::distributed::{DistEnv, ProcessGroup};
 use resnext::resnext::MODEL_NAMES;
 use resnext::trainer::{
     Outcome, ProgressMode, TrainConfig, TrainError, Trainer, PRECISION_NAMES, SCHEDULE_NAMES,
@@ -83,6 +88,45 @@ pub struct TrainFlags {
     /// No progress bar, only one line per epoch.
     #[arg(long)]
     pub quiet: bool,
+    /// Train with N processes on this machine (data-parallel, Gloo on CPU, NCCL on GPUs;
+    /// --batch-size is per process). Runs started by torchrun need no flag.
+    #[arg(long, value_name = "N")]
+    pub nproc: Option<usize>,
+    /// Seconds a data-parallel collective may wait for the other processes [default: 300].
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub dist_timeout: u64,
+}
+
+/// How a training program goes on after [`start`].
+pub enum Start {
+    /// `--nproc N` launched N ranks of this program, which are done: exit with this code.
+    Launched(ExitCode),
+    /// Train in this process: alone, or as a rank of a data-parallel run.
+    Train(Option<Rank>),
+}
+
+/// This process as a rank of a data-parallel run.
+pub struct Rank {
+    /// Its process group.
+    pub group: ProcessGroup,
+    /// Its rank on this machine (its GPU).
+    pub local_rank: usize,
+}
+
+/// Launches the ranks (`--nproc N` > 1), or joins the data-parallel run this process is a
+/// rank of (`WORLD_SIZE` > 1, from torchrun or `--nproc`), or neither.
+pub fn start(flags: &TrainFlags) -> Result<Start> {
+    let nproc = flags.nproc.unwrap_or(1);
+    launch::check_nproc(nproc)?;
+    if nproc > 1 {
+        return Ok(Start::Launched(launch::launch_local(nproc)?));
+    }
+    let timeout = Duration::from_secs(flags.dist_timeout.max(1));
+    let Some(group) = launch::join_group(timeout)? else {
+        return Ok(Start::Train(None));
+    };
+    let local_rank = DistEnv::from_env()?.map_or(0, |e| e.local_rank);
+    Ok(Start::Train(Some(Rank { group, local_rank })))
 }
 
 impl TrainFlags {
@@ -135,29 +179,57 @@ impl From<TrainError> for OpenError {
             e @ (TrainError::InvalidConfig { .. }
             | TrainError::ConfigJson { .. }
             | TrainError::DeviceUnavailable { .. }
-            | TrainError::RunExists { .. }) => OpenError::Usage(e),
+            | TrainError::RunExists { .. }
+            | TrainError::WorldSizeChanged { .. }
+            | TrainError::RanksDisagree { .. }) => OpenError::Usage(e),
             e => OpenError::Other(e),
         }
     }
 }
 
 /// The trainer of `flags`: the run in `--resume` (on `--device` when given), or a new one
-/// from `config` in `--out` (default `runs/<model>-seed<seed>`).
+/// from `config` in `--out` (default `runs/<model>-seed<seed>`); one rank of a data-parallel
+/// run with `rank`, on its own GPU when CUDA is used.
 pub fn open_trainer(
     flags: &TrainFlags,
     config: impl FnOnce() -> Result<TrainConfig, TrainError>,
+    rank: Option<Rank>,
 ) -> Result<Trainer<ResNeXt>, OpenError> {
+    let device = rank_device(flags.device.as_deref(), rank.as_ref());
     if let Some(dir) = &flags.resume {
-        return Ok(Trainer::resume(dir, flags.device.as_deref())?);
+        return Ok(match rank {
+            Some(r) => Trainer::resume_data_parallel(dir, device.as_deref(), r.group)?,
+            None => Trainer::resume(dir, device.as_deref())?,
+        });
     }
-    let cfg = config()?;
+    let mut cfg = config()?;
+    if let Some(d) = device {
+        cfg.device = d;
+    }
     cfg.validate()?;
     cfg.resolve_device()?;
     let out = flags
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("runs/{}-seed{}", cfg.model, cfg.seed)));
-    Ok(Trainer::resnext(cfg)?.with_run_dir(&out)?)
+    let trainer = Trainer::resnext(cfg)?;
+    let trainer = match rank {
+        Some(r) => trainer.data_parallel(r.group)?,
+        None => trainer,
+    };
+    Ok(trainer.with_run_dir(&out)?)
+}
+
+/// The device of a rank: its own GPU (`cuda:LOCAL_RANK`) when `--device` asks for CUDA or
+/// for the default and CUDA is there; otherwise what `--device` says.
+fn rank_device(requested: Option<&str>, rank: Option<&Rank>) -> Option<String> {
+    let wants_cuda = matches!(requested, None | Some("auto") | Some("cuda"));
+    match rank {
+        Some(r) if wants_cuda && tch::Cuda::is_available() => {
+            Some(format!("cuda:{}", r.local_rank))
+        }
+        _ => requested.map(str::to_string),
+    }
 }
 
 /// What to do about `e` with these programs' options, if it is a fix the user makes here.
@@ -170,6 +242,11 @@ fn cli_hint(e: &TrainError) -> Option<String> {
         )),
         TrainError::Diverged { .. } => Some("try a lower --lr or some --warmup-epochs".into()),
         TrainError::OutOfMemory { .. } => Some("try a smaller --batch-size".into()),
+        TrainError::WorldSizeChanged { path, saved, .. } => Some(format!(
+            "resume it with --nproc {saved} (or torchrun with {saved} processes), or start a new \
+             run with --pretrained {}",
+            path.with_file_name("last.safetensors").display()
+        )),
         TrainError::TensorFile(resnext::io::IoError::Locked { .. }) => {
             Some("let that run finish, or stop it (Ctrl-C), before resuming here".into())
         }
@@ -210,21 +287,40 @@ pub fn train(mut trainer: Trainer<ResNeXt>, data: &DataSplits, quiet: bool) -> R
         ProgressMode::Auto
     });
     let stop = trainer.stop_flag();
+    // In a data-parallel run rank 0 speaks for all (the launcher passes Ctrl-C to every rank).
+    let speak = trainer.rank() == 0;
     ctrlc::set_handler(move || {
         if stop.swap(true, Ordering::SeqCst) {
-            eprintln!("\nsecond Ctrl-C: exiting now, without a checkpoint of this epoch");
+            if speak {
+                eprintln!("\nsecond Ctrl-C: exiting now, without a checkpoint of this epoch");
+            }
             std::process::exit(130);
         }
-        eprintln!("\nCtrl-C: saving a checkpoint at the next batch (Ctrl-C again to quit at once)");
+        if speak {
+            eprintln!(
+                "\nCtrl-C: saving a checkpoint at the next batch (Ctrl-C again to quit at once)"
+            );
+        }
     })
     .context("installing the Ctrl-C handler")?;
     let outcome = match trainer.fit(data) {
         Ok(outcome) => outcome,
         Err(e) => {
-            eprintln!("error: {}", describe(&e));
+            let rank = match trainer.world_size() {
+                1 => String::new(),
+                _ => format!("rank {}: ", trainer.rank()),
+            };
+            eprintln!("error: {rank}{}", describe(&e));
             return Ok(ExitCode::FAILURE);
         }
     };
+    if trainer.rank() != 0 {
+        // Rank 0 reports the run; the others only say how they ended.
+        return Ok(match outcome {
+            Outcome::Stopped { .. } => ExitCode::from(130),
+            _ => ExitCode::SUCCESS,
+        });
+    }
     Ok(match outcome {
         Outcome::Completed(_) => {
             println!("outputs in {}", dir.display());

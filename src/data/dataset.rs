@@ -261,9 +261,14 @@ impl Dataset for DeviceDataset {
     fn make_batch(&self, request: &BatchRequest<'_>) -> Result<(Tensor, Tensor), DataError> {
         let cfg = request.config;
         let indices = request.indices;
-        let params = cfg
-            .augment
-            .then(|| batch_augment_params(cfg.seed, request.epoch, request.index, indices.len()));
+        let params = cfg.augment.then(|| {
+            batch_augment_params(
+                cfg.seed,
+                request.epoch,
+                request.augmentation_stream(),
+                indices.len(),
+            )
+        });
         let affine = cfg.normalization.affine();
         match &self.storage {
             Storage::Host { images, labels } => Self::host_batch(

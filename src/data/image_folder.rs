@@ -248,12 +248,15 @@ impl ImageFolder {
             return vec![Draw::None; n];
         }
         match self.options.recipe {
-            Recipe::Small { .. } => batch_augment_params(cfg.seed, request.epoch, request.index, n)
-                .into_iter()
-                .map(Draw::Small)
-                .collect(),
+            Recipe::Small { .. } => {
+                batch_augment_params(cfg.seed, request.epoch, request.augmentation_stream(), n)
+                    .into_iter()
+                    .map(Draw::Small)
+                    .collect()
+            }
             Recipe::ImageNet { .. } => {
-                let mut rng = augmentation_rng(cfg.seed, request.epoch, request.index);
+                let mut rng =
+                    augmentation_rng(cfg.seed, request.epoch, request.augmentation_stream());
                 (0..n).map(|_| Draw::Seed(rng.gen())).collect()
             }
         }

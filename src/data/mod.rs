@@ -65,7 +65,7 @@ pub use image_folder::{FolderSplit, ImageFolder, ImageFolderOptions};
 pub use random::{
     augmentation_rng, batch_augment_params, batch_indices, epoch_order, permutation_rng,
 };
-pub use source::{epoch_batches, BatchRequest, DataSplits, Dataset};
+pub use source::{epoch_batches, BatchRequest, DataSplits, Dataset, Subset};
 pub use transform::{
     center_crop_box, prepare, random_resized_crop, resize_crop, CropBox, Draw, Recipe,
     EVAL_CROP_FRACTION, IMAGENET_NORMALIZATION,

@@ -21,13 +21,26 @@ pub struct BatchRequest<'a> {
     pub indices: &'a [usize],
 }
 
+impl BatchRequest<'_> {
+    /// The number of the random stream this batch's augmentation is drawn from (with
+    /// [`augmentation_rng`](super::augmentation_rng) or
+    /// [`batch_augment_params`](super::batch_augment_params)): the batch index, made distinct
+    /// for each [`Shard`](super::Shard) of a data-parallel run (`index * count + shard`), so
+    /// that the processes do not crop their batches alike. With one shard it is `index`.
+    pub fn augmentation_stream(&self) -> usize {
+        let shard = self.config.shard;
+        self.index * shard.count.max(1) + shard.index
+    }
+}
+
 /// A labelled dataset that the trainer and [`epoch_batches`] batch.
 ///
 /// The order of an epoch (shuffling, `limit`, [`Shard`](super::Shard)) is drawn by the caller
 /// from `(seed, epoch)`; an implementation only makes the batch it is asked for. For exact
 /// resume, [`make_batch`](Self::make_batch) must be a pure function of the request: draw any
-/// augmentation from `(request.config.seed, request.epoch, request.index)` (for example with
-/// [`augmentation_rng`](super::augmentation_rng)), never from a generator shared across calls.
+/// augmentation from `(request.config.seed, request.epoch, request.augmentation_stream())`
+/// (for example with [`augmentation_rng`](super::augmentation_rng)), never from a generator
+/// shared across calls.
 /// Batches are made on a background thread, hence `Send + Sync`: keep examples in host memory,
 /// or tensors behind a `Mutex`.
 ///
@@ -144,5 +157,73 @@ impl std::fmt::Debug for DataSplits {
             .field("test", &self.test.len())
             .field("classes", &self.train.classes())
             .finish()
+    }
+}
+
+/// Some examples of another dataset, in a given order: position `i` of the subset is example
+/// `indices[i]` of `data`. The trainer splits a test set between the processes of a
+/// data-parallel run with it.
+pub struct Subset {
+    data: Arc<dyn Dataset>,
+    indices: Vec<usize>,
+}
+
+impl Subset {
+    /// The examples `indices` of `data`.
+    ///
+    /// # Errors
+    /// [`DataError::InvalidConfig`] naming the first index beyond `data`.
+    pub fn new(data: Arc<dyn Dataset>, indices: Vec<usize>) -> Result<Self, DataError> {
+        if let Some(&bad) = indices.iter().find(|&&i| i >= data.len()) {
+            return Err(DataError::InvalidConfig {
+                field: "indices",
+                value: bad.to_string(),
+                expected: format!("below {}, the size of the dataset", data.len()),
+            });
+        }
+        Ok(Subset { data, indices })
+    }
+}
+
+impl std::fmt::Debug for Subset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subset")
+            .field("len", &self.indices.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dataset for Subset {
+    fn len(&self) -> usize {
+        self.indices.len()
+    }
+
+    fn classes(&self) -> &[String] {
+        self.data.classes()
+    }
+
+    fn device(&self) -> Device {
+        self.data.device()
+    }
+
+    fn make_batch(&self, request: &BatchRequest<'_>) -> Result<(Tensor, Tensor), DataError> {
+        let indices = request
+            .indices
+            .iter()
+            .map(|&i| {
+                self.indices
+                    .get(i)
+                    .copied()
+                    .ok_or_else(|| DataError::InvalidConfig {
+                        field: "indices",
+                        value: i.to_string(),
+                        expected: format!("below {}, the size of the subset", self.indices.len()),
+                    })
+            })
+            .collect::<Result<Vec<usize>, DataError>>()?;
+        self.data.make_batch(&BatchRequest {
+            indices: &indices,
+            ..*request
+        })
     }
 }

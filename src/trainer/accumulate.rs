@@ -120,11 +120,37 @@ impl EpochAccumulator {
     /// # Errors
     /// [`TrainError::Torch`] if a value cannot be read.
     pub fn progress(&self) -> Result<EpochProgress, TrainError> {
+        self.progress_combined(|own| Ok(own.to_vec()))
+    }
+
+    /// As [`progress`](Self::progress), with this accumulator's own `[loss_sum, correct,
+    /// seen]` (the base left out) passed through `combine` first: data-parallel training sums
+    /// them over the processes there, each of which trained on its part of the epoch.
+    ///
+    /// # Errors
+    /// [`TrainError::Torch`] if a value cannot be read, or `combine`'s error.
+    pub fn progress_combined(
+        &self,
+        combine: impl FnOnce(&[f64]) -> Result<Vec<f64>, TrainError>,
+    ) -> Result<EpochProgress, TrainError> {
         let elapsed = self.started.elapsed().as_secs_f64();
+        let own = [
+            self.loss_sum.f_double_value(&[])?,
+            self.correct.f_int64_value(&[])? as f64,
+            self.seen as f64,
+        ];
+        let all = combine(&own)?;
+        let [loss_sum, correct, seen] = all[..] else {
+            return Err(TrainError::InvalidConfig {
+                field: "combine",
+                value: format!("{} values", all.len()),
+                expected: "the 3 sums it was given".into(),
+            });
+        };
         Ok(EpochProgress {
-            loss_sum: self.base.loss_sum + self.loss_sum.f_double_value(&[])?,
-            correct: self.base.correct + self.correct.f_int64_value(&[])? as u64,
-            seen: self.base.seen + self.seen,
+            loss_sum: self.base.loss_sum + loss_sum,
+            correct: self.base.correct + correct as u64,
+            seen: self.base.seen + seen as u64,
             seconds: self.base.seconds + elapsed,
             train_seconds: self.base.train_seconds + elapsed,
         })
@@ -190,6 +216,27 @@ mod tests {
         assert_eq!((p.correct, p.seen), (8, 20));
         assert!((p.loss_sum - 27.0).abs() < 1e-12);
         assert!(p.seconds >= 5.0 && p.train_seconds >= 4.0);
+    }
+
+    #[test]
+    fn combined_progress_adds_the_combined_own_sums_to_the_base() {
+        let base = EpochProgress {
+            loss_sum: 1.0,
+            correct: 1,
+            seen: 2,
+            ..EpochProgress::default()
+        };
+        let mut acc = EpochAccumulator::new(base, Device::Cpu);
+        acc.add(&step(0.5, 3, 4));
+        // As two processes with the same sums would combine them.
+        let p = acc
+            .progress_combined(|own| {
+                assert_eq!(own, [2.0, 3.0, 4.0]);
+                Ok(own.iter().map(|v| 2.0 * v).collect())
+            })
+            .unwrap();
+        assert_eq!((p.loss_sum, p.correct, p.seen), (5.0, 7, 10));
+        assert!(acc.progress_combined(|_| Ok(vec![1.0])).is_err());
     }
 
     #[test]

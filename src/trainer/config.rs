@@ -83,6 +83,11 @@ pub struct TrainConfig {
     /// Where the run's data came from, kept with the run so that a resumed run finds it
     /// again. The trainer itself takes its data from the caller and does not read this.
     pub data: DataLocation,
+    /// Processes training together (data-parallel; 1 for one process). Set by
+    /// [`Trainer::data_parallel`](super::Trainer::data_parallel), recorded so that a run is
+    /// resumed with as many processes as it was trained with. `batch_size` is per process:
+    /// every step trains on `world_size * batch_size` images.
+    pub world_size: usize,
 }
 
 /// Where a run's data came from (see [`TrainConfig::data`]): all `null` when not recorded.
@@ -132,6 +137,7 @@ impl Default for TrainConfig {
             precision: Precision::Auto,
             channels_last: None,
             data: DataLocation::default(),
+            world_size: 1,
         }
     }
 }
@@ -308,6 +314,9 @@ impl TrainConfig {
         }
         if self.eval_every == 0 {
             return Err(invalid("eval_every", 0, "at least 1"));
+        }
+        if self.world_size == 0 {
+            return Err(invalid("world_size", 0, "at least 1"));
         }
         match self.device.as_str() {
             "auto" | "cpu" | "cuda" => {}

@@ -3,6 +3,7 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 use crate::data::DataError;
+use crate::distributed::DistError;
 use crate::io::IoError;
 use crate::resnext::ModelError;
 use crate::weights::WeightsError;
@@ -114,6 +115,34 @@ pub enum TrainError {
     /// libtorch reported an error.
     #[error("libtorch error: {0}")]
     Torch(#[from] tch::TchError),
+    /// A collective of data-parallel training failed (a peer gone, a timeout, ...).
+    #[error(transparent)]
+    Distributed(#[from] DistError),
+    /// The processes of a data-parallel run do not agree on what they train.
+    #[error("the {world_size} processes of this data-parallel run disagree on {what}: {detail}")]
+    RanksDisagree {
+        /// Processes in the run.
+        world_size: usize,
+        /// What differs (`the training configuration`, `the position in the run`, ...).
+        what: &'static str,
+        /// Which ranks differ, and how.
+        detail: String,
+    },
+    /// A run is resumed with another number of processes than it was trained with.
+    #[error(
+        "run {} was trained by {saved} process(es) and is resumed by {now}: exact resume needs \
+         the same number (a single process can still start from its weights, e.g. \
+         last.safetensors as pretrained weights)",
+        path.display()
+    )]
+    WorldSizeChanged {
+        /// The checkpoint.
+        path: PathBuf,
+        /// Processes that trained it.
+        saved: usize,
+        /// Processes resuming it.
+        now: usize,
+    },
     /// The metrics plot could not be drawn.
     #[error("drawing {}: {message}", path.display())]
     Plot {

@@ -27,7 +27,7 @@ pub fn evaluate<M: ModuleT + ?Sized>(
     exec: &Execution,
 ) -> Result<Evaluation, TrainError> {
     let never = AtomicBool::new(false);
-    let eval = evaluate_until(model, data, batches, num_classes, exec, &never)?;
+    let eval = evaluate_until(model, data, batches, num_classes, exec, &never, None)?;
     eval.ok_or_else(|| TrainError::InvalidConfig {
         field: "stop",
         value: "set".into(),
@@ -35,7 +35,12 @@ pub fn evaluate<M: ModuleT + ?Sized>(
     })
 }
 
-/// As [`evaluate`], checking `stop` after every batch: `None` when it was set.
+/// Sums a tensor over the processes of a data-parallel evaluation, in place.
+pub(crate) type Reduce<'a> = &'a dyn Fn(&mut Tensor) -> Result<(), TrainError>;
+
+/// As [`evaluate`], checking `stop` after every batch: `None` when it was set. With `reduce`,
+/// the loss sum, image count and confusion counts are summed by it before they are read (each
+/// process of a data-parallel run evaluated its part of the data).
 pub(crate) fn evaluate_until<M: ModuleT + ?Sized>(
     model: &M,
     data: &Arc<dyn Dataset>,
@@ -43,6 +48,7 @@ pub(crate) fn evaluate_until<M: ModuleT + ?Sized>(
     num_classes: i64,
     exec: &Execution,
     stop: &AtomicBool,
+    reduce: Option<Reduce<'_>>,
 ) -> Result<Option<Evaluation>, TrainError> {
     if num_classes < 1 {
         return Err(TrainError::InvalidConfig {
@@ -78,7 +84,7 @@ pub(crate) fn evaluate_until<M: ModuleT + ?Sized>(
     }
     match stopped {
         true => Ok(None),
-        false => sums.finish().map(Some),
+        false => sums.finish(reduce).map(Some),
     }
 }
 
@@ -123,19 +129,42 @@ impl EvalSums {
         Ok(())
     }
 
-    /// The evaluation (reads the device).
-    fn finish(self) -> Result<Evaluation, TrainError> {
+    /// The evaluation (reads the device), with the sums first passed through `reduce`.
+    fn finish(mut self, reduce: Option<Reduce<'_>>) -> Result<Evaluation, TrainError> {
+        let mut totals = Tensor::f_cat(
+            &[
+                self.loss_sum.f_view([1])?,
+                Tensor::f_full(
+                    [1],
+                    self.images as f64,
+                    (Kind::Double, self.loss_sum.device()),
+                )?,
+            ],
+            0,
+        )?;
+        if let Some(reduce) = reduce {
+            reduce(&mut totals)?;
+            reduce(&mut self.confusion)?;
+        }
+        let [loss_sum, images] =
+            <[f64; 2]>::try_from(Vec::<f64>::try_from(&totals)?).map_err(|v| {
+                TrainError::InvalidConfig {
+                    field: "reduce",
+                    value: format!("{} values", v.len()),
+                    expected: "the 2 sums it was given".into(),
+                }
+            })?;
         let counts = Vec::<i64>::try_from(&self.confusion)?;
         let confusion: Vec<Vec<u64>> = counts
             .chunks(self.num_classes as usize)
             .map(|row| row.iter().map(|&c| c as u64).collect())
             .collect();
         let correct: u64 = (0..confusion.len()).map(|i| confusion[i][i]).sum();
-        let n = self.images.max(1) as f64;
+        let n = images.max(1.0);
         Ok(Evaluation {
-            loss: self.loss_sum.f_double_value(&[])? / n,
+            loss: loss_sum / n,
             acc: 100.0 * correct as f64 / n,
-            images: self.images,
+            images: images as usize,
             confusion,
         })
     }

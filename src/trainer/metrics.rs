@@ -75,8 +75,11 @@ pub struct ClassAccuracy {
 pub struct Summary {
     /// Model configuration name.
     pub model: String,
-    /// Device trained on.
+    /// Device trained on (rank 0's, in a data-parallel run).
     pub device: String,
+    /// Processes that trained together (see [`TrainConfig::world_size`](super::TrainConfig::world_size)).
+    #[serde(default = "one_process")]
+    pub world_size: usize,
     /// Epochs trained.
     pub epochs: usize,
     /// Best test accuracy (percent) over the evaluated epochs.
@@ -102,4 +105,9 @@ pub struct Summary {
     /// Training images per second over all epochs (training batches only).
     #[serde(with = "super::float_json::any")]
     pub train_images_per_sec: f64,
+}
+
+/// `world_size` of summaries written before it was recorded: one process.
+fn one_process() -> usize {
+    1
 }

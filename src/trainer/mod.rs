@@ -29,6 +29,7 @@
 mod accumulate;
 mod checkpoint;
 mod config;
+mod data_parallel;
 mod error;
 mod evaluate;
 mod float_json;

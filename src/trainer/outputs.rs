@@ -118,6 +118,7 @@ pub(crate) fn summary(
     Ok(Summary {
         model: state.config.model.clone(),
         device: format!("{device:?}"),
+        world_size: state.config.world_size,
         epochs: metrics.len(),
         best_test_acc: best,
         best_epoch,

@@ -10,6 +10,7 @@ use tch::nn::{self, ModuleT};
 use tch::{Device, Tensor};
 
 use super::checkpoint::{load_checkpoint, read_checkpoint_state, save_checkpoint};
+use super::data_parallel::DataParallel;
 use super::outputs::{self, files};
 use super::progress::bar_message;
 use super::{
@@ -17,7 +18,8 @@ use super::{
     EpochMetrics, Evaluation, Execution, LossScale, Precision, ProgressMode, Sgd, SgdConfig,
     Summary, TrainConfig, TrainError, TrainState, TrainStep,
 };
-use crate::data::{epoch_batches, BatchConfig, BatchRequest, DataSplits, Dataset};
+use crate::data::{epoch_batches, BatchConfig, BatchRequest, DataSplits, Dataset, Subset};
+use crate::distributed::ProcessGroup;
 use crate::inference::InferenceModel;
 use crate::io::write_atomic;
 use crate::io::{lock_dir, remove_partial_files, DirLock};
@@ -93,6 +95,10 @@ pub struct Trainer<M: ModuleT> {
     weights_metadata: Option<WeightsMetadata>,
     /// What loading `config.pretrained` did, when the trainer loaded it.
     pretrained: Option<PretrainedReport>,
+    /// The process group of a data-parallel run.
+    dist: Option<DataParallel>,
+    /// A data-parallel rank's stop or abort request, until the ranks decide together.
+    pending: BatchControl,
 }
 
 impl<M: ModuleT> std::fmt::Debug for Trainer<M> {
@@ -166,6 +172,30 @@ impl Trainer<ResNeXt> {
     /// [`TrainError::Checkpoint`] / [`TrainError::TensorFile`] for a missing, corrupt or
     /// mismatched checkpoint (nothing is overwritten), or a configuration error.
     pub fn resume(run_dir: &Path, device: Option<&str>) -> Result<Self, TrainError> {
+        Self::resume_with(run_dir, device, None)
+    }
+
+    /// As [`Trainer::resume`], as one of the processes of a data-parallel run (see
+    /// [`Trainer::data_parallel`]): every rank reads the checkpoint (so every rank must see
+    /// `run_dir`: one machine, or a shared filesystem), rank 0 alone writes.
+    ///
+    /// # Errors
+    /// As [`Trainer::resume`]; [`TrainError::WorldSizeChanged`] when the run was trained by
+    /// another number of processes; [`TrainError::RanksDisagree`] when the ranks read different
+    /// runs; [`TrainError::Distributed`] when a collective fails.
+    pub fn resume_data_parallel(
+        run_dir: &Path,
+        device: Option<&str>,
+        group: ProcessGroup,
+    ) -> Result<Self, TrainError> {
+        Self::resume_with(run_dir, device, Some(group))
+    }
+
+    fn resume_with(
+        run_dir: &Path,
+        device: Option<&str>,
+        group: Option<ProcessGroup>,
+    ) -> Result<Self, TrainError> {
         let path = run_dir.join(files::CHECKPOINT);
         if !path.is_file() {
             return Err(TrainError::Checkpoint {
@@ -177,7 +207,11 @@ impl Trainer<ResNeXt> {
         if let Some(d) = device {
             config.device = d.to_string();
         }
-        Trainer::build_resnext(config, false)?.resume_from(run_dir)
+        let trainer = Trainer::build_resnext(config, false)?;
+        match group {
+            Some(group) => trainer.data_parallel(group)?.resume_from(run_dir),
+            None => trainer.resume_from(run_dir),
+        }
     }
 
     /// What loading the pretrained weights did (tensors loaded, classifier replaced), when
@@ -254,6 +288,8 @@ impl<M: ModuleT> Trainer<M> {
             eval_form: None,
             weights_metadata: None,
             pretrained: None,
+            dist: None,
+            pending: BatchControl::Continue,
         })
     }
 
@@ -267,14 +303,114 @@ impl<M: ModuleT> Trainer<M> {
         self
     }
 
+    /// Makes this trainer one of the `group.world_size()` processes of a data-parallel run,
+    /// as PyTorch's `DistributedDataParallel` with a `DistributedSampler`:
+    ///
+    /// * at start the ranks check that they were given the same configuration (the device and
+    ///   the data location aside) and rank 0's parameters and buffers are copied to all;
+    /// * each rank trains on its part of every epoch ([`Shard`](crate::data::Shard): the same
+    ///   shuffle on every rank, every image once per epoch), `batch_size` images per step, so a
+    ///   step trains on `world_size * batch_size` images (the learning rate is not scaled);
+    /// * after backward the gradients are averaged over the ranks in a few large buckets
+    ///   ([`GradientBuckets`](crate::distributed::GradientBuckets)), before fp16's finiteness
+    ///   check, so every rank takes the same step;
+    /// * BatchNorm normalises with each rank's own batch statistics (no SyncBatchNorm); the
+    ///   running statistics that evaluation uses and checkpoints keep are rank 0's, copied to
+    ///   every rank before each evaluation (as DDP's `broadcast_buffers`);
+    /// * the test set is split between the ranks and the metrics summed, so every rank computes
+    ///   the same epoch figures; only rank 0 prints and writes the run directory, which records
+    ///   `world_size`;
+    /// * stop requests (the stop flag, a batch hook) and divergence are decided together at the
+    ///   points where the epoch's sums are read (every batch on the CPU, every 25 on CUDA): all
+    ///   ranks stop at the same batch. A stop during an evaluation takes effect after the
+    ///   first batch of the next epoch.
+    ///
+    /// Call it before [`with_run_dir`](Self::with_run_dir) or [`resume_from`](Self::resume_from)
+    /// ([`Trainer::resume_data_parallel`] does both). A one-process group trains as without it.
+    ///
+    /// # Errors
+    /// [`TrainError::InvalidConfig`] when a run directory is already open;
+    /// [`TrainError::RanksDisagree`] when the configurations differ;
+    /// [`TrainError::Distributed`] when a collective fails or the device's backend is missing
+    /// (NCCL for CUDA).
+    pub fn data_parallel(mut self, group: ProcessGroup) -> Result<Self, TrainError> {
+        if self.run_dir.is_some() || self.dist.is_some() {
+            return Err(TrainError::InvalidConfig {
+                field: "data_parallel",
+                value: "called on a trainer with a run directory or a group".into(),
+                expected: "a group joined before with_run_dir / resume_from, once".into(),
+            });
+        }
+        let dp = DataParallel::new(group, self.device)?;
+        self.state.config.world_size = dp.world_size();
+        dp.check_config(&self.state.config)?;
+        dp.broadcast_model(&self.vs)?;
+        let reducer = dp.gradient_reducer(self.sgd.parameters())?;
+        self.step.set_gradient_reducer(reducer);
+        self.dist = Some(dp);
+        Ok(self)
+    }
+
+    /// This process's rank in a data-parallel run (0 without one).
+    pub fn rank(&self) -> usize {
+        self.dist.as_ref().map_or(0, DataParallel::rank)
+    }
+
+    /// The process group of a data-parallel run (see [`Trainer::data_parallel`]), for
+    /// collectives of the caller's own (a barrier while rank 0 downloads data, for example).
+    pub fn process_group(&self) -> Option<&ProcessGroup> {
+        self.dist.as_ref().map(DataParallel::group)
+    }
+
+    /// Processes training together (1 without data-parallel training).
+    pub fn world_size(&self) -> usize {
+        self.dist.as_ref().map_or(1, DataParallel::world_size)
+    }
+
+    /// Whether this process prints and writes the run directory: rank 0.
+    fn is_main(&self) -> bool {
+        self.rank() == 0
+    }
+
+    /// `result` on every rank of a data-parallel run: `Ok` only when it is `Ok` on all of
+    /// them (one small collective), so that one rank's failure to open the run stops all.
+    fn all_ok<T>(&self, result: Result<T, TrainError>) -> Result<T, TrainError> {
+        let Some(dp) = &self.dist else {
+            return result;
+        };
+        let failed = dp.sum(&[f64::from(u8::from(result.is_err()))])?[0];
+        match result {
+            Ok(_) if failed > 0.0 => Err(TrainError::RanksDisagree {
+                world_size: dp.world_size(),
+                what: "opening the run",
+                detail: format!("{failed} other rank(s) failed: see their error"),
+            }),
+            result => result,
+        }
+    }
+
     /// Starts a fresh run in `dir` (created if needed) and writes `config.json` there. The
-    /// trainer holds `dir` (see [`Trainer::resume_from`]) for as long as it lives.
+    /// trainer holds `dir` (see [`Trainer::resume_from`]) for as long as it lives. In a
+    /// data-parallel run, only rank 0 does this; the other ranks write nothing.
     ///
     /// # Errors
     /// [`TrainError::RunExists`] if `dir` already holds a checkpoint (nothing is overwritten);
     /// [`TrainError::TensorFile`] with [`IoError::Locked`](crate::io::IoError::Locked) when
     /// another process works in `dir`; [`TrainError::Io`] if it cannot be created or written.
     pub fn with_run_dir(mut self, dir: &Path) -> Result<Self, TrainError> {
+        let opened = match self.is_main() {
+            true => self.open_run_dir(dir).map(Some),
+            false => Ok(None),
+        };
+        if let Some(lock) = self.all_ok(opened)? {
+            self.lock = Some(lock);
+            self.run_dir = Some(dir.to_path_buf());
+        }
+        Ok(self)
+    }
+
+    /// Creates and locks `dir` for a fresh run and writes `config.json` there.
+    fn open_run_dir(&self, dir: &Path) -> Result<DirLock, TrainError> {
         std::fs::create_dir_all(dir).map_err(|source| TrainError::Io {
             action: "creating the run directory",
             path: dir.to_path_buf(),
@@ -286,13 +422,11 @@ impl<M: ModuleT> Trainer<M> {
                 path: dir.to_path_buf(),
             });
         }
-        self.lock = Some(lock);
         write_atomic(
             &dir.join(files::CONFIG),
             self.state.config.to_json().as_bytes(),
         )?;
-        self.run_dir = Some(dir.to_path_buf());
-        Ok(self)
+        Ok(lock)
     }
 
     /// Continues the run in `dir` from its checkpoint: weights, momentum buffers, epoch and
@@ -304,14 +438,43 @@ impl<M: ModuleT> Trainer<M> {
     /// and that the operating system releases when the process ends, however it ends. Holding
     /// it, the trainer removes the temporary files interrupted writes left in `dir`.
     ///
+    /// In a data-parallel run every rank reads the checkpoint and only rank 0 holds `dir`;
+    /// the ranks then check that they are at the same position.
+    ///
     /// # Errors
     /// As [`super::load_checkpoint`], or [`IoError::Locked`](crate::io::IoError::Locked) (as
     /// [`TrainError::TensorFile`]) naming the process that holds `dir`; nothing in `dir` is
-    /// changed on error.
+    /// changed on error. [`TrainError::WorldSizeChanged`] when the run was trained by another
+    /// number of processes than this trainer's.
     pub fn resume_from(mut self, dir: &Path) -> Result<Self, TrainError> {
-        let lock = hold_run_dir(dir)?;
+        let loaded = self.load_run(dir);
+        let lock = self.all_ok(loaded)?;
+        if let Some(dp) = &self.dist {
+            dp.check_position(&self.state)?;
+        }
+        if let Some(lock) = lock {
+            self.run_dir = Some(dir.to_path_buf());
+            self.lock = Some(lock);
+        }
+        Ok(self)
+    }
+
+    /// Loads the checkpoint of `dir` (holding `dir` on rank 0); the lock, when held.
+    fn load_run(&mut self, dir: &Path) -> Result<Option<DirLock>, TrainError> {
+        let lock = match self.is_main() {
+            true => Some(hold_run_dir(dir)?),
+            false => None,
+        };
         let path = dir.join(files::CHECKPOINT);
+        // The trainer is dropped on error: what loading changed in it does not matter.
         let state = load_checkpoint(&path, &mut self.vs, &mut self.sgd)?;
+        if state.config.world_size != self.world_size() {
+            return Err(TrainError::WorldSizeChanged {
+                path,
+                saved: state.config.world_size,
+                now: self.world_size(),
+            });
+        }
         self.use_execution_of(&state.config)?;
         let sgd_config = SgdConfig {
             momentum: state.config.momentum,
@@ -329,9 +492,7 @@ impl<M: ModuleT> Trainer<M> {
         if self.step.execution().precision == Precision::Fp16 && self.state.loss_scale.is_none() {
             self.state.loss_scale = Some(LossScale::default());
         }
-        self.run_dir = Some(dir.to_path_buf());
-        self.lock = Some(lock);
-        Ok(self)
+        Ok(lock)
     }
 
     /// Runs as `config` says on the trainer's device: precision, layout, label smoothing.
@@ -404,8 +565,16 @@ impl<M: ModuleT> Trainer<M> {
         self.run_dir.as_deref()
     }
 
+    /// What this process shows: the chosen mode on rank 0, nothing on the other ranks.
+    fn shown(&self) -> ProgressMode {
+        match self.is_main() {
+            true => self.progress,
+            false => ProgressMode::Silent,
+        }
+    }
+
     fn say(&self, line: &str) {
-        self.progress.say(line);
+        self.shown().say(line);
     }
 
     /// Trains until every epoch is done or a stop is requested: batches of `data.train`
@@ -552,7 +721,11 @@ impl<M: ModuleT> Trainer<M> {
             limit: cfg.limit_train,
             seed: cfg.seed,
             normalization: cfg.normalization,
-            ..BatchConfig::default()
+            shard: self
+                .dist
+                .as_ref()
+                .map(DataParallel::shard)
+                .unwrap_or_default(),
         }
     }
 
@@ -561,8 +734,12 @@ impl<M: ModuleT> Trainer<M> {
         let cfg = &self.state.config;
         if self.state.epoch == 0 && self.state.batch == 0 {
             let test = data.test.len();
+            let processes = match self.world_size() {
+                1 => String::new(),
+                n => format!(" x {n} processes"),
+            };
             self.say(&format!(
-                "training {} on {:?}: {} epochs of {} images ({} batches of {}), test on {} images",
+                "training {} on {:?}{processes}: {} epochs of {} images ({} batches of {}{processes}), test on {} images",
                 cfg.model,
                 self.device,
                 cfg.epochs,
@@ -595,7 +772,7 @@ impl<M: ModuleT> Trainer<M> {
         let lr = self.state.config.lr_at(epoch);
         let epochs = self.state.config.epochs;
         let bar = self
-            .progress
+            .shown()
             .epoch_bar(epoch + 1, epochs, self.state.batch, num_batches);
         let mut sums = EpochAccumulator::new(self.state.progress.clone(), self.device);
         let start = self.state.batch;
@@ -618,23 +795,27 @@ impl<M: ModuleT> Trainer<M> {
             self.state.steps += 1;
             self.state.batch = batch.index + 1;
             let scale_exhausted = self.state.loss_scale.is_some_and(|s| s.scale <= 1.0);
+            let asked = self.control_after(epoch + 1, batch.index);
             if sums.is_read_due(batch.index, num_batches) || (out.skipped && scale_exhausted) {
                 let running = sums.read(&out)?;
+                let (non_finite, agreed) = self.decide(running.non_finite, asked)?;
                 let diverged = |loss| TrainError::Diverged {
                     epoch: epoch + 1,
                     batch: batch.index,
                     loss,
                 };
-                if running.non_finite > 0 {
+                if non_finite > 0 {
                     return Err(diverged(running.non_finite_loss));
                 }
                 if out.skipped && scale_exhausted {
                     return Err(diverged(running.batch_loss));
                 }
                 bar.set_message(bar_message(&running));
+                control = agreed;
+            } else {
+                control = self.defer(asked);
             }
             bar.set_position(self.state.batch as u64);
-            control = self.control_after(epoch + 1, batch.index);
             if control != BatchControl::Continue {
                 break;
             }
@@ -644,11 +825,55 @@ impl<M: ModuleT> Trainer<M> {
             return Err(e.into());
         }
         drop(batches);
-        self.state.progress = sums.progress()?;
+        self.state.progress = match &self.dist {
+            None => sums.progress()?,
+            Some(dp) => sums.progress_combined(|own| dp.sum(own))?,
+        };
         self.stop_if_asked(control, num_batches)
     }
 
-    /// What the batch hook and the stop flag ask for after batch `batch` of `epoch`.
+    /// Without data-parallel training, `asked`. A data-parallel rank keeps its request until
+    /// the ranks [`decide`](Self::decide) together, and goes on meanwhile.
+    fn defer(&mut self, asked: BatchControl) -> BatchControl {
+        if self.dist.is_none() {
+            return asked;
+        }
+        self.pending = strongest(self.pending, asked);
+        BatchControl::Continue
+    }
+
+    /// The number of non-finite losses and what to do next, over all ranks of a data-parallel
+    /// run (one small collective): a stop or an abort asked by any rank holds for all, so that
+    /// every rank leaves the epoch at the same batch. Without data-parallel training, the
+    /// arguments.
+    fn decide(
+        &mut self,
+        non_finite: u64,
+        asked: BatchControl,
+    ) -> Result<(u64, BatchControl), TrainError> {
+        let Some(dp) = &self.dist else {
+            return Ok((non_finite, asked));
+        };
+        let mine = strongest(
+            std::mem::replace(&mut self.pending, BatchControl::Continue),
+            asked,
+        );
+        let flag = |c: BatchControl| f64::from(u8::from(mine == c));
+        let sums = dp.sum(&[
+            non_finite as f64,
+            flag(BatchControl::Stop),
+            flag(BatchControl::Abort),
+        ])?;
+        let control = match (sums[1] > 0.0, sums[2] > 0.0) {
+            (_, true) => BatchControl::Abort,
+            (true, false) => BatchControl::Stop,
+            (false, false) => BatchControl::Continue,
+        };
+        Ok((sums[0] as u64, control))
+    }
+
+    /// What the batch hook and the stop flag ask for after batch `batch` of `epoch` (on this
+    /// process).
     fn control_after(&mut self, epoch: usize, batch: usize) -> BatchControl {
         let mut control = BatchControl::Continue;
         if let Some(hook) = &mut self.on_batch {
@@ -696,6 +921,9 @@ impl<M: ModuleT> Trainer<M> {
     /// when a stop was requested during the evaluation.
     fn evaluate_test(&self, test: &Arc<dyn Dataset>) -> Result<Option<Evaluation>, TrainError> {
         let cfg = &self.state.config;
+        if let Some(dp) = &self.dist {
+            dp.broadcast_buffers(&self.vs)?;
+        }
         let fast = match &self.eval_form {
             Some(form) if self.step.execution().precision == Precision::Fp32 => {
                 Some(form(&self.model)?)
@@ -706,19 +934,26 @@ impl<M: ModuleT> Trainer<M> {
             Some(m) => m.as_ref(),
             None => &self.model,
         };
-        let batches = BatchConfig {
+        let mut batches = BatchConfig {
             limit: cfg.limit_test,
             normalization: cfg.normalization,
             ..BatchConfig::eval(cfg.batch_size.max(256))
         };
-        evaluate_until(
-            model,
-            test,
-            &batches,
-            test.classes().len() as i64,
-            self.step.execution(),
-            &self.stop,
-        )
+        let classes = test.classes().len() as i64;
+        let exec = self.step.execution();
+        let Some(dp) = &self.dist else {
+            return evaluate_until(model, test, &batches, classes, exec, &self.stop, None);
+        };
+        // Rank r evaluates the images r, r + world_size, ... (none twice, unlike the padded
+        // training shards); the sums are added up over the ranks. A stop waits for the
+        // next epoch's first batch, where the ranks decide together.
+        let used = batches.used_len(test.len());
+        let mine = (dp.rank()..used).step_by(dp.world_size()).collect();
+        let part: Arc<dyn Dataset> = Arc::new(Subset::new(Arc::clone(test), mine)?);
+        batches.limit = None;
+        let never = AtomicBool::new(false);
+        let reduce = |t: &mut Tensor| dp.sum_tensor(t);
+        evaluate_until(model, &part, &batches, classes, exec, &never, Some(&reduce))
     }
 
     /// Evaluates (when due), records the epoch's metrics, moves to the next epoch and writes
@@ -792,6 +1027,20 @@ impl<M: ModuleT> Trainer<M> {
             ),
             None => Ok(()),
         }
+    }
+}
+
+/// The stronger of two requests: abort over stop over continue.
+fn strongest(a: BatchControl, b: BatchControl) -> BatchControl {
+    let rank = |c| match c {
+        BatchControl::Continue => 0,
+        BatchControl::Stop => 1,
+        BatchControl::Abort => 2,
+    };
+    if rank(b) > rank(a) {
+        b
+    } else {
+        a
     }
 }
 

@@ -49,6 +49,7 @@ pub struct StepOutput {
 pub struct TrainStep {
     exec: Execution,
     label_smoothing: f64,
+    reducer: Option<GradientHook>,
     hook: Option<GradientHook>,
 }
 
@@ -57,6 +58,7 @@ impl std::fmt::Debug for TrainStep {
         f.debug_struct("TrainStep")
             .field("exec", &self.exec)
             .field("label_smoothing", &self.label_smoothing)
+            .field("reducer", &self.reducer.is_some())
             .field("hook", &self.hook.is_some())
             .finish()
     }
@@ -69,6 +71,7 @@ impl TrainStep {
         TrainStep {
             exec,
             label_smoothing,
+            reducer: None,
             hook: None,
         }
     }
@@ -84,13 +87,23 @@ impl TrainStep {
         self.hook = Some(hook);
     }
 
+    /// Sets the gradient reducer: code run right after backward, before the gradients are
+    /// unscaled (fp16) and before the [`GradientHook`], with the same arguments. Data-parallel
+    /// training averages the gradients of every process here, so that fp16's decision to skip
+    /// a step (any gradient not finite) and the hook see the same gradients on every process.
+    /// The reducer must be linear in the gradients (a sum or a mean is).
+    pub fn set_gradient_reducer(&mut self, reducer: GradientHook) {
+        self.reducer = Some(reducer);
+    }
+
     /// How the step runs.
     pub fn execution(&self) -> &Execution {
         &self.exec
     }
 
     /// Trains `model` on one batch with learning rate `lr`: zero the gradients, forward and
-    /// loss (under autocast for bf16 / fp16), backward, the hook, then the update. With a
+    /// loss (under autocast for bf16 / fp16), backward, the reducer (see
+    /// [`set_gradient_reducer`](Self::set_gradient_reducer)), the hook, then the update. With a
     /// `loss_scale` (fp16) the loss is scaled before backward and the gradients unscaled
     /// after; a step whose gradients are not finite is skipped and the scale lowered.
     ///
@@ -136,17 +149,20 @@ impl TrainStep {
             )?;
             Ok((logits, loss))
         })?;
+        match loss_scale {
+            Some(scale) => (&loss * scale.scale).f_backward()?,
+            None => loss.f_backward()?,
+        }
+        if let Some(reducer) = &mut self.reducer {
+            reducer(sgd.parameters())?;
+        }
         let applied = match loss_scale {
             Some(scale) => {
-                (&loss * scale.scale).f_backward()?;
                 let finite = sgd.scale_grads(1.0 / scale.scale);
                 scale.update(finite);
                 finite
             }
-            None => {
-                loss.f_backward()?;
-                true
-            }
+            None => true,
         };
         if let Some(hook) = &mut self.hook {
             hook(sgd.parameters())?;

@@ -1,0 +1,178 @@
+//! Data-parallel speed on this machine: the same global batch trained by one process with N
+//! threads and by N processes (Gloo, one thread each, gradients averaged in buckets), with the
+//! time of the gradient all-reduce per step (the communication share).
+//!
+//! ```text
+//! cargo run --release --example bench_data_parallel -- --model tiny --batch 128 --steps 30
+//! ```
+//!
+//! Every configuration trains the same model from the same weights on random CIFAR-sized
+//! images (no data pipeline: the step alone), channels-last, SGD with momentum, after warm-up
+//! steps. The rows run one after another in one invocation, so they share the machine's
+//! state; run it twice to see the noise.
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use resnext::distributed::{GradientBuckets, ProcessGroup};
+use resnext::layout::vars_to_channels_last;
+use resnext::trainer::{Execution, Sgd, SgdConfig, TrainConfig, TrainStep};
+use resnext::{ResNeXt, ResNeXtConfig};
+use tch::{nn, Device, Kind, Tensor};
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "One process with N threads against N processes of one thread")]
+struct Args {
+    /// Model preset.
+    #[arg(long, default_value = "tiny")]
+    model: String,
+    /// Global batch (split evenly between the processes).
+    #[arg(long, default_value_t = 128)]
+    batch: i64,
+    /// Timed steps per configuration (after 3 warm-up steps).
+    #[arg(long, default_value_t = 30)]
+    steps: usize,
+    /// Processes (and threads of the single process).
+    #[arg(long, default_value_t = 2)]
+    nproc: usize,
+}
+
+/// What one process measured: mean seconds per step, and per all-reduce of the gradients.
+struct Timing {
+    step: f64,
+    all_reduce: f64,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if let Ok(rank) = std::env::var("BENCH_RANK") {
+        return rank_main(&args, rank.parse()?);
+    }
+    if args.batch % args.nproc as i64 != 0 {
+        bail!(
+            "--batch {} does not split into {} processes",
+            args.batch,
+            args.nproc
+        );
+    }
+    resnext::memory::keep_freed_memory();
+    let n = args.nproc;
+    println!(
+        "{} on the CPU, global batch {}, {} timed steps, 32x32 images",
+        args.model, args.batch, args.steps
+    );
+    println!("| configuration | images/s | ms/step | all-reduce ms/step | all-reduce share |");
+    println!("|---|---|---|---|---|");
+    tch::set_num_threads(n as i32);
+    let one = train_steps(&args, args.batch, None)?;
+    row(&format!("1 process x {n} threads"), &args, &one);
+    let many = launch_ranks(&args)?;
+    row(&format!("{n} processes x 1 thread"), &args, &many);
+    println!(
+        "\n{n} processes / 1 process: {:.2}x images/s",
+        one.step / many.step
+    );
+    Ok(())
+}
+
+fn row(name: &str, args: &Args, t: &Timing) {
+    println!(
+        "| {name} | {:.0} | {:.1} | {:.2} | {:.1}% |",
+        args.batch as f64 / t.step,
+        1e3 * t.step,
+        1e3 * t.all_reduce,
+        100.0 * t.all_reduce / t.step
+    );
+}
+
+/// Starts `nproc` ranks of this program and returns rank 0's timing (the ranks wait for each
+/// other every step, so their step times agree).
+fn launch_ranks(args: &Args) -> Result<Timing> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let exe = std::env::current_exe()?;
+    let mut children = Vec::new();
+    for rank in 0..args.nproc {
+        let child = Command::new(&exe)
+            .args(std::env::args_os().skip(1))
+            .env("BENCH_RANK", rank.to_string())
+            .env("BENCH_PORT", port.to_string())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting a rank")?;
+        children.push(child);
+    }
+    let mut timing = None;
+    for (rank, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("rank {rank} failed: {}", out.status);
+        }
+        let text = String::from_utf8(out.stdout)?;
+        let v: Vec<f64> = text
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<_, _>>()?;
+        if rank == 0 {
+            timing = Some(Timing {
+                step: v[0],
+                all_reduce: v[1],
+            });
+        }
+    }
+    timing.context("no rank 0")
+}
+
+/// One rank: a one-thread process training its part of the global batch.
+fn rank_main(args: &Args, rank: usize) -> Result<()> {
+    resnext::memory::keep_freed_memory();
+    tch::set_num_threads(1);
+    let port: u16 = std::env::var("BENCH_PORT")?.parse()?;
+    let timeout = Duration::from_secs(120);
+    let group = ProcessGroup::new(rank, args.nproc, "127.0.0.1", port, timeout)?;
+    let t = train_steps(args, args.batch / args.nproc as i64, Some(group))?;
+    println!("{} {}", t.step, t.all_reduce);
+    Ok(())
+}
+
+/// Times `args.steps` training steps on batches of `batch`, averaging the gradients over
+/// `group` when there is one.
+fn train_steps(args: &Args, batch: i64, group: Option<ProcessGroup>) -> Result<Timing> {
+    let device = Device::Cpu;
+    tch::manual_seed(1);
+    let vs = nn::VarStore::new(device);
+    let cfg = ResNeXtConfig::from_name(&args.model, 10)?;
+    let net = ResNeXt::try_new(&vs.root(), &cfg)?;
+    vars_to_channels_last(&vs)?;
+    let mut sgd = Sgd::new(&vs, SgdConfig::default());
+    let train = TrainConfig::default();
+    let mut step = TrainStep::new(Execution::new(&train, device), 0.0);
+    let reduced = std::rc::Rc::new(std::cell::Cell::new(0.0f64));
+    if let Some(group) = group {
+        let mut buckets = GradientBuckets::new(sgd.parameters())?;
+        let reduced = std::rc::Rc::clone(&reduced);
+        step.set_gradient_reducer(Box::new(move |params| {
+            let start = Instant::now();
+            buckets.average(&group, params)?;
+            reduced.set(reduced.get() + start.elapsed().as_secs_f64());
+            Ok(())
+        }));
+    }
+    let images = Tensor::randn([batch, 3, 32, 32], (Kind::Float, device));
+    let labels = Tensor::randint(10, [batch], (Kind::Int64, device));
+    for _ in 0..3 {
+        step.run(&net, &mut sgd, &mut None, &images, &labels, 0.01)?;
+    }
+    reduced.set(0.0);
+    let start = Instant::now();
+    for _ in 0..args.steps {
+        step.run(&net, &mut sgd, &mut None, &images, &labels, 0.01)?;
+    }
+    let steps = args.steps as f64;
+    Ok(Timing {
+        step: start.elapsed().as_secs_f64() / steps,
+        all_reduce: reduced.get() / steps,
+    })
+}
