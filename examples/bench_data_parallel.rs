@@ -8,9 +8,11 @@
 //!
 //! Every configuration trains the same model from the same weights on random CIFAR-sized
 //! images (no data pipeline: the step alone), channels-last, SGD with momentum, after warm-up
-//! steps. The rows run one after another in one invocation, so they share the machine's
-//! state; run it twice to see the noise.
+//! steps, in fresh processes. The two configurations alternate round by round (`--rounds`)
+//! and the table gives the medians, so that drifts of a shared machine hit both alike.
+use std::cell::Cell;
 use std::process::{Command, Stdio};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -36,18 +38,25 @@ struct Args {
     /// Processes (and threads of the single process).
     #[arg(long, default_value_t = 2)]
     nproc: usize,
+    /// Rounds of both configurations, alternating.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 /// What one process measured: mean seconds per step, and per all-reduce of the gradients.
+#[derive(Clone, Copy)]
 struct Timing {
     step: f64,
+    /// In the step: the all-reduce calls, waiting for the slower rank included.
     all_reduce: f64,
+    /// The same all-reduce of every gradient alone, the ranks in step (after a barrier).
+    transfer: f64,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    if let Ok(rank) = std::env::var("BENCH_RANK") {
-        return rank_main(&args, rank.parse()?);
+    if let (Ok(rank), Ok(world)) = (std::env::var("BENCH_RANK"), std::env::var("BENCH_WORLD")) {
+        return rank_main(&args, rank.parse()?, world.parse()?);
     }
     if args.batch % args.nproc as i64 != 0 {
         bail!(
@@ -56,18 +65,26 @@ fn main() -> Result<()> {
             args.nproc
         );
     }
-    resnext::memory::keep_freed_memory();
     let n = args.nproc;
+    let (mut one, mut many) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds.max(1) {
+        one.push(launch_ranks(1)?);
+        many.push(launch_ranks(n)?);
+        eprintln!(
+            "round {}: {:.1} / {:.1} ms a step",
+            round + 1,
+            1e3 * one[round].step,
+            1e3 * many[round].step
+        );
+    }
+    let (one, many) = (median(one), median(many));
     println!(
-        "{} on the CPU, global batch {}, {} timed steps, 32x32 images",
-        args.model, args.batch, args.steps
+        "{} on the CPU, global batch {}, {} timed steps, 32x32 images, medians of {} rounds",
+        args.model, args.batch, args.steps, args.rounds
     );
-    println!("| configuration | images/s | ms/step | all-reduce ms/step | all-reduce share |");
-    println!("|---|---|---|---|---|");
-    tch::set_num_threads(n as i32);
-    let one = train_steps(&args, args.batch, None)?;
+    println!("| configuration | images/s | ms/step | all-reduce ms/step (waits included) | share of the step | all-reduce alone, ms |");
+    println!("|---|---|---|---|---|---|");
     row(&format!("1 process x {n} threads"), &args, &one);
-    let many = launch_ranks(&args)?;
     row(&format!("{n} processes x 1 thread"), &args, &many);
     println!(
         "\n{n} processes / 1 process: {:.2}x images/s",
@@ -76,28 +93,37 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// The timing of the median step time.
+fn median(mut v: Vec<Timing>) -> Timing {
+    v.sort_by(|a, b| a.step.total_cmp(&b.step));
+    v[v.len() / 2]
+}
+
 fn row(name: &str, args: &Args, t: &Timing) {
     println!(
-        "| {name} | {:.0} | {:.1} | {:.2} | {:.1}% |",
+        "| {name} | {:.0} | {:.1} | {:.2} | {:.1}% | {:.2} |",
         args.batch as f64 / t.step,
         1e3 * t.step,
         1e3 * t.all_reduce,
-        100.0 * t.all_reduce / t.step
+        100.0 * t.all_reduce / t.step,
+        1e3 * t.transfer
     );
 }
 
-/// Starts `nproc` ranks of this program and returns rank 0's timing (the ranks wait for each
-/// other every step, so their step times agree).
-fn launch_ranks(args: &Args) -> Result<Timing> {
+/// Starts `world` ranks of this program with the same arguments (one process with `--nproc`
+/// threads when `world` is 1) and returns rank 0's timing (the ranks wait for each other every step, so their
+/// step times agree).
+fn launch_ranks(world: usize) -> Result<Timing> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
     let exe = std::env::current_exe()?;
     let mut children = Vec::new();
-    for rank in 0..args.nproc {
+    for rank in 0..world {
         let child = Command::new(&exe)
             .args(std::env::args_os().skip(1))
             .env("BENCH_RANK", rank.to_string())
+            .env("BENCH_WORLD", world.to_string())
             .env("BENCH_PORT", port.to_string())
             .stdout(Stdio::piped())
             .spawn()
@@ -119,21 +145,28 @@ fn launch_ranks(args: &Args) -> Result<Timing> {
             timing = Some(Timing {
                 step: v[0],
                 all_reduce: v[1],
+                transfer: v[2],
             });
         }
     }
     timing.context("no rank 0")
 }
 
-/// One rank: a one-thread process training its part of the global batch.
-fn rank_main(args: &Args, rank: usize) -> Result<()> {
+/// One rank: a one-thread process training its part of the global batch, or (`world` 1) one
+/// process with `args.nproc` threads training all of it.
+fn rank_main(args: &Args, rank: usize, world: usize) -> Result<()> {
     resnext::memory::keep_freed_memory();
-    tch::set_num_threads(1);
-    let port: u16 = std::env::var("BENCH_PORT")?.parse()?;
-    let timeout = Duration::from_secs(120);
-    let group = ProcessGroup::new(rank, args.nproc, "127.0.0.1", port, timeout)?;
-    let t = train_steps(args, args.batch / args.nproc as i64, Some(group))?;
-    println!("{} {}", t.step, t.all_reduce);
+    let t = if world == 1 {
+        tch::set_num_threads(args.nproc as i32);
+        train_steps(args, args.batch, None)?
+    } else {
+        tch::set_num_threads(1);
+        let port: u16 = std::env::var("BENCH_PORT")?.parse()?;
+        let timeout = Duration::from_secs(120);
+        let group = ProcessGroup::new(rank, world, "127.0.0.1", port, timeout)?;
+        train_steps(args, args.batch / world as i64, Some(group))?
+    };
+    println!("{} {} {}", t.step, t.all_reduce, t.transfer);
     Ok(())
 }
 
@@ -149,10 +182,12 @@ fn train_steps(args: &Args, batch: i64, group: Option<ProcessGroup>) -> Result<T
     let mut sgd = Sgd::new(&vs, SgdConfig::default());
     let train = TrainConfig::default();
     let mut step = TrainStep::new(Execution::new(&train, device), 0.0);
-    let reduced = std::rc::Rc::new(std::cell::Cell::new(0.0f64));
-    if let Some(group) = group {
+    let reduced = Rc::new(Cell::new(0.0f64));
+    let group = group.map(Rc::new);
+    if let Some(group) = &group {
         let mut buckets = GradientBuckets::new(sgd.parameters())?;
-        let reduced = std::rc::Rc::clone(&reduced);
+        let reduced = Rc::clone(&reduced);
+        let group = Rc::clone(group);
         step.set_gradient_reducer(Box::new(move |params| {
             let start = Instant::now();
             buckets.average(&group, params)?;
@@ -171,8 +206,31 @@ fn train_steps(args: &Args, batch: i64, group: Option<ProcessGroup>) -> Result<T
         step.run(&net, &mut sgd, &mut None, &images, &labels, 0.01)?;
     }
     let steps = args.steps as f64;
+    let step_time = start.elapsed().as_secs_f64() / steps;
+    let transfer = match &group {
+        Some(group) => all_reduce_alone(group, sgd.parameters(), args.steps)?,
+        None => 0.0,
+    };
     Ok(Timing {
-        step: start.elapsed().as_secs_f64() / steps,
+        step: step_time,
         all_reduce: reduced.get() / steps,
+        transfer,
     })
+}
+
+/// Mean seconds of averaging the gradients of `params` over `group`, `times` times back to
+/// back after a barrier: the communication alone.
+fn all_reduce_alone(
+    group: &ProcessGroup,
+    params: &[(String, Tensor)],
+    times: usize,
+) -> Result<f64> {
+    let mut buckets = GradientBuckets::new(params)?;
+    buckets.average(group, params)?;
+    group.barrier()?;
+    let start = Instant::now();
+    for _ in 0..times {
+        buckets.average(group, params)?;
+    }
+    Ok(start.elapsed().as_secs_f64() / times as f64)
 }
