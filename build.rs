@@ -40,8 +40,6 @@ fn main() {
 /// `scripts/setup-gloo-headers.sh` fills. Fails the build with what to run when neither has them.
 fn gloo_include() -> PathBuf {
     println!("cargo:rerun-if-env-changed=RESNEXT_GLOO_INCLUDE");
-    println!("cargo:rerun-if-env-changed=RESNEXT_CACHE");
-    println!("cargo:rerun-if-env-changed=XDG_CACHE_HOME");
     let has_gloo =
         |dir: &Path| dir.join("gloo/algorithm.h").is_file() && dir.join("gloo/config.h").is_file();
     let from_env = std::env::var_os("RESNEXT_GLOO_INCLUDE").filter(|v| !v.is_empty());
@@ -56,11 +54,7 @@ fn gloo_include() -> PathBuf {
             dir.display()
         );
     }
-    let cache = std::env::var_os("RESNEXT_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("resnext")))
-        .or_else(|| std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache/resnext")));
-    let dir = cache.map(|c| c.join("gloo-headers-20220518/include"));
+    let dir = cache_dir().map(|c| c.join("gloo-headers-20220518/include"));
     match dir {
         Some(dir) if has_gloo(&dir) => dir,
         dir => panic!(
@@ -74,6 +68,17 @@ fn gloo_include() -> PathBuf {
                 .to_string())
         ),
     }
+}
+
+/// The cache folder of the set-up scripts: `RESNEXT_CACHE`, else `$XDG_CACHE_HOME/resnext`,
+/// else `~/.cache/resnext`.
+fn cache_dir() -> Option<PathBuf> {
+    println!("cargo:rerun-if-env-changed=RESNEXT_CACHE");
+    println!("cargo:rerun-if-env-changed=XDG_CACHE_HOME");
+    std::env::var_os("RESNEXT_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("resnext")))
+        .or_else(|| std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache/resnext")))
 }
 
 /// Compiles `csrc/c10d_shim.cpp` (and `csrc/c10d_shim_nccl.cpp` with the `nccl` feature) into a
@@ -117,14 +122,18 @@ fn build_c10d_shim(lib: &Path) {
         let site = root.parent().map(Path::to_path_buf).unwrap_or_default();
         let nccl = site.join("nvidia/nccl/include");
         // CUDA's headers: the wheel's nvidia/cu13/include lacks crt/ and cccl/, which the PyPI
-        // packages nvidia-cuda-crt and nvidia-cuda-cccl add (`pip install --no-deps --target
-        // <site-packages of the wheel> nvidia-cuda-crt==13.0.* nvidia-cuda-cccl==13.0.*`), or
-        // RESNEXT_CUDA_INCLUDE lists the folders (':'-separated).
+        // packages nvidia-cuda-crt and nvidia-cuda-cccl add (scripts/setup-cuda-headers.sh
+        // installs them into the cache), or RESNEXT_CUDA_INCLUDE lists the folders.
         let cuda: Vec<PathBuf> = match std::env::var_os("RESNEXT_CUDA_INCLUDE") {
             Some(list) if !list.is_empty() => std::env::split_paths(&list).collect(),
             _ => {
                 let cu = site.join("nvidia/cu13/include");
-                vec![cu.join("cccl"), cu]
+                let mut dirs = vec![cu.join("cccl"), cu];
+                if let Some(cache) = cache_dir() {
+                    let extra = cache.join("cuda-headers-13.0/nvidia/cu13/include");
+                    dirs.extend([extra.join("cccl"), extra]);
+                }
+                dirs
             }
         };
         if !nccl.join("nccl.h").is_file() {
@@ -137,9 +146,10 @@ fn build_c10d_shim(lib: &Path) {
         for file in ["cuda_runtime_api.h", "crt/host_config.h"] {
             if !cuda.iter().any(|d| d.join(file).is_file()) {
                 panic!(
-                    "the `nccl` feature needs CUDA's headers: no {file} in {cuda:?}. Install the \
-                     nvidia-cuda-crt and nvidia-cuda-cccl wheels (13.0.*) beside torch, or set \
-                     RESNEXT_CUDA_INCLUDE to the folders (':'-separated) that hold CUDA's headers"
+                    "the `nccl` feature needs CUDA's headers: no {file} in {cuda:?}. Run \
+                     scripts/setup-cuda-headers.sh (it installs the nvidia-cuda-crt and \
+                     nvidia-cuda-cccl wheels into the cache), or set RESNEXT_CUDA_INCLUDE to the \
+                     folders (':'-separated) that hold CUDA's headers"
                 );
             }
         }

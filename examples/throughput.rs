@@ -6,6 +6,10 @@
 //! # images/s of training steps over a grid of batch sizes, precisions and layouts
 //! throughput speed --model resnext50_32x4d --device cuda --batch 128,256,512 \
 //!     --precision fp32,bf16 --channels-last off,on --images 10240
+//! # the same through data-parallel training in a one-process group (NCCL on CUDA: built with
+//! # --features nccl; Gloo on the CPU), to measure what the collectives cost
+//! throughput speed --model resnext50_32x4d --device cuda --batch 256 --precision bf16 \
+//!     --data-parallel
 //! # a few epochs on CIFAR-format record files of any length (train.bin, test.bin)
 //! throughput subset --dir cifar-subset --epochs 5 --device cuda
 //! ```
@@ -18,6 +22,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, ensure, Context, Result};
 use clap::{Parser, Subcommand};
 use resnext::data::{Cifar10, CLASS_NAMES, RECORD_BYTES};
+use resnext::distributed::{ProcessGroup, DEFAULT_TIMEOUT};
 use resnext::trainer::{Outcome, Precision, ProgressMode, TrainConfig, Trainer};
 use tch::{Device, Kind, Tensor};
 
@@ -50,6 +55,10 @@ enum Command {
         /// Synthetic training images per epoch.
         #[arg(long, default_value_t = 10240)]
         images: usize,
+        /// Train every setting as rank 0 of a one-process data-parallel group (gradients
+        /// all-reduced every step: NCCL on CUDA, Gloo on the CPU).
+        #[arg(long)]
+        data_parallel: bool,
     },
     /// A short training run on CIFAR-format record files `train.bin` and `test.bin` in a folder.
     Subset {
@@ -101,8 +110,12 @@ fn fit(
     cfg: TrainConfig,
     data: &Cifar10,
     progress: ProgressMode,
+    group: Option<ProcessGroup>,
 ) -> Result<resnext::trainer::Trainer<resnext::ResNeXt>> {
     let mut trainer = Trainer::resnext(cfg)?;
+    if let Some(group) = group {
+        trainer = trainer.data_parallel(group)?;
+    }
     trainer.set_progress(progress);
     let splits = data.splits(trainer.device())?;
     match trainer.fit(&splits)? {
@@ -111,6 +124,15 @@ fn fit(
     }
 }
 
+/// A one-process group on a free local port.
+fn solo_group() -> Result<ProcessGroup> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    Ok(ProcessGroup::new(0, 1, "127.0.0.1", port, DEFAULT_TIMEOUT)?)
+}
+
+#[allow(clippy::too_many_arguments)]
 fn speed(
     model: &str,
     device: &str,
@@ -118,6 +140,7 @@ fn speed(
     precisions: &[String],
     layouts: &[String],
     images: usize,
+    data_parallel: bool,
 ) -> Result<()> {
     let n = images as i64;
     tch::manual_seed(0);
@@ -134,8 +157,12 @@ fn speed(
         Tensor::randint(10, [512], (Kind::Int64, Device::Cpu)),
         CLASS_NAMES.iter().map(|s| s.to_string()).collect(),
     )?;
+    let how = match data_parallel {
+        true => ", as a one-process data-parallel group",
+        false => "",
+    };
     println!(
-        "{model} training on {dev:?}, {images} synthetic images per epoch, 2 epochs per setting"
+        "{model} training on {dev:?}{how}, {images} synthetic images per epoch, 2 epochs per setting"
     );
     println!(
         "{:>6} {:>9} {:>13} {:>10} {:>9}",
@@ -160,15 +187,18 @@ fn speed(
                     eval_every: 2,
                     ..TrainConfig::default()
                 };
-                let trainer = fit(cfg, &data, ProgressMode::Silent)?;
+                let group = data_parallel.then(solo_group).transpose()?;
+                let trainer = fit(cfg, &data, ProgressMode::Silent, group)?;
                 let rate = trainer.state().metrics[1].train_images_per_sec;
                 let tflops = rate * gflops * 3.0 / 1e3;
                 println!("{batch:>6} {p:>9} {l:>13} {rate:>10.0} {tflops:>9.1}");
                 println!(
                     "RESULT {}",
-                    serde_json::json!({"impl": "resnext-rs", "model": model, "batch": batch,
+                    serde_json::json!({"impl": if data_parallel { "resnext-rs-ddp" } else { "resnext-rs" },
+                        "model": model, "batch": batch,
                         "precision": p, "channels_last": cl, "images_per_sec": rate,
-                        "tflops": tflops, "device": format!("{dev:?}")})
+                        "tflops": tflops, "device": format!("{dev:?}"),
+                        "data_parallel": data_parallel})
                 );
             }
         }
@@ -207,7 +237,7 @@ fn subset(
         device: device.into(),
         ..TrainConfig::default()
     };
-    let trainer = fit(cfg, &data, ProgressMode::Lines)?;
+    let trainer = fit(cfg, &data, ProgressMode::Lines, None)?;
     let last = trainer.state().metrics.last().context("no epoch ran")?;
     println!(
         "RESULT {}",
@@ -226,7 +256,16 @@ fn main() -> Result<()> {
             precision,
             channels_last,
             images,
-        } => speed(&model, &device, &batch, &precision, &channels_last, images),
+            data_parallel,
+        } => speed(
+            &model,
+            &device,
+            &batch,
+            &precision,
+            &channels_last,
+            images,
+            data_parallel,
+        ),
         Command::Subset {
             dir,
             model,

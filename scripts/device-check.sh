@@ -2,13 +2,16 @@
 # The GPU check of this crate, for a lent GPU machine (H100 / H200, PyTorch 2.11.0+cu130, no
 # Rust, no network, 64 MiB carried, <= 8 minutes).
 #
-#   scripts/device-check.sh prepare   here: release build of examples/throughput (stripped) and a
+#   scripts/device-check.sh prepare   here: release build of examples/throughput (stripped, with
+#                                     the `nccl` feature: scripts/setup-cuda-headers.sh) and a
 #                                     CIFAR-10 subset (10,000 train + 2,000 test images) into
 #                                     device-kit/ (git-ignored, about 42 MB)
 #   scripts/device-check.sh run       there, from the repository root with device-kit/ carried:
 #                                     (1) the GPU CUDA sees, (2) our training images/s of
 #                                     resnext50_32x4d (CIFAR) at batch 128/256/512, fp32/bf16,
-#                                     channels-last off/on, (3) PyTorch's tutorial pipeline and a
+#                                     channels-last off/on, then the first batch size in bf16
+#                                     as a one-process data-parallel group (NCCL all-reduce every
+#                                     step), (3) PyTorch's tutorial pipeline and a
 #                                     GPU-resident eager bf16 channels-last pipeline, (4) 5 epochs
 #                                     on the subset with test accuracy, (5) one table with TFLOP/s
 #   scripts/device-check.sh smoke     here, on the CPU: every part at toy sizes, to check the
@@ -29,8 +32,9 @@ prepare() {
         echo "error: no CIFAR-10 in $data; run scripts/train.sh --download --epochs 1 --limit-train 1 first, or set DATA_DIR" >&2
         exit 1
     }
-    say "building examples/throughput (release)"
-    cargo build --release --example throughput
+    eval "$(bash scripts/setup-cuda-headers.sh | tail -n1)"
+    say "building examples/throughput (release, --features nccl)"
+    cargo build --release --features nccl --example throughput
     mkdir -p "$kit/cifar-subset"
     strip -o "$kit/throughput" target/release/examples/throughput
     head -c $((10000 * 3073)) "$data/data_batch_1.bin" > "$kit/cifar-subset/train.bin"
@@ -56,6 +60,9 @@ run_all() {   # $1 = device, then sizes
     say "2/5 resnext-rs training images/s"
     timeout $((240 * t)) "$kit/throughput" speed --model "$model" --device "$device" --batch "$batches" \
         --precision fp32,bf16 --channels-last off,on --images "$images" | tee "$out/ours.log" || echo "(step 2 failed or timed out)"
+    timeout $((90 * t)) "$kit/throughput" speed --model "$model" --device "$device" --batch "${batches%%,*}" \
+        --precision bf16 --channels-last on --images "$images" --data-parallel | tee -a "$out/ours.log" \
+        || echo "(step 2, data-parallel, failed or timed out)"
 
     say "3/5 PyTorch references (tutorial pipeline, GPU-resident eager bf16 channels-last)"
     timeout $((150 * t)) python3 scripts/device/reference.py --data "$kit/cifar-subset/train.bin" --device "$device" \

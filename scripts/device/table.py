@@ -36,6 +36,12 @@ def main():
             same = [o["images_per_sec"] for o in ours if o["batch"] == r["batch"]]
             if same:
                 print(f"\nbatch {r['batch']}: best resnext-rs / {ref} = {max(same) / r['images_per_sec']:.2f}x", end="")
+    for r in [r for r in speed if r["impl"] == "resnext-rs-ddp"]:
+        same = [o["images_per_sec"] for o in ours if o["batch"] == r["batch"]
+                and o["precision"] == r["precision"] and o["channels_last"] == r["channels_last"]]
+        if same:
+            print(f"\nbatch {r['batch']} {r['precision']}: one-process data-parallel group "
+                  f"(NCCL on CUDA) / plain trainer = {r['images_per_sec'] / same[0]:.2f}x", end="")
     print()
     for r in rows:
         if "test_acc" in r:
