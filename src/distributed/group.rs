@@ -76,7 +76,7 @@ impl std::fmt::Debug for ProcessGroup {
 
 impl ProcessGroup {
     /// Joins the group that the torchrun environment describes (see [`DistEnv`]), with
-    /// `timeout` for joining and for every collective ([`DEFAULT_TIMEOUT`] is a good default).
+    /// `timeout` for joining and for every collective ([`DEFAULT_TIMEOUT`](super::DEFAULT_TIMEOUT) is a good default).
     ///
     /// Fails with [`DistError::Env`] when the environment is not a distributed launch
     /// (`WORLD_SIZE` unset) or is inconsistent. Under torchrun's agent store

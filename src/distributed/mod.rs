@@ -1,9 +1,9 @@
 //! Collectives across processes, GPUs and machines on libtorch's own c10d, the engine of
 //! torch.distributed: Gloo for CPU tensors, NCCL for CUDA tensors.
 //!
-//! This is the foundation of data-parallel training: a [`ProcessGroup`] joined from the torchrun
-//! environment ([`ProcessGroup::from_env`], [`DistEnv`]) or from explicit values
-//! ([`ProcessGroup::new`]), with
+//! This is what data-parallel training ([`Trainer::data_parallel`](crate::trainer::Trainer::data_parallel))
+//! runs on: a [`ProcessGroup`] joined from the torchrun environment ([`ProcessGroup::from_env`],
+//! [`DistEnv`]) or from explicit values ([`ProcessGroup::new`]), with
 //!
 //! * [`all_reduce_sum`](ProcessGroup::all_reduce_sum) / [`all_reduce_mean`](ProcessGroup::all_reduce_mean)
 //!   in place, for large flat buffers (gradient buckets) as for single values;

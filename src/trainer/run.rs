@@ -526,7 +526,9 @@ impl<M: ModuleT> Trainer<M> {
 
     /// Calls `hook` on every training step between backward and the optimiser update, with
     /// the trainable parameters and their gradients (see [`GradientHook`](super::GradientHook)):
-    /// the place for a gradient all-reduce or clipping.
+    /// the place for gradient clipping, or your own all-reduce. In a data-parallel run
+    /// ([`Trainer::data_parallel`]) the hook sees the gradients already averaged over the
+    /// ranks.
     pub fn on_gradients(
         &mut self,
         hook: impl FnMut(&[(String, Tensor)]) -> Result<(), TrainError> + 'static,
