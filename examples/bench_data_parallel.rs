@@ -90,6 +90,15 @@ fn main() -> Result<()> {
         "\n{n} processes / 1 process: {:.2}x images/s",
         one.step / many.step
     );
+    for (name, t) in [("resnext-rs-1proc", one), ("resnext-rs-ddp", many)] {
+        println!(
+            "RESULT {{\"impl\": \"{name}\", \"model\": \"{}\", \"batch\": {}, \"images_per_sec\": {}, \"all_reduce_alone_ms\": {}}}",
+            args.model,
+            args.batch,
+            args.batch as f64 / t.step,
+            1e3 * t.transfer
+        );
+    }
     Ok(())
 }
 
