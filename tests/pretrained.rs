@@ -23,7 +23,8 @@ use tch::{nn, Device, Kind, Tensor};
 
 /// Perturbs every floating-point tensor of each safetensors file given and writes, beside it,
 /// `.zip.pth` (`torch.save` of the OrderedDict, as `model.state_dict()` returns),
-/// `.legacy.pth` (`_use_new_zipfile_serialization=False`) and `.pt.safetensors`.
+/// `.legacy.pth` (`_use_new_zipfile_serialization=False`), `.pt.safetensors` and `.ddp.pth`
+/// (the names a model wrapped in `DistributedDataParallel` saves, under `module.`).
 const CONVERT: &str = r#"
 import collections, sys, torch
 from safetensors.torch import load_file, save_file
@@ -38,7 +39,10 @@ for src in sys.argv[1:]:
     torch.save(state_dict, base + ".zip.pth")
     torch.save(state_dict, base + ".legacy.pth", _use_new_zipfile_serialization=False)
     save_file(state_dict, base + ".pt.safetensors")
-print("wrote", len(sys.argv) - 1, "state dicts in 3 formats")
+    # DistributedDataParallel(model).state_dict(): every name under `module.`.
+    ddp = collections.OrderedDict(("module." + k, v) for k, v in state_dict.items())
+    torch.save(ddp, base + ".ddp.pth")
+print("wrote", len(sys.argv) - 1, "state dicts in 4 formats")
 "#;
 
 /// Random weights of `config`, saved by us.
@@ -101,7 +105,7 @@ fn is_classifier(name: &str) -> bool {
 #[test]
 fn pth_zip_legacy_and_safetensors_load_strictly_with_a_fresh_classifier() {
     let expected = reference("cifar10");
-    for format in ["zip.pth", "legacy.pth", "pt.safetensors"] {
+    for format in ["zip.pth", "legacy.pth", "pt.safetensors", "ddp.pth"] {
         let path = pytorch_files().join(format!("cifar10.{format}"));
         let config = ResNeXtConfig::tiny(3);
         let (mut vs, initial) = seeded_model(&config);

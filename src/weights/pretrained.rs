@@ -84,17 +84,37 @@ fn read_pytorch(path: &Path) -> Result<TensorFile, WeightsError> {
 
 /// Reads a `state_dict` from a safetensors file or a PyTorch `torch.save(model.state_dict())`
 /// file (zip format of PyTorch >= 1.6, or the legacy format of `_use_new_zipfile_serialization
-/// =False`), told apart by their first bytes, not their names. Tensors are on the CPU.
+/// =False`), told apart by their first bytes, not their names. Tensors are on the CPU. The
+/// `module.` prefix of a model saved inside `DistributedDataParallel` is removed when every
+/// name has it.
 ///
 /// # Errors
 /// [`WeightsError::Io`] naming the file when it cannot be read (or is a corrupt safetensors
 /// file), [`WeightsError::Pytorch`] when it is neither safetensors nor a PyTorch file of
 /// tensors (a whole pickled model or a checkpoint dictionary are refused there too).
 pub fn read_state_dict(path: &Path) -> Result<TensorFile, WeightsError> {
-    if is_safetensors(path)? {
-        Ok(read_safetensors(path)?)
+    let mut file = if is_safetensors(path)? {
+        read_safetensors(path)?
     } else {
-        read_pytorch(path)
+        read_pytorch(path)?
+    };
+    strip_ddp_prefix(&mut file);
+    Ok(file)
+}
+
+/// The prefix PyTorch's `DistributedDataParallel` (and `DataParallel`) put before every name
+/// of the wrapped model's `state_dict()`.
+const DDP_PREFIX: &str = "module.";
+
+/// Removes [`DDP_PREFIX`] when every tensor name has it (a `state_dict` saved from a wrapped
+/// model), so that the names are the model's own.
+fn strip_ddp_prefix(file: &mut TensorFile) {
+    let all =
+        !file.tensors.is_empty() && file.tensors.iter().all(|(n, _)| n.starts_with(DDP_PREFIX));
+    if all {
+        for (name, _) in &mut file.tensors {
+            name.drain(..DDP_PREFIX.len());
+        }
     }
 }
 
