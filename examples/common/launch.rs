@@ -41,7 +41,8 @@ pub fn is_rank() -> bool {
 /// `MASTER_ADDR` = 127.0.0.1, `MASTER_PORT` = a free port), the same arguments but `--nproc`,
 /// and the CPU's threads shared between them (`OMP_NUM_THREADS`, unless set). Ctrl-C is
 /// passed on to every rank (each saves its checkpoint at the same batch); when one rank fails,
-/// the others are stopped (SIGTERM, then SIGKILL after 10 s) and its exit code is returned.
+/// the others are stopped (SIGTERM, then SIGKILL after 10 s) and its exit code is returned;
+/// when the launcher itself dies, every rank gets SIGTERM.
 pub fn launch_local(nproc: usize) -> Result<ExitCode> {
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -67,6 +68,15 @@ pub fn launch_local(nproc: usize) -> Result<ExitCode> {
         // Its own process group: a terminal's Ctrl-C reaches the launcher only, which passes
         // it on once to every rank.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
+        // which is async-signal-safe. A rank gets SIGTERM when the launcher dies, even by
+        // SIGKILL, so no rank is left training alone.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
         match cmd.spawn() {
             Ok(child) => children.push(child),
             Err(e) => {
