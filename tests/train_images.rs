@@ -366,11 +366,44 @@ fn the_cli_launches_two_processes_and_stops_both_when_one_dies() {
     assert!(text.contains("--nproc 2"), "{text}");
 
     // A rank killed mid-run: the launcher stops the other and fails at once.
-    let long = tmp.path().join("long");
-    let mut launcher = Command::new(common::example("train_images"))
+    let (mut launcher, ranks) = long_run(d, &tmp.path().join("long"));
+    let killed = std::time::Instant::now();
+    let _ = Command::new("kill")
+        .args(["-9", &ranks[1].to_string()])
+        .status();
+    let status = launcher.wait().unwrap();
+    let took = killed.elapsed();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut launcher.stderr.take().unwrap(), &mut text).unwrap();
+    assert!(!status.success(), "{text}");
+    assert!(text.contains("rank 1 failed"), "{text}");
+    assert!(
+        took.as_secs() < 15,
+        "the launcher took {took:?} to stop: {text}"
+    );
+    assert!(children(launcher.id()).is_empty(), "ranks left running");
+
+    // The launcher killed: its ranks end too.
+    let (mut launcher, ranks) = long_run(d, &tmp.path().join("orphans"));
+    launcher.kill().unwrap();
+    launcher.wait().unwrap();
+    let killed = std::time::Instant::now();
+    while ranks.iter().any(|&pid| running(pid)) {
+        assert!(
+            killed.elapsed().as_secs() < 15,
+            "ranks {ranks:?} outlive their launcher"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// A 1000-epoch `--nproc 2` run of the folder `data` into `out`, once its first epoch is done:
+/// the launcher and its two ranks.
+fn long_run(data: &str, out: &Path) -> (std::process::Child, Vec<u32>) {
+    let launcher = Command::new(common::example("train_images"))
         .args([
             "--data-dir",
-            d,
+            data,
             "--image-size",
             "32",
             "--nproc",
@@ -387,13 +420,13 @@ fn the_cli_launches_two_processes_and_stops_both_when_one_dies() {
             "cpu",
             "--quiet",
         ])
-        .args(["--out", long.to_str().unwrap()])
+        .args(["--out", out.to_str().unwrap()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let started = std::time::Instant::now();
-    while !long.join("metrics.jsonl").exists() {
+    while !out.join("metrics.jsonl").exists() {
         assert!(
             started.elapsed().as_secs() < 120,
             "no epoch done in 2 minutes"
@@ -402,21 +435,15 @@ fn the_cli_launches_two_processes_and_stops_both_when_one_dies() {
     }
     let ranks = children(launcher.id());
     assert_eq!(ranks.len(), 2, "the launcher's children: {ranks:?}");
-    let killed = std::time::Instant::now();
-    let _ = Command::new("kill")
-        .args(["-9", &ranks[1].to_string()])
-        .status();
-    let status = launcher.wait().unwrap();
-    let took = killed.elapsed();
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut launcher.stderr.take().unwrap(), &mut text).unwrap();
-    assert!(!status.success(), "{text}");
-    assert!(text.contains("rank 1 failed"), "{text}");
-    assert!(
-        took.as_secs() < 15,
-        "the launcher took {took:?} to stop: {text}"
-    );
-    assert!(children(launcher.id()).is_empty(), "ranks left running");
+    (launcher, ranks)
+}
+
+/// Whether process `pid` exists and is not a zombie (ended, not yet reaped).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+        !s.lines()
+            .any(|l| l.starts_with("State:") && l.contains('Z'))
+    })
 }
 
 /// The PIDs of `pid`'s children, oldest first.
