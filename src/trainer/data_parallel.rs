@@ -1,6 +1,6 @@
 //! The trainer's side of data-parallel training (see [`Trainer::data_parallel`]): agreeing on
 //! the run at start, the gradient reducer, and the few collectives of the loop (metric sums,
-//! stop and divergence decisions, rank 0's model before an evaluation).
+//! stop and divergence decisions, rank 0's buffers before an evaluation).
 //!
 //! [`Trainer::data_parallel`]: super::Trainer::data_parallel
 use std::rc::Rc;
@@ -64,7 +64,7 @@ impl DataParallel {
         let words =
             [&hash[..8], &hash[8..]].map(|h| i64::from_le_bytes(h.try_into().unwrap_or_default()));
         self.agree("the training configuration", &words, |r| {
-            format!("rank {r} was started with another configuration than rank 0 (compare their config.json or flags); start every rank with the same command")
+            format!("rank {r} was started with another configuration than rank 0 (compare the flags each was started with); start every rank with the same command")
         })
     }
 
