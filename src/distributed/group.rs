@@ -154,7 +154,12 @@ impl ProcessGroup {
         } else {
             format!("{prefix}/resnext/{n}")
         };
-        let prefix = CString::new(prefix).expect("no NUL");
+        let prefix = CString::new(prefix).map_err(|e| {
+            DistError::InvalidArgument(format!(
+                "store prefix {:?} contains NUL",
+                String::from_utf8_lossy(&e.into_vec())
+            ))
+        })?;
         let mut raw_store = std::ptr::null_mut();
         ffi::call(|err| unsafe {
             ffi::rx_store_create(
@@ -169,7 +174,7 @@ impl ProcessGroup {
             )
         })
         .map_err(|e| store_error(e, rank, addr, port, is_server, timeout))?;
-        let store = Store(NonNull::new(raw_store).expect("rx_store_create returned null"));
+        let store = Store(non_null(raw_store, rank, "create the rendezvous store")?);
         let gloo = create_backend(&store, Backend::Gloo, rank, world_size, timeout)?;
         Ok(ProcessGroup {
             rank,
@@ -325,16 +330,17 @@ impl ProcessGroup {
                         return Err(DistError::NoCuda);
                     }
                     let mut nccl = self.nccl.lock().unwrap_or_else(|e| e.into_inner());
-                    if nccl.is_none() {
-                        *nccl = Some(create_backend(
+                    let group = match &mut *nccl {
+                        Some(group) => group,
+                        slot @ None => slot.insert(create_backend(
                             &self.store,
                             Backend::Nccl,
                             self.rank,
                             self.world_size,
                             self.timeout,
-                        )?);
-                    }
-                    f(nccl.as_ref().expect("just set").0.as_ptr())
+                        )?),
+                    };
+                    f(group.0.as_ptr())
                 }
             }
         }
@@ -354,48 +360,47 @@ fn create_backend(
     timeout: Duration,
 ) -> Result<Group, DistError> {
     let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
-    let prefix = CString::new(match backend {
-        Backend::Gloo => "gloo",
-        Backend::Nccl => "nccl",
-    })
-    .expect("no NUL");
+    let prefix = match backend {
+        Backend::Gloo => c"gloo",
+        Backend::Nccl => c"nccl",
+    };
     let mut raw_store = std::ptr::null_mut();
     ffi::call(|err| unsafe {
         ffi::rx_store_prefixed(store.0.as_ptr(), prefix.as_ptr(), &mut raw_store, err)
     })
     .map_err(|e| classify(e, rank, "set up the process group", backend, timeout))?;
-    let sub = Store(NonNull::new(raw_store).expect("rx_store_prefixed returned null"));
-    let mut raw = std::ptr::null_mut();
-    let result = match backend {
-        Backend::Gloo => ffi::call(|err| unsafe {
-            ffi::rx_group_gloo_create(
-                sub.0.as_ptr(),
-                rank as c_int,
-                world_size as c_int,
-                timeout_ms,
-                &mut raw,
-                err,
-            )
-        }),
+    let sub = Store(non_null(raw_store, rank, "set up the process group")?);
+    let create = match backend {
+        Backend::Gloo => ffi::rx_group_gloo_create,
         #[cfg(feature = "nccl")]
-        Backend::Nccl => ffi::call(|err| unsafe {
-            ffi::rx_group_nccl_create(
-                sub.0.as_ptr(),
-                rank as c_int,
-                world_size as c_int,
-                timeout_ms,
-                &mut raw,
-                err,
-            )
-        }),
+        Backend::Nccl => ffi::rx_group_nccl_create,
         #[cfg(not(feature = "nccl"))]
         Backend::Nccl => return Err(DistError::NcclUnavailable),
     };
-    result.map_err(|e| classify(e, rank, "set up the process group", backend, timeout))?;
+    let mut raw = std::ptr::null_mut();
+    ffi::call(|err| unsafe {
+        create(
+            sub.0.as_ptr(),
+            rank as c_int,
+            world_size as c_int,
+            timeout_ms,
+            &mut raw,
+            err,
+        )
+    })
+    .map_err(|e| classify(e, rank, "set up the process group", backend, timeout))?;
     // The backend holds its own reference to the (prefixed) store; `sub` can go.
-    Ok(Group(
-        NonNull::new(raw).expect("rx_group_create returned null"),
-    ))
+    Ok(Group(non_null(raw, rank, "set up the process group")?))
+}
+
+/// A handle the shim returned with success: never null, unless the shim is broken, which is
+/// then an error rather than a crash.
+fn non_null<T>(raw: *mut T, rank: usize, op: &'static str) -> Result<NonNull<T>, DistError> {
+    NonNull::new(raw).ok_or_else(|| DistError::Failed {
+        rank,
+        op,
+        detail: "the c10d shim returned no handle".into(),
+    })
 }
 
 /// True when `message` (lower-cased) contains one of `needles`.
