@@ -5,6 +5,7 @@
 //! cargo run --release --example train_cifar10 -- --model tiny --epochs 5        # a quick CPU run
 //! cargo run --release --example train_cifar10 -- --resume runs/tiny-seed1       # continue a run
 //! cargo run --release --example train_cifar10 -- --model tiny --nproc 2         # 2 processes
+//! cargo run --release --example train_cifar10 -- --pretrained w.safetensors --epochs 30 --lr 0.01
 //! ```
 //!
 //! Settings come from the defaults, then `--config FILE` (JSON), then the flags given. Bad values

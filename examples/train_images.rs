@@ -63,13 +63,6 @@ struct Args {
     /// stopping at the first one. Decodes every file once at start.
     #[arg(long, conflicts_with = "resume")]
     skip_bad_images: bool,
-    /// Start from these weights (safetensors, or a PyTorch .pth state dict with torchvision's
-    /// names); the classifier is replaced when the class count differs.
-    #[arg(long, value_name = "FILE", conflicts_with = "resume")]
-    pretrained: Option<PathBuf>,
-    /// Train the classifier only (with --pretrained, the usual quick fine-tune).
-    #[arg(long, conflicts_with = "resume")]
-    freeze_backbone: bool,
     #[command(flatten)]
     train: TrainFlags,
 }
@@ -86,8 +79,6 @@ fn new_config(args: &Args, classes: usize) -> Result<TrainConfig, TrainError> {
         Recipe::ImageNet { .. } => Stem::ImageNet,
         Recipe::Small { .. } => Stem::Cifar,
     });
-    cfg.pretrained = args.pretrained.as_deref().map(absolute);
-    cfg.freeze_backbone = args.freeze_backbone;
     let dir = args.data_dir.as_deref().map(absolute);
     cfg.data = DataLocation {
         dir,

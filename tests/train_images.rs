@@ -395,6 +395,24 @@ fn the_cli_launches_two_processes_and_stops_both_when_one_dies() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+
+    // Ctrl-C to the launcher: passed on, both ranks save at the same batch and stop; the
+    // launcher exits with 130 and says how to continue.
+    let (launcher, ranks) = long_run(d, &tmp.path().join("interrupted"));
+    let _ = Command::new("kill")
+        .args(["-INT", &launcher.id().to_string()])
+        .status();
+    let out = launcher.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(130), "{text}");
+    assert!(text.contains("passed on to every rank"), "{text}");
+    assert!(text.contains("--nproc 2"), "{text}");
+    assert!(ranks.iter().all(|&pid| !running(pid)), "{text}");
+    assert!(tmp
+        .path()
+        .join("interrupted/checkpoint.safetensors")
+        .exists());
 }
 
 /// A 1000-epoch `--nproc 2` run of the folder `data` into `out`, once its first epoch is done:
@@ -421,7 +439,7 @@ fn long_run(data: &str, out: &Path) -> (std::process::Child, Vec<u32>) {
             "--quiet",
         ])
         .args(["--out", out.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();

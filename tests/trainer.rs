@@ -780,6 +780,85 @@ fn write_zero_cifar10(dir: &Path) {
     }
 }
 
+/// `train_cifar10 ARGS --quiet` run in `cwd`: whether it succeeded, and stderr + stdout.
+fn train_cifar10(cwd: &Path, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(common::example("train_cifar10"))
+        .current_dir(cwd)
+        .args(args)
+        .arg("--quiet")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    (out.status.success(), text)
+}
+
+/// A one-epoch tiny CPU run on 64 training and 32 test images.
+const QUICK_RUN: [&str; 12] = [
+    "--model",
+    "tiny",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "32",
+    "--limit-train",
+    "64",
+    "--limit-test",
+    "32",
+    "--device",
+    "cpu",
+];
+
+#[test]
+fn train_cifar10_starts_from_another_runs_weights_with_the_backbone_frozen() {
+    let root = tempfile::tempdir().unwrap();
+    write_zero_cifar10(&root.path().join("data"));
+    let cli = |args: &[&str]| {
+        let args = [&QUICK_RUN[..], &["--data-dir", "data"], args].concat();
+        let (ok, text) = train_cifar10(root.path(), &args);
+        assert!(ok, "{args:?}: {text}");
+    };
+    cli(&["--out", "first"]);
+    // A relative path, recorded absolute so that a resume from elsewhere finds it.
+    let pretrained = "first/last.safetensors";
+    cli(&[
+        "--out",
+        "second",
+        "--pretrained",
+        pretrained,
+        "--freeze-backbone",
+        "--seed",
+        "2",
+    ]);
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.path().join("second/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["freeze_backbone"], true, "{config}");
+    let recorded = std::path::PathBuf::from(config["pretrained"].as_str().unwrap());
+    assert_eq!(recorded, root.path().join(pretrained), "{config}");
+    let read = |run: &str| -> BTreeMap<String, Tensor> {
+        Tensor::read_safetensors(root.path().join(run).join("last.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect()
+    };
+    let (first, second) = (read("first"), read("second"));
+    assert_eq!(first.len(), second.len());
+    for (name, a) in &first {
+        if name.ends_with("num_batches_tracked") {
+            continue; // the steps of the run that wrote the file
+        }
+        // fc trains; BN running statistics move in training mode, as in PyTorch.
+        let trained = name.starts_with("fc.") || name.contains("running_");
+        assert_eq!(
+            a.equal(&second[name]),
+            !trained,
+            "{name}: trained {trained}"
+        );
+    }
+}
+
 #[test]
 fn a_resumed_run_finds_its_data_where_it_was_trained_from() {
     let root = tempfile::tempdir().unwrap();
@@ -787,40 +866,11 @@ fn a_resumed_run_finds_its_data_where_it_was_trained_from() {
     let elsewhere = root.path().join("elsewhere");
     std::fs::create_dir_all(&elsewhere).unwrap();
     let run_dir = root.path().join("run");
-    let cli = |cwd: &Path, args: &[&str]| {
-        let out = std::process::Command::new(common::example("train_cifar10"))
-            .current_dir(cwd)
-            .args(args)
-            .arg("--quiet")
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stderr).into_owned()
-            + &String::from_utf8_lossy(&out.stdout);
-        (out.status.success(), text)
-    };
+    let cli = train_cifar10;
     let run = run_dir.to_str().unwrap();
     // A relative --data-dir, resolved against the directory the run started in.
-    let (ok, text) = cli(
-        root.path(),
-        &[
-            "--model",
-            "tiny",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "32",
-            "--limit-train",
-            "64",
-            "--limit-test",
-            "32",
-            "--device",
-            "cpu",
-            "--data-dir",
-            "data_a",
-            "--out",
-            run,
-        ],
-    );
+    let args = [&QUICK_RUN[..], &["--data-dir", "data_a", "--out", run]].concat();
+    let (ok, text) = cli(root.path(), &args);
     assert!(ok, "{text}");
     // Resumed from another directory, with no data flag: the run's own data is used.
     let (ok, text) = cli(&elsewhere, &["--resume", run]);

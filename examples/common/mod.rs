@@ -95,6 +95,14 @@ pub struct TrainFlags {
     /// Seconds a data-parallel collective may wait for the other processes [default: 300].
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     pub dist_timeout: u64,
+    /// Start from these weights (safetensors, or a PyTorch .pth state dict with torchvision's
+    /// names, e.g. another run's last.safetensors); the file fixes the stem, and the
+    /// classifier is replaced when its class count differs.
+    #[arg(long, value_name = "FILE", conflicts_with = "resume")]
+    pub pretrained: Option<PathBuf>,
+    /// Train the classifier only (with --pretrained, the usual quick fine-tune).
+    #[arg(long, conflicts_with = "resume")]
+    pub freeze_backbone: bool,
 }
 
 /// How a training program goes on after [`start`].
@@ -159,6 +167,10 @@ impl TrainFlags {
             };
         }
         cfg.nesterov |= self.nesterov;
+        cfg.freeze_backbone |= self.freeze_backbone;
+        if let Some(path) = &self.pretrained {
+            cfg.pretrained = Some(std::path::absolute(path).unwrap_or_else(|_| path.clone()));
+        }
         cfg.limit_train = self.limit_train.or(cfg.limit_train);
         cfg.limit_test = self.limit_test.or(cfg.limit_test);
         Ok(cfg)
@@ -335,8 +347,13 @@ pub fn train(mut trainer: Trainer<ResNeXt>, data: &DataSplits, quiet: bool) -> R
             ExitCode::SUCCESS
         }
         Outcome::Stopped { saved, .. } => {
-            if saved {
-                println!("continue with --resume {}", dir.display());
+            match (saved, trainer.world_size()) {
+                (false, _) => {}
+                (true, 1) => println!("continue with --resume {}", dir.display()),
+                (true, n) => println!(
+                    "continue with --resume {} --nproc {n} (or torchrun with {n} processes)",
+                    dir.display()
+                ),
             }
             ExitCode::from(130)
         }
