@@ -435,6 +435,7 @@ fn cli_rejects_bad_values_with_exit_code_2() {
         (vec!["--device", "tpu"], "cpu, cuda or cuda:N"),
         (vec!["--device", "cuda:7"], "not available"),
         (vec!["--batch-size", "many"], "batch-size"),
+        (vec!["--nproc", "0"], "at least 1"),
     ] {
         let out = std::process::Command::new(&bin)
             .args(&args)
@@ -445,6 +446,39 @@ fn cli_rejects_bad_values_with_exit_code_2() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+    // Inconsistent torchrun variables are usage errors too.
+    fn rank(rank: &str) -> [(&str, &str); 3] {
+        [
+            ("WORLD_SIZE", "2"),
+            ("RANK", rank),
+            ("MASTER_ADDR", "127.0.0.1"),
+        ]
+    }
+    for (env, args, needle) in [
+        (
+            &rank("3")[..],
+            &["--model", "tiny"][..],
+            "RANK=3 is not below WORLD_SIZE=2",
+        ),
+        (&rank("0")[..], &["--model", "tiny"][..], "MASTER_PORT"),
+        (
+            &rank("1")[..],
+            &["--nproc", "2"][..],
+            "inside a launched rank",
+        ),
+    ] {
+        let out = std::process::Command::new(&bin)
+            .envs(env.iter().copied())
+            .env_remove("MASTER_PORT")
+            .args(args)
+            .arg("--out")
+            .arg(out_dir.path().join("run"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{env:?}: {stderr}");
+        assert!(stderr.contains(needle), "{env:?}: {stderr}");
     }
     assert!(
         !out_dir.path().join("run").exists(),

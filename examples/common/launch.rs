@@ -7,8 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use resnext::distributed::{DistEnv, ProcessGroup};
+
+use super::Usage;
 
 /// How long the other ranks get to exit after one failed, before they are killed.
 const GRACE: Duration = Duration::from_secs(10);
@@ -179,10 +181,13 @@ fn exit_code_of(status: ExitStatus) -> ExitCode {
 /// Checks a `--nproc` value: at least 1, and not inside a launched rank.
 pub fn check_nproc(nproc: usize) -> Result<()> {
     if nproc == 0 {
-        bail!("--nproc must be at least 1");
+        return Err(Usage("--nproc must be at least 1".into()).into());
     }
     if nproc > 1 && is_rank() {
-        bail!("--nproc cannot be used inside a launched rank (WORLD_SIZE is set): use one launcher, torchrun or --nproc");
+        return Err(Usage(
+            "--nproc cannot be used inside a launched rank (WORLD_SIZE is set): use one launcher, torchrun or --nproc".into(),
+        )
+        .into());
     }
     Ok(())
 }

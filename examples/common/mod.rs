@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use resnext::data::DataSplits;
-use resnext::distributed::{DistEnv, ProcessGroup};
+use resnext::distributed::{DistEnv, EnvError, ProcessGroup};
 use resnext::resnext::MODEL_NAMES;
 use resnext::trainer::{
     Outcome, ProgressMode, TrainConfig, TrainError, Trainer, PRECISION_NAMES, SCHEDULE_NAMES,
@@ -360,13 +360,27 @@ pub fn train(mut trainer: Trainer<ResNeXt>, data: &DataSplits, quiet: bool) -> R
     })
 }
 
-/// Runs `main`, printing an error chain and exiting 1 when it fails.
+/// A mistake in how the program was started (its flags or the torchrun variables): exit code 2.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// Runs `main`, printing an error chain and exiting 2 for a usage mistake ([`Usage`], or
+/// inconsistent torchrun variables), 1 for any other failure.
 pub fn exit_code(result: Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", resnext::error_report(e.as_ref()));
-            ExitCode::FAILURE
+            let usage = e.chain().any(|c| c.is::<Usage>() || c.is::<EnvError>());
+            ExitCode::from(if usage { 2 } else { 1 })
         }
     }
 }
