@@ -23,12 +23,32 @@ use tch::{nn, Device, Kind, Tensor};
 
 /// Perturbs every floating-point tensor of each safetensors file given and writes, beside it,
 /// `.zip.pth` (`torch.save` of the OrderedDict, as `model.state_dict()` returns),
-/// `.legacy.pth` (`_use_new_zipfile_serialization=False`), `.pt.safetensors` and `.ddp.pth`
-/// (the names a model wrapped in `DistributedDataParallel` saves, under `module.`).
+/// `.legacy.pth` (`_use_new_zipfile_serialization=False`), `.pt.safetensors`, `.ddp.pth`
+/// (the names a model wrapped in `DistributedDataParallel` saves, under `module.`), and what
+/// training scripts save: `.checkpoint.pth` (`{"model": .., "optimizer": ..}`), `.ema.pth`
+/// (`{"state_dict": DDP names, "state_dict_ema": other values}`), `.wrapped.safetensors`
+/// (names under `model.`) and `.whole.pth` (`torch.save(model)`).
 const CONVERT: &str = r#"
 import collections, sys, torch
 from safetensors.torch import load_file, save_file
 gen = torch.Generator().manual_seed(0)
+
+def as_module(state_dict):
+    """A torch.nn.Module with these parameters and buffers, as torch.save(model) pickles it."""
+    root = torch.nn.Module()
+    for name, t in state_dict.items():
+        *path, leaf = name.split(".")
+        m = root
+        for part in path:
+            if part not in m._modules:
+                m.add_module(part, torch.nn.Module())
+            m = m._modules[part]
+        if t.is_floating_point() and not leaf.startswith("running_"):
+            m.register_parameter(leaf, torch.nn.Parameter(t, requires_grad=False))
+        else:
+            m.register_buffer(leaf, t)
+    return root
+
 for src in sys.argv[1:]:
     base = src[: -len(".safetensors")]
     state_dict = collections.OrderedDict()
@@ -42,7 +62,16 @@ for src in sys.argv[1:]:
     # DistributedDataParallel(model).state_dict(): every name under `module.`.
     ddp = collections.OrderedDict(("module." + k, v) for k, v in state_dict.items())
     torch.save(ddp, base + ".ddp.pth")
-print("wrote", len(sys.argv) - 1, "state dicts in 4 formats")
+    # What training scripts save: checkpoint dictionaries (the model beside an optimizer's
+    # state, or beside an EMA copy of itself, which is not the one to load), a whole model.
+    sgd = {"state": {0: {"momentum_buffer": torch.ones(3)}}, "param_groups": [{"lr": 0.1}]}
+    torch.save({"epoch": 3, "model": state_dict, "optimizer": sgd}, base + ".checkpoint.pth")
+    ema = collections.OrderedDict((k, v + 1 if v.is_floating_point() else v)
+                                  for k, v in state_dict.items())
+    torch.save({"state_dict": ddp, "state_dict_ema": ema}, base + ".ema.pth")
+    save_file({"model." + k: v for k, v in state_dict.items()}, base + ".wrapped.safetensors")
+    torch.save(as_module(state_dict), base + ".whole.pth")
+print("wrote", len(sys.argv) - 1, "state dicts in 8 formats")
 "#;
 
 /// Random weights of `config`, saved by us.
@@ -53,7 +82,7 @@ fn save_random(config: &ResNeXtConfig, path: &Path) {
 }
 
 /// The PyTorch-written files, made once per process: `cifar10` (tiny, CIFAR stem, 10 classes)
-/// and `imagenet5` (tiny, ImageNet stem, 5 classes), each as `.zip.pth`, `.legacy.pth` and
+/// and `imagenet5` (tiny, ImageNet stem, 5 classes), each in the formats of [`CONVERT`].
 /// `.pt.safetensors`.
 fn pytorch_files() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -105,7 +134,16 @@ fn is_classifier(name: &str) -> bool {
 #[test]
 fn pth_zip_legacy_and_safetensors_load_strictly_with_a_fresh_classifier() {
     let expected = reference("cifar10");
-    for format in ["zip.pth", "legacy.pth", "pt.safetensors", "ddp.pth"] {
+    for format in [
+        "zip.pth",
+        "legacy.pth",
+        "pt.safetensors",
+        "ddp.pth",
+        "checkpoint.pth",
+        "ema.pth",
+        "wrapped.safetensors",
+        "whole.pth",
+    ] {
         let path = pytorch_files().join(format!("cifar10.{format}"));
         let config = ResNeXtConfig::tiny(3);
         let (mut vs, initial) = seeded_model(&config);

@@ -1,7 +1,8 @@
 //! Starting a model from someone else's weights: a safetensors file or a PyTorch
 //! `torch.save(model.state_dict(), path)` file (`.pth`/`.pt`, the zip format of PyTorch 1.6 and
-//! later or the legacy one), loaded strictly except for a classifier with another number of
-//! classes, which keeps the model's fresh initialisation.
+//! later or the legacy one; the model is also found inside checkpoint dictionaries and whole
+//! pickled models, see [`read_state_dict`]), loaded strictly except for a classifier with
+//! another number of classes, which keeps the model's fresh initialisation.
 use std::fmt;
 use std::io::Read;
 use std::path::Path;
@@ -49,15 +50,23 @@ fn kind_of(dtype: DType) -> Option<Kind> {
     })
 }
 
-/// Reads every tensor of a PyTorch `torch.save` file of a `state_dict`, without Python.
+/// Reads the model's tensors of a PyTorch `torch.save` file, without Python: those under
+/// [`model_prefix`], renamed without it; other entries (an optimizer's state, an EMA copy) are
+/// not read.
 fn read_pytorch(path: &Path) -> Result<TensorFile, WeightsError> {
     let bad = |problem: String| WeightsError::Pytorch {
         path: path.to_path_buf(),
         problem,
     };
     let reader = PytorchReader::new(path).map_err(|e| bad(e.to_string()))?;
+    let names = reader.keys();
+    let prefix = model_prefix(names.iter().map(String::as_str));
     let mut tensors = Vec::with_capacity(reader.len());
     for (name, t) in reader.into_tensors() {
+        let Some(name) = name.strip_prefix(prefix.as_str()) else {
+            continue;
+        };
+        let name = name.to_string();
         let kind = kind_of(t.dtype()).ok_or_else(|| {
             bad(format!(
                 "tensor `{name}` has the unsupported type {:?}",
@@ -82,40 +91,56 @@ fn read_pytorch(path: &Path) -> Result<TensorFile, WeightsError> {
     })
 }
 
-/// Reads a `state_dict` from a safetensors file or a PyTorch `torch.save(model.state_dict())`
-/// file (zip format of PyTorch >= 1.6, or the legacy format of `_use_new_zipfile_serialization
-/// =False`), told apart by their first bytes, not their names. Tensors are on the CPU. The
-/// `module.` prefix of a model saved inside `DistributedDataParallel` is removed when every
-/// name has it.
+/// Reads a model's `state_dict` from a safetensors file or a PyTorch `torch.save` file (zip
+/// format of PyTorch >= 1.6, or the legacy format of `_use_new_zipfile_serialization=False`),
+/// told apart by their first bytes, not their names. Tensors are on the CPU. Besides a plain
+/// `state_dict`, the model is found inside what training scripts save (see [`model_prefix`]):
+/// a model wrapped in `DistributedDataParallel` (names under `module.`), a checkpoint
+/// dictionary such as `{"epoch": .., "model": state_dict, "optimizer": ..}` or
+/// `{"state_dict": .., "state_dict_ema": ..}`, or a whole pickled model (`torch.save(model)`);
+/// the tensors are renamed to the model's own names and the rest is left out.
 ///
 /// # Errors
 /// [`WeightsError::Io`] naming the file when it cannot be read (or is a corrupt safetensors
-/// file), [`WeightsError::Pytorch`] when it is neither safetensors nor a PyTorch file of
-/// tensors (a whole pickled model or a checkpoint dictionary are refused there too).
+/// file), [`WeightsError::Pytorch`] when it is neither safetensors nor a PyTorch file that
+/// holds tensors.
 pub fn read_state_dict(path: &Path) -> Result<TensorFile, WeightsError> {
-    let mut file = if is_safetensors(path)? {
-        read_safetensors(path)?
-    } else {
-        read_pytorch(path)?
-    };
-    strip_ddp_prefix(&mut file);
+    if !is_safetensors(path)? {
+        return read_pytorch(path);
+    }
+    let mut file = read_safetensors(path)?;
+    let prefix = model_prefix(file.tensors.iter().map(|(n, _)| n.as_str()));
+    if !prefix.is_empty() {
+        file.tensors.retain(|(n, _)| n.starts_with(&prefix));
+        for (name, _) in &mut file.tensors {
+            name.drain(..prefix.len());
+        }
+    }
     Ok(file)
 }
 
-/// The prefix PyTorch's `DistributedDataParallel` (and `DataParallel`) put before every name
-/// of the wrapped model's `state_dict()`.
-const DDP_PREFIX: &str = "module.";
-
-/// Removes [`DDP_PREFIX`] when every tensor name has it (a `state_dict` saved from a wrapped
-/// model), so that the names are the model's own.
-fn strip_ddp_prefix(file: &mut TensorFile) {
-    let all =
-        !file.tensors.is_empty() && file.tensors.iter().all(|(n, _)| n.starts_with(DDP_PREFIX));
-    if all {
-        for (name, _) in &mut file.tensors {
-            name.drain(..DDP_PREFIX.len());
-        }
-    }
+/// Where a ResNeXt's `state_dict` is among a file's tensor names: the prefix `P` for which
+/// both `P` + `conv1.weight` and `P` + `fc.weight` are there (`""` for a plain `state_dict`,
+/// `module.` for `DistributedDataParallel`, `model.`, `state_dict.` or `state_dict.module.`
+/// for checkpoint dictionaries, as the file reader names nested entries); when there are
+/// several, the shortest that is not an exponential moving average's copy (a part named `ema`,
+/// `ema_*` or `*_ema`: `state_dict.module.` before `state_dict_ema.`); `""` when there is none
+/// (the loader then names what is missing).
+fn model_prefix<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    const STEM: &str = "conv1.weight";
+    const CLASSIFIER: &str = "fc.weight";
+    let names: std::collections::HashSet<&str> = names.collect();
+    let mut prefixes: Vec<&str> = (names.iter())
+        .filter_map(|n| n.strip_suffix(STEM))
+        .filter(|p| p.is_empty() || p.ends_with('.'))
+        .filter(|p| names.contains(format!("{p}{CLASSIFIER}").as_str()))
+        .collect();
+    let is_ema = |p: &str| {
+        p.split('.')
+            .any(|c| c == "ema" || c.starts_with("ema_") || c.ends_with("_ema"))
+    };
+    prefixes.sort_by_key(|p| (is_ema(p), p.len(), *p));
+    prefixes.first().map_or_else(String::new, |p| p.to_string())
 }
 
 /// The stem and number of classes of the weights in `path`, a safetensors or PyTorch file
@@ -223,4 +248,43 @@ pub fn load_pretrained(
         load,
         replaced_classifier,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::model_prefix;
+
+    fn prefix(names: &[&str]) -> String {
+        model_prefix(names.iter().copied())
+    }
+
+    #[test]
+    fn the_model_is_found_by_its_stem_and_classifier() {
+        let plain = ["conv1.weight", "layer1.0.conv1.weight", "fc.weight"];
+        assert_eq!(prefix(&plain), "");
+        let ddp = [
+            "module.conv1.weight",
+            "module.layer1.0.conv1.weight",
+            "module.fc.weight",
+        ];
+        assert_eq!(prefix(&ddp), "module.");
+        // A block's conv1 is no model without a classifier beside it.
+        assert_eq!(prefix(&["layer1.0.conv1.weight", "fc.weight"]), "");
+        assert_eq!(prefix(&["xconv1.weight", "xfc.weight"]), "");
+        let checkpoint = [
+            "state_dict_ema.conv1.weight",
+            "state_dict_ema.fc.weight",
+            "state_dict.module.conv1.weight",
+            "state_dict.module.fc.weight",
+        ];
+        assert_eq!(prefix(&checkpoint), "state_dict.module.");
+        assert_eq!(prefix(&checkpoint[..2]), "state_dict_ema.");
+        let two = [
+            "b.conv1.weight",
+            "b.fc.weight",
+            "a.conv1.weight",
+            "a.fc.weight",
+        ];
+        assert_eq!(prefix(&two), "a.");
+    }
 }
