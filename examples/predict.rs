@@ -1,10 +1,12 @@
 //! Classifies images with ResNeXt weights: a `.safetensors` file written by this crate (a run's
-//! `best.safetensors` or `last.safetensors`, of `train_cifar10` or any other trainer run) or a
-//! `state_dict` saved by PyTorch with `safetensors.torch.save_file(model.state_dict(), path)`.
+//! `best.safetensors` or `last.safetensors`, of `train_cifar10` or any other trainer run), or
+//! weights PyTorch saved: `safetensors.torch.save_file(model.state_dict(), path)`, or a `.pth`
+//! (`torch.save` of a `state_dict`, a training checkpoint or a whole model, as
+//! `resnext::weights::read_state_dict` reads it; torchvision's published files included).
 //!
 //! ```text
 //! cargo run --release --example predict -- --weights runs/tiny-seed1/best.safetensors cat.png dog.jpg
-//! cargo run --release --example predict -- --weights tv.safetensors --labels imagenet.txt photo.jpg
+//! cargo run --release --example predict -- --weights resnext50_32x4d-1a0047aa.pth --labels imagenet.txt photo.jpg
 //! ```
 //!
 //! A run's weights need no other flag: they carry the model configuration, the class names,
@@ -43,9 +45,11 @@ use resnext::{ResNeXt, ResNeXtConfig, Stem};
 use tch::{Device, Kind, Tensor};
 
 #[derive(Parser, Debug)]
-#[command(about = "Classify PNG/JPEG images with ResNeXt weights (ours or PyTorch's safetensors)")]
+#[command(
+    about = "Classify PNG/JPEG images with ResNeXt weights (ours, or PyTorch's safetensors or .pth)"
+)]
 struct Args {
-    /// The weights: a safetensors state_dict with torchvision's names.
+    /// The weights, with torchvision's names: safetensors, or a PyTorch .pth.
     #[arg(long, value_name = "FILE")]
     weights: PathBuf,
     /// Model configuration [default: the file's metadata, else the preset whose tensors the

@@ -514,7 +514,8 @@ pub fn preset_for_weights(path: &Path) -> Result<Option<ResNeXtConfig>, WeightsE
 }
 
 /// The configuration of the preset `name` (one of [`crate::resnext::MODEL_NAMES`]) with the stem
-/// and number of classes of the weights in `path`: the stem from the kernel of `conv1.weight`
+/// and number of classes of the weights in `path` (safetensors or PyTorch, as
+/// [`read_state_dict`] reads them): the stem from the kernel of `conv1.weight`
 /// (3x3: [`Stem::Cifar`], 7x7: [`Stem::ImageNet`]), the classes from the rows of `fc.weight`.
 /// The rest of the file is only checked when the weights are loaded.
 ///
@@ -523,7 +524,7 @@ pub fn preset_for_weights(path: &Path) -> Result<Option<ResNeXtConfig>, WeightsE
 /// `conv1.weight` or `fc.weight` is missing or oddly shaped, [`WeightsError::Model`] for an
 /// unknown name.
 pub fn config_from_weights(name: &str, path: &Path) -> Result<ResNeXtConfig, WeightsError> {
-    let file = read_safetensors(path)?;
+    let file = read_state_dict(path)?;
     infer_config(name, path, &file)
 }
 
@@ -538,8 +539,9 @@ pub struct LoadedModel {
     pub report: LoadReport,
 }
 
-/// Builds the network `config` describes on `device` and loads its weights from `path`
-/// (see [`load_weights_with`]). With [`config_from_weights`] this turns a file into a model:
+/// Builds the network `config` describes on `device` and loads its weights from `path`, a
+/// safetensors file or a PyTorch `.pth` (read as [`read_state_dict`] does; checked and copied
+/// as [`load_weights_with`] does). With [`config_from_weights`] this turns a file into a model:
 ///
 /// ```no_run
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -552,14 +554,15 @@ pub struct LoadedModel {
 /// ```
 ///
 /// # Errors
-/// [`WeightsError::Model`] for an invalid configuration, else those of [`load_weights_with`].
+/// [`WeightsError::Model`] for an invalid configuration, else those of [`read_state_dict`] and
+/// [`load_weights_with`].
 pub fn load_model(
     config: &ResNeXtConfig,
     path: &Path,
     device: Device,
     options: LoadOptions,
 ) -> Result<LoadedModel, WeightsError> {
-    let file = read_safetensors(path)?;
+    let file = read_state_dict(path)?;
     let mut vs = nn::VarStore::new(device);
     let model = ResNeXt::try_new(&vs.root(), config)?;
     let report = load_tensors(&mut vs, path, file, options)?;

@@ -316,21 +316,35 @@ fn the_cli_fine_tunes_a_pytorch_pth_and_predict_needs_only_the_run_weights() {
         "the stem comes from the file: {cfg}"
     );
 
-    let out = Command::new(common::example("predict"))
-        .args(["--device", "cpu", "--weights"])
-        .arg(run.join("best.safetensors"))
-        .arg(data.join("val/class1/000.jpg"))
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{text}");
+    let predict = |weights: &Path| {
+        let out = Command::new(common::example("predict"))
+            .args(["--device", "cpu", "--weights"])
+            .arg(weights)
+            .arg(data.join("val/class1/000.jpg"))
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert!(out.status.success(), "{stdout}{stderr}");
+        (stdout, stderr)
+    };
+    let (text, _) = predict(&run.join("best.safetensors"));
     for class in ["class0", "class1", "class2"] {
         assert!(
             text.contains(class),
             "predict names the folder classes: {text}"
         );
     }
+    // PyTorch's .pth classifies as the same weights in safetensors do.
+    let (from_pth, how) = predict(&pth);
+    assert!(how.contains("matched by the tensors' shapes"), "{how}");
+    assert!(from_pth.contains("  1. "), "{from_pth}");
+    assert_eq!(
+        from_pth.replace("start.pth", "W"),
+        predict(&ours).0.replace("start.safetensors", "W")
+    );
 }
 
 #[test]

@@ -610,9 +610,14 @@ fn corrupt_truncated_and_absent_files_are_refused_and_nothing_changes() {
     );
     assert!(err.to_string().contains("absent.safetensors"), "{err}");
     assert_unchanged(&vs, &before, "corrupt");
-    // And config_from_weights says why it cannot tell.
+    // And config_from_weights (which also reads PyTorch's files) says why it cannot tell.
     let err = config_from_weights("tiny", &garbage).unwrap_err();
-    assert!(matches!(err, WeightsError::Io(_)), "{err:?}");
+    assert!(matches!(err, WeightsError::Pytorch { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("garbage.safetensors: not a safetensors file nor a PyTorch"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -146,12 +146,15 @@ fn to_json<T: Serialize>(value: &T) -> String {
 }
 
 /// The [`WeightsMetadata`] of the safetensors file `path`, or `None` when it has none (a file
-/// PyTorch wrote, or one saved by [`save_weights`](super::save_weights)).
+/// PyTorch wrote, one saved by [`save_weights`](super::save_weights), or a PyTorch `.pth`).
 ///
 /// # Errors
 /// [`WeightsError::Io`] for an unreadable or corrupt file; [`WeightsError::Metadata`] naming
 /// the file and the key for malformed metadata (see [`WeightsMetadata::from_map`]).
 pub fn read_weights_metadata(path: &Path) -> Result<Option<WeightsMetadata>, WeightsError> {
+    if !super::pretrained::is_safetensors(path)? {
+        return Ok(None);
+    }
     let file = read_safetensors(path)?;
     WeightsMetadata::from_map(path, &file.metadata)
 }

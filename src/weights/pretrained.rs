@@ -17,7 +17,7 @@ use crate::resnext::{ResNeXtConfig, Stem};
 
 /// Whether `path` starts as a safetensors file does (an 8-byte header length, then the JSON
 /// header); PyTorch's files start with a zip or pickle signature instead.
-fn is_safetensors(path: &Path) -> Result<bool, IoError> {
+pub(crate) fn is_safetensors(path: &Path) -> Result<bool, IoError> {
     let io_err = |source| IoError::Io {
         action: "reading",
         path: path.to_path_buf(),
