@@ -379,6 +379,67 @@ pub(crate) fn load_tensors(
     Ok(report)
 }
 
+/// The tensors of a file sorted against a model's variables by [`sort_tensors`].
+#[derive(Default)]
+struct Sorted {
+    /// Loadable: in the model, with its shape and a compatible kind.
+    found: Vec<(String, Tensor)>,
+    /// In the model with another shape.
+    mismatched: Vec<ShapeMismatch>,
+    /// In the model with a kind that does not convert (integer against float).
+    wrong_kind: Vec<KindMismatch>,
+}
+
+/// Sorts the tensors of a file against `vars`; notes in `report` the tensors the model does
+/// not have (BN batch counters aside, whose largest value it keeps) and the float kinds that
+/// will be converted.
+fn sort_tensors(
+    vars: &BTreeMap<String, Tensor>,
+    tensors: Vec<(String, Tensor)>,
+    report: &mut LoadReport,
+) -> Sorted {
+    let mut sorted = Sorted::default();
+    for (name, t) in tensors {
+        let Some(var) = vars.get(&name) else {
+            let counter_of_bn = name
+                .strip_suffix(NUM_BATCHES_TRACKED)
+                .is_some_and(|bn| vars.contains_key(&format!("{bn}.running_mean")));
+            if !counter_of_bn {
+                report.unexpected.push(name);
+            } else if let Ok(n) = t.f_view([-1]).and_then(|v| v.f_int64_value(&[0])) {
+                report.num_batches_tracked = report.num_batches_tracked.max(Some(n));
+            }
+            continue;
+        };
+        let (in_file, in_model) = (t.size(), var.size());
+        if in_file != in_model {
+            let m = ShapeMismatch {
+                name,
+                in_file,
+                in_model,
+            };
+            sorted.mismatched.push(m);
+            continue;
+        }
+        let (in_file, in_model) = (t.kind(), var.kind());
+        if in_file != in_model && !(is_float(in_file) && is_float(in_model)) {
+            let m = KindMismatch {
+                name,
+                in_file,
+                in_model,
+            };
+            sorted.wrong_kind.push(m);
+            continue;
+        }
+        if in_file != in_model {
+            report.converted.push((name.clone(), in_file));
+        }
+        sorted.found.push((name, t));
+    }
+    report.unexpected.sort();
+    sorted
+}
+
 /// Checks the tensors of `file` against `vars` and returns those to load with the report so
 /// far, or [`WeightsError::Incompatible`] listing every problem.
 fn check_tensors(
@@ -392,43 +453,11 @@ fn check_tensors(
         metadata: file.metadata,
         ..LoadReport::default()
     };
-    let (mut mismatched, mut wrong_kind, mut found) = (Vec::new(), Vec::new(), Vec::new());
-    for (name, t) in file.tensors {
-        let Some(var) = vars.get(&name) else {
-            let counter_of_bn = name
-                .strip_suffix(NUM_BATCHES_TRACKED)
-                .is_some_and(|bn| vars.contains_key(&format!("{bn}.running_mean")));
-            if counter_of_bn {
-                if let Ok(n) = t.f_view([-1]).and_then(|v| v.f_int64_value(&[0])) {
-                    report.num_batches_tracked = report.num_batches_tracked.max(Some(n));
-                }
-            } else {
-                report.unexpected.push(name);
-            }
-            continue;
-        };
-        if t.size() != var.size() {
-            let (in_file, in_model) = (t.size(), var.size());
-            mismatched.push(ShapeMismatch {
-                name,
-                in_file,
-                in_model,
-            });
-        } else if t.kind() != var.kind() && !(is_float(t.kind()) && is_float(var.kind())) {
-            let (in_file, in_model) = (t.kind(), var.kind());
-            wrong_kind.push(KindMismatch {
-                name,
-                in_file,
-                in_model,
-            });
-        } else {
-            if t.kind() != var.kind() {
-                report.converted.push((name.clone(), t.kind()));
-            }
-            found.push((name, t));
-        }
-    }
-    report.unexpected.sort();
+    let Sorted {
+        found,
+        mismatched,
+        wrong_kind,
+    } = sort_tensors(vars, file.tensors, &mut report);
     let present: BTreeSet<&str> = (found.iter().map(|(n, _)| n.as_str()))
         .chain(mismatched.iter().map(|m| m.name.as_str()))
         .chain(wrong_kind.iter().map(|w| w.name.as_str()))
