@@ -102,91 +102,104 @@ impl DistEnv {
         let Some(world) = get("WORLD_SIZE") else {
             return Ok(None);
         };
-        let world_size = parse_count("WORLD_SIZE", &world)?;
-        let rank = parse_index(
-            "RANK",
-            &get("RANK").ok_or(EnvError::Missing {
-                var: "RANK",
-                hint: "this process's rank, 0..WORLD_SIZE-1",
-            })?,
-        )?;
-        if rank >= world_size {
-            return Err(EnvError::RankOutOfRange { rank, world_size });
-        }
-        let local_world_size = match get("LOCAL_WORLD_SIZE") {
-            Some(v) => parse_count("LOCAL_WORLD_SIZE", &v)?,
-            None => world_size,
-        };
-        if local_world_size > world_size {
-            return Err(EnvError::LocalWorldTooLarge {
-                local_world_size,
-                world_size,
-            });
-        }
-        let local_rank = match get("LOCAL_RANK") {
-            Some(v) => parse_index("LOCAL_RANK", &v)?,
-            None => rank,
-        };
-        if local_rank >= local_world_size {
-            return Err(EnvError::LocalRankOutOfRange {
-                local_rank,
-                local_world_size,
-            });
-        }
-        let master_addr =
-            get("MASTER_ADDR")
-                .filter(|a| !a.is_empty())
-                .ok_or(EnvError::Missing {
-                    var: "MASTER_ADDR",
-                    hint: "the host name or IP address of rank 0's machine",
-                })?;
-        let port = get("MASTER_PORT").ok_or(EnvError::Missing {
-            var: "MASTER_PORT",
-            hint: "the TCP port of the rendezvous store on MASTER_ADDR",
-        })?;
-        let master_port = match port.parse::<u16>() {
-            Ok(p) if p > 0 => p,
-            _ => {
-                return Err(EnvError::Invalid {
-                    var: "MASTER_PORT",
-                    value: port,
-                    expected: "a TCP port number (1..65535)",
-                })
-            }
-        };
-        let agent_store = match get("TORCHELASTIC_USE_AGENT_STORE") {
-            None => false,
-            Some(v) => match v.to_ascii_lowercase().as_str() {
-                "true" | "1" => true,
-                "false" | "0" | "" => false,
-                _ => {
-                    return Err(EnvError::Invalid {
-                        var: "TORCHELASTIC_USE_AGENT_STORE",
-                        value: v,
-                        expected: "True or False",
-                    })
-                }
-            },
-        };
-        let restart_count = match get("TORCHELASTIC_RESTART_COUNT") {
-            None => 0,
-            Some(v) => v.parse::<u64>().map_err(|_| EnvError::Invalid {
-                var: "TORCHELASTIC_RESTART_COUNT",
-                value: v,
-                expected: "a non-negative integer",
-            })?,
-        };
-        Ok(Some(DistEnv {
-            rank,
+        let mut env = ranks(&get, parse_count("WORLD_SIZE", &world)?)?;
+        (env.master_addr, env.master_port) = rendezvous(&get)?;
+        (env.agent_store, env.restart_count) = elastic(&get)?;
+        Ok(Some(env))
+    }
+}
+
+/// The ranks of a run of `world_size` processes (`RANK`, `LOCAL_RANK`, `LOCAL_WORLD_SIZE`),
+/// checked against each other; the rendezvous fields are left empty.
+fn ranks(get: &dyn Fn(&str) -> Option<String>, world_size: usize) -> Result<DistEnv, EnvError> {
+    let rank = get("RANK").ok_or(EnvError::Missing {
+        var: "RANK",
+        hint: "this process's rank, 0..WORLD_SIZE-1",
+    })?;
+    let rank = parse_index("RANK", &rank)?;
+    if rank >= world_size {
+        return Err(EnvError::RankOutOfRange { rank, world_size });
+    }
+    let local_world_size = match get("LOCAL_WORLD_SIZE") {
+        Some(v) => parse_count("LOCAL_WORLD_SIZE", &v)?,
+        None => world_size,
+    };
+    if local_world_size > world_size {
+        return Err(EnvError::LocalWorldTooLarge {
+            local_world_size,
             world_size,
+        });
+    }
+    let local_rank = match get("LOCAL_RANK") {
+        Some(v) => parse_index("LOCAL_RANK", &v)?,
+        None => rank,
+    };
+    if local_rank >= local_world_size {
+        return Err(EnvError::LocalRankOutOfRange {
             local_rank,
             local_world_size,
-            master_addr,
-            master_port,
-            agent_store,
-            restart_count,
-        }))
+        });
     }
+    Ok(DistEnv {
+        rank,
+        world_size,
+        local_rank,
+        local_world_size,
+        master_addr: String::new(),
+        master_port: 0,
+        agent_store: false,
+        restart_count: 0,
+    })
+}
+
+/// `MASTER_ADDR` and `MASTER_PORT`, both required.
+fn rendezvous(get: &dyn Fn(&str) -> Option<String>) -> Result<(String, u16), EnvError> {
+    let addr = get("MASTER_ADDR")
+        .filter(|a| !a.is_empty())
+        .ok_or(EnvError::Missing {
+            var: "MASTER_ADDR",
+            hint: "the host name or IP address of rank 0's machine",
+        })?;
+    let port = get("MASTER_PORT").ok_or(EnvError::Missing {
+        var: "MASTER_PORT",
+        hint: "the TCP port of the rendezvous store on MASTER_ADDR",
+    })?;
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok((addr, p)),
+        _ => Err(EnvError::Invalid {
+            var: "MASTER_PORT",
+            value: port,
+            expected: "a TCP port number (1..65535)",
+        }),
+    }
+}
+
+/// torchrun's agent settings: `TORCHELASTIC_USE_AGENT_STORE` (default false) and
+/// `TORCHELASTIC_RESTART_COUNT` (default 0).
+fn elastic(get: &dyn Fn(&str) -> Option<String>) -> Result<(bool, u64), EnvError> {
+    let agent_store = match get("TORCHELASTIC_USE_AGENT_STORE") {
+        None => false,
+        Some(v) => match v.to_ascii_lowercase().as_str() {
+            "true" | "1" => true,
+            "false" | "0" | "" => false,
+            _ => {
+                return Err(EnvError::Invalid {
+                    var: "TORCHELASTIC_USE_AGENT_STORE",
+                    value: v,
+                    expected: "True or False",
+                })
+            }
+        },
+    };
+    let restart_count = match get("TORCHELASTIC_RESTART_COUNT") {
+        None => 0,
+        Some(v) => v.parse::<u64>().map_err(|_| EnvError::Invalid {
+            var: "TORCHELASTIC_RESTART_COUNT",
+            value: v,
+            expected: "a non-negative integer",
+        })?,
+    };
+    Ok((agent_store, restart_count))
 }
 
 fn parse_index(var: &'static str, value: &str) -> Result<usize, EnvError> {
