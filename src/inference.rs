@@ -322,7 +322,9 @@ impl InferenceModel {
         self.pool().free.iter().map(Tensor::numel).sum()
     }
 
-    fn run(&self, xs: &Tensor) -> Result<Tensor, TchError> {
+    /// The stem on `xs`: its activations as an `[N·H·W, C]` matrix in NHWC order, and their
+    /// shape.
+    fn stem_rows(&self, xs: &Tensor) -> Result<(Tensor, Grid), TchError> {
         let xs = xs.f_to_device(self.device)?.f_to_kind(self.kind)?;
         let mut x = self.stem.apply(&channels_last(&xs)?)?;
         let _ = x.f_relu_()?;
@@ -336,61 +338,87 @@ impl InferenceModel {
             )?;
         }
         let size = x.size();
-        let (n, mut c, mut h, mut w) = (size[0], size[1], size[2], size[3]);
-        // Activations as `[N·H·W, C]` matrices in NHWC order; `held` is the pooled buffer
-        // behind the current one, returned to the pool once the next block has read it.
-        let mut mat = x.f_permute([0, 2, 3, 1])?.f_reshape([-1, c])?;
+        let grid = Grid {
+            n: size[0],
+            c: size[1],
+            h: size[2],
+            w: size[3],
+        };
+        Ok((x.f_permute([0, 2, 3, 1])?.f_reshape([-1, grid.c])?, grid))
+    }
+
+    /// `block` on the activations `mat` of shape `g`: its output matrix, the pooled buffer
+    /// behind it (with its elements per image, to give back once the next block has read it),
+    /// and the output's shape.
+    fn run_block(
+        &self,
+        block: &FoldedBlock,
+        mat: &Tensor,
+        g: Grid,
+    ) -> Result<(Tensor, (Tensor, i64), Grid), TchError> {
+        let Grid { n, c, h, w } = g;
+        let width = block.reduce.weight_t.size()[1];
+        let t1 = self.take(h * w * width, n)?;
+        let mut t1m = t1
+            .f_narrow(0, 0, n * h * w * width)?
+            .f_reshape([n * h * w, width])?;
+        let _ = (block.reduce.bias).f_addmm_out(&t1m, mat, &block.reduce.weight_t)?;
+        let _ = t1m.f_relu_()?;
+        let t1c = t1m.f_reshape([n, h, w, width])?.f_permute([0, 3, 1, 2])?;
+        let mut t2 = block.grouped.apply(&t1c)?;
+        drop((t1c, t1m));
+        self.give(t1, h * w * width);
+        let _ = t2.f_relu_()?;
+        let (h2, w2) = (t2.size()[2], t2.size()[3]);
+        let t2m = t2.f_permute([0, 2, 3, 1])?.f_reshape([-1, width])?;
+        let c_out = block.expand.weight_t.size()[1];
+        let out_per_image = h2 * w2 * c_out;
+        let out = self.take(out_per_image, n)?;
+        let mut outm = out
+            .f_narrow(0, 0, n * out_per_image)?
+            .f_reshape([n * h2 * w2, c_out])?;
+        match &block.downsample {
+            Some((weight_t, stride)) => {
+                let shortcut_in = if *stride == 1 {
+                    mat.shallow_clone()
+                } else {
+                    mat.f_reshape([n, h, w, c])?
+                        .f_slice(1, 0, h, *stride)?
+                        .f_slice(2, 0, w, *stride)?
+                        .f_reshape([-1, c])?
+                };
+                let _ = block.out_bias.f_addmm_out(&outm, &shortcut_in, weight_t)?;
+                let _ = outm.f_addmm_(&t2m, &block.expand.weight_t)?;
+            }
+            None => {
+                let _ = mat.f_addmm_out(&outm, &t2m, &block.expand.weight_t)?;
+                let _ = outm.f_add_(&block.out_bias)?;
+            }
+        }
+        let _ = outm.f_relu_()?;
+        let grid = Grid {
+            n,
+            c: c_out,
+            h: h2,
+            w: w2,
+        };
+        Ok((outm, (out, out_per_image), grid))
+    }
+
+    fn run(&self, xs: &Tensor) -> Result<Tensor, TchError> {
+        let (mut mat, mut grid) = self.stem_rows(xs)?;
+        // `held` is the pooled buffer behind `mat`, returned to the pool once the next block
+        // has read it.
         let mut held: Option<(Tensor, i64)> = None;
         for block in &self.blocks {
-            let width = block.reduce.weight_t.size()[1];
-            let t1 = self.take(h * w * width, n)?;
-            let mut t1m = t1
-                .f_narrow(0, 0, n * h * w * width)?
-                .f_reshape([n * h * w, width])?;
-            let _ = block
-                .reduce
-                .bias
-                .f_addmm_out(&t1m, &mat, &block.reduce.weight_t)?;
-            let _ = t1m.f_relu_()?;
-            let t1c = t1m.f_reshape([n, h, w, width])?.f_permute([0, 3, 1, 2])?;
-            let mut t2 = block.grouped.apply(&t1c)?;
-            drop((t1c, t1m));
-            self.give(t1, h * w * width);
-            let _ = t2.f_relu_()?;
-            let (h2, w2) = (t2.size()[2], t2.size()[3]);
-            let t2m = t2.f_permute([0, 2, 3, 1])?.f_reshape([-1, width])?;
-            let c_out = block.expand.weight_t.size()[1];
-            let out_per_image = h2 * w2 * c_out;
-            let out = self.take(out_per_image, n)?;
-            let mut outm = out
-                .f_narrow(0, 0, n * out_per_image)?
-                .f_reshape([n * h2 * w2, c_out])?;
-            match &block.downsample {
-                Some((weight_t, stride)) => {
-                    let shortcut_in = if *stride == 1 {
-                        mat.shallow_clone()
-                    } else {
-                        mat.f_reshape([n, h, w, c])?
-                            .f_slice(1, 0, h, *stride)?
-                            .f_slice(2, 0, w, *stride)?
-                            .f_reshape([-1, c])?
-                    };
-                    let _ = block.out_bias.f_addmm_out(&outm, &shortcut_in, weight_t)?;
-                    let _ = outm.f_addmm_(&t2m, &block.expand.weight_t)?;
-                }
-                None => {
-                    let _ = mat.f_addmm_out(&outm, &t2m, &block.expand.weight_t)?;
-                    let _ = outm.f_add_(&block.out_bias)?;
-                }
-            }
-            let _ = outm.f_relu_()?;
-            drop((t2m, t2));
-            mat = outm;
-            if let Some((previous, per_image)) = held.replace((out, out_per_image)) {
+            let (next, buffer, next_grid) = self.run_block(block, &mat, grid)?;
+            mat = next;
+            if let Some((previous, per_image)) = held.replace(buffer) {
                 self.give(previous, per_image);
             }
-            (c, h, w) = (c_out, h2, w2);
+            grid = next_grid;
         }
+        let Grid { n, c, h, w } = grid;
         let features = mat
             .f_reshape([n, h * w, c])?
             .f_mean_dim(1, false, self.kind)?;
@@ -400,6 +428,15 @@ impl InferenceModel {
         }
         features.f_linear(&self.fc_weight, self.fc_bias.as_ref())
     }
+}
+
+/// The shape of a batch of activations: images, channels, height, width.
+#[derive(Debug, Clone, Copy)]
+struct Grid {
+    n: i64,
+    c: i64,
+    h: i64,
+    w: i64,
 }
 
 impl ModuleT for InferenceModel {
