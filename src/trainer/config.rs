@@ -256,6 +256,13 @@ impl TrainConfig {
     /// # Errors
     /// [`TrainError::InvalidConfig`].
     pub fn validate(&self) -> Result<(), TrainError> {
+        self.validate_model_and_data()?;
+        self.validate_optimiser()?;
+        self.validate_run()
+    }
+
+    /// The model, the classes and the pictures fed to it.
+    fn validate_model_and_data(&self) -> Result<(), TrainError> {
         self.model_config()?;
         if self.num_classes < 1 {
             return Err(invalid("num_classes", self.num_classes, "at least 1"));
@@ -270,12 +277,17 @@ impl TrainConfig {
                 "finite means and finite stds above 0",
             )
         })?;
-        if self.epochs == 0 {
-            return Err(invalid("epochs", self.epochs, "at least 1"));
+        if self.limit_train == Some(0) {
+            return Err(invalid("limit_train", 0, "at least 1"));
         }
-        if self.batch_size == 0 {
-            return Err(invalid("batch_size", self.batch_size, "at least 1"));
+        if self.limit_test == Some(0) {
+            return Err(invalid("limit_test", 0, "at least 1"));
         }
+        Ok(())
+    }
+
+    /// SGD and the loss.
+    fn validate_optimiser(&self) -> Result<(), TrainError> {
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return Err(invalid("lr", self.lr, "a finite number above 0"));
         }
@@ -292,13 +304,6 @@ impl TrainConfig {
                 "a finite number >= 0",
             ));
         }
-        if self.warmup_epochs >= self.epochs {
-            return Err(invalid(
-                "warmup_epochs",
-                self.warmup_epochs,
-                format!("fewer than the {} epochs", self.epochs),
-            ));
-        }
         if !(0.0..1.0).contains(&self.label_smoothing) {
             return Err(invalid(
                 "label_smoothing",
@@ -306,11 +311,23 @@ impl TrainConfig {
                 "in [0, 1)",
             ));
         }
-        if self.limit_train == Some(0) {
-            return Err(invalid("limit_train", 0, "at least 1"));
+        Ok(())
+    }
+
+    /// Epochs, batches, evaluation, processes and device.
+    fn validate_run(&self) -> Result<(), TrainError> {
+        if self.epochs == 0 {
+            return Err(invalid("epochs", self.epochs, "at least 1"));
         }
-        if self.limit_test == Some(0) {
-            return Err(invalid("limit_test", 0, "at least 1"));
+        if self.batch_size == 0 {
+            return Err(invalid("batch_size", self.batch_size, "at least 1"));
+        }
+        if self.warmup_epochs >= self.epochs {
+            return Err(invalid(
+                "warmup_epochs",
+                self.warmup_epochs,
+                format!("fewer than the {} epochs", self.epochs),
+            ));
         }
         if self.eval_every == 0 {
             return Err(invalid("eval_every", 0, "at least 1"));
