@@ -15,8 +15,8 @@ use super::outputs::{self, files};
 use super::progress::bar_message;
 use super::{
     evaluate::evaluate_until, guard::torch_guard, tune_process_for_training, EpochAccumulator,
-    EpochMetrics, Evaluation, Execution, LossScale, Precision, ProgressMode, Sgd, SgdConfig,
-    Summary, TrainConfig, TrainError, TrainState, TrainStep,
+    EpochMetrics, Evaluation, Execution, LossScale, Precision, ProgressMode, RunningMetrics, Sgd,
+    SgdConfig, Summary, TrainConfig, TrainError, TrainState, TrainStep,
 };
 use crate::data::{epoch_batches, BatchConfig, BatchRequest, DataSplits, Dataset, Subset};
 use crate::distributed::ProcessGroup;
@@ -797,23 +797,12 @@ impl<M: ModuleT> Trainer<M> {
             self.state.steps += 1;
             self.state.batch = batch.index + 1;
             let scale_exhausted = self.state.loss_scale.is_some_and(|s| s.scale <= 1.0);
+            let overflow_at_floor = out.skipped && scale_exhausted;
             let asked = self.control_after(epoch + 1, batch.index);
-            if sums.is_read_due(batch.index, num_batches) || (out.skipped && scale_exhausted) {
+            if sums.is_read_due(batch.index, num_batches) || overflow_at_floor {
                 let running = sums.read(&out)?;
-                let (non_finite, agreed) = self.decide(running.non_finite, asked)?;
-                let diverged = |loss| TrainError::Diverged {
-                    epoch: epoch + 1,
-                    batch: batch.index,
-                    loss,
-                };
-                if non_finite > 0 {
-                    return Err(diverged(running.non_finite_loss));
-                }
-                if out.skipped && scale_exhausted {
-                    return Err(diverged(running.batch_loss));
-                }
+                control = self.read_point(&running, overflow_at_floor, asked, batch.index)?;
                 bar.set_message(bar_message(&running));
-                control = agreed;
             } else {
                 control = self.defer(asked);
             }
@@ -832,6 +821,32 @@ impl<M: ModuleT> Trainer<M> {
             Some(dp) => sums.progress_combined(|own| dp.sum(own))?,
         };
         self.stop_if_asked(control, num_batches)
+    }
+
+    /// At a read point after batch `index` of the current epoch, with the `running` sums just
+    /// read: the ranks' stop requests decided together (`asked` is this one's), and divergence
+    /// (a non-finite loss on any rank, or an fp16 step skipped with the loss scale already at
+    /// 1) an error naming the batch.
+    fn read_point(
+        &mut self,
+        running: &RunningMetrics,
+        overflow_at_floor: bool,
+        asked: BatchControl,
+        index: usize,
+    ) -> Result<BatchControl, TrainError> {
+        let (non_finite, agreed) = self.decide(running.non_finite, asked)?;
+        let diverged = |loss| TrainError::Diverged {
+            epoch: self.state.epoch + 1,
+            batch: index,
+            loss,
+        };
+        if non_finite > 0 {
+            return Err(diverged(running.non_finite_loss));
+        }
+        if overflow_at_floor {
+            return Err(diverged(running.batch_loss));
+        }
+        Ok(agreed)
     }
 
     /// Without data-parallel training, `asked`. A data-parallel rank keeps its request until
