@@ -101,6 +101,7 @@ pub(crate) fn call(f: impl FnOnce(*mut *mut c_char) -> c_int) -> Result<(), Shim
         let m = unsafe { CStr::from_ptr(err) }
             .to_string_lossy()
             .into_owned();
+        // SAFETY: `err` came from the shim, is no longer read, and is freed once.
         unsafe { rx_free_error(err) };
         m
     };

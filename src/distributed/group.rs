@@ -130,37 +130,14 @@ impl ProcessGroup {
         is_server: bool,
         prefix: &str,
     ) -> Result<Self, DistError> {
-        if world_size == 0 || world_size > c_int::MAX as usize {
-            return Err(DistError::InvalidArgument(format!(
-                "world size {world_size} is not in 1..={}",
-                c_int::MAX
-            )));
-        }
-        if rank >= world_size {
-            return Err(EnvError::RankOutOfRange { rank, world_size }.into());
-        }
-        if timeout.is_zero() {
-            return Err(DistError::InvalidArgument(
-                "the timeout must be positive".into(),
-            ));
-        }
+        check_group_args(rank, world_size, timeout)?;
         let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
         let host = CString::new(addr)
             .map_err(|_| DistError::InvalidArgument(format!("address {addr:?} contains NUL")))?;
-        let n = GROUPS_CREATED.fetch_add(1, Ordering::Relaxed);
-        // PrefixStore joins a prefix and a key with '/'.
-        let prefix = if prefix.is_empty() {
-            format!("resnext/{n}")
-        } else {
-            format!("{prefix}/resnext/{n}")
-        };
-        let prefix = CString::new(prefix).map_err(|e| {
-            DistError::InvalidArgument(format!(
-                "store prefix {:?} contains NUL",
-                String::from_utf8_lossy(&e.into_vec())
-            ))
-        })?;
+        let prefix = store_prefix(prefix)?;
         let mut raw_store = std::ptr::null_mut();
+        // SAFETY: `host` and `prefix` are NUL-terminated and outlive the call, `raw_store` is a
+        // valid out-pointer; the shim copies the strings.
         ffi::call(|err| unsafe {
             ffi::rx_store_create(
                 host.as_ptr(),
@@ -213,6 +190,9 @@ impl ProcessGroup {
     /// flat buffers (gradient buckets) as well as single values. A non-contiguous tensor is
     /// reduced through a contiguous copy.
     pub fn all_reduce_sum(&self, tensor: &mut Tensor) -> Result<(), DistError> {
+        // SAFETY (here and in the other in-place collectives): `group` is this process group's
+        // live backend handle and `t` a contiguous tensor that `in_place` keeps alive and
+        // exclusively borrowed for the call; the shim does not keep either pointer.
         self.in_place(tensor, "all_reduce", |group, t| unsafe {
             ffi::call(|err| {
                 ffi::rx_group_all_reduce(group, t.as_mut_ptr() as *mut c_void, ffi::RX_OP_SUM, err)
@@ -232,6 +212,7 @@ impl ProcessGroup {
                 tensor.kind()
             )));
         }
+        // SAFETY: as in `all_reduce_sum`.
         self.in_place(tensor, "all_reduce (average)", |group, t| unsafe {
             ffi::call(|err| {
                 ffi::rx_group_all_reduce(group, t.as_mut_ptr() as *mut c_void, ffi::RX_OP_AVG, err)
@@ -248,6 +229,7 @@ impl ProcessGroup {
                 self.world_size
             )));
         }
+        // SAFETY: as in `all_reduce_sum`.
         self.in_place(tensor, "broadcast", |group, t| unsafe {
             ffi::call(|err| {
                 ffi::rx_group_broadcast(group, t.as_mut_ptr() as *mut c_void, root as c_int, err)
@@ -267,6 +249,8 @@ impl ProcessGroup {
                 .iter_mut()
                 .map(|t| t.as_mut_ptr() as *mut c_void)
                 .collect();
+            // SAFETY: `group` is live; `input` and the `world_size` outputs are contiguous
+            // tensors of the same shape and kind, alive until after the call; `ptrs` outlives it.
             ffi::call(|err| unsafe {
                 ffi::rx_group_all_gather(
                     group,
@@ -283,6 +267,7 @@ impl ProcessGroup {
 
     /// Waits until every rank has called `barrier` (on the Gloo backend).
     pub fn barrier(&self) -> Result<(), DistError> {
+        // SAFETY: the Gloo handle lives as long as `self`.
         ffi::call(|err| unsafe { ffi::rx_group_barrier(self.gloo.0.as_ptr(), err) })
             .map_err(|e| self.collective_error(e, "barrier", Backend::Gloo))
     }
@@ -351,6 +336,43 @@ impl ProcessGroup {
     }
 }
 
+/// Refuses a world size outside `1..=c_int::MAX`, a rank outside it and a zero timeout.
+fn check_group_args(rank: usize, world_size: usize, timeout: Duration) -> Result<(), DistError> {
+    if world_size == 0 || world_size > c_int::MAX as usize {
+        return Err(DistError::InvalidArgument(format!(
+            "world size {world_size} is not in 1..={}",
+            c_int::MAX
+        )));
+    }
+    if rank >= world_size {
+        return Err(EnvError::RankOutOfRange { rank, world_size }.into());
+    }
+    if timeout.is_zero() {
+        return Err(DistError::InvalidArgument(
+            "the timeout must be positive".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The store prefix of this process's next group: `resnext/<n>` under `prefix` (PrefixStore
+/// joins a prefix and a key with '/'), so that groups made one after another on the same
+/// store keep their keys apart.
+fn store_prefix(prefix: &str) -> Result<CString, DistError> {
+    let n = GROUPS_CREATED.fetch_add(1, Ordering::Relaxed);
+    let prefix = if prefix.is_empty() {
+        format!("resnext/{n}")
+    } else {
+        format!("{prefix}/resnext/{n}")
+    };
+    CString::new(prefix).map_err(|e| {
+        DistError::InvalidArgument(format!(
+            "store prefix {:?} contains NUL",
+            String::from_utf8_lossy(&e.into_vec())
+        ))
+    })
+}
+
 /// Creates a c10d backend on `store` (under its own key prefix).
 fn create_backend(
     store: &Store,
@@ -365,6 +387,7 @@ fn create_backend(
         Backend::Nccl => c"nccl",
     };
     let mut raw_store = std::ptr::null_mut();
+    // SAFETY: `store` is live, `prefix` a NUL-terminated constant, `raw_store` a valid out-pointer.
     ffi::call(|err| unsafe {
         ffi::rx_store_prefixed(store.0.as_ptr(), prefix.as_ptr(), &mut raw_store, err)
     })
@@ -378,6 +401,8 @@ fn create_backend(
         Backend::Nccl => return Err(DistError::NcclUnavailable),
     };
     let mut raw = std::ptr::null_mut();
+    // SAFETY: `sub` is live during the call (the backend takes its own reference to it) and
+    // `raw` a valid out-pointer.
     ffi::call(|err| unsafe {
         create(
             sub.0.as_ptr(),
