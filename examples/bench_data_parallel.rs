@@ -123,9 +123,7 @@ fn row(name: &str, args: &Args, t: &Timing) {
 /// threads when `world` is 1) and returns rank 0's timing (the ranks wait for each other every step, so their
 /// step times agree).
 fn launch_ranks(world: usize) -> Result<Timing> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = resnext::distributed::free_local_port()?;
     let exe = std::env::current_exe()?;
     let mut children = Vec::new();
     for rank in 0..world {

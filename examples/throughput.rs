@@ -124,14 +124,6 @@ fn fit(
     }
 }
 
-/// A one-process group on a free local port.
-fn solo_group() -> Result<ProcessGroup> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    Ok(ProcessGroup::new(0, 1, "127.0.0.1", port, DEFAULT_TIMEOUT)?)
-}
-
 #[allow(clippy::too_many_arguments)]
 fn speed(
     model: &str,
@@ -187,7 +179,9 @@ fn speed(
                     eval_every: 2,
                     ..TrainConfig::default()
                 };
-                let group = data_parallel.then(solo_group).transpose()?;
+                let group = (data_parallel)
+                    .then(|| ProcessGroup::single(DEFAULT_TIMEOUT))
+                    .transpose()?;
                 let trainer = fit(cfg, &data, ProgressMode::Silent, group)?;
                 let rate = trainer.state().metrics[1].train_images_per_sec;
                 let tflops = rate * gflops * 3.0 / 1e3;

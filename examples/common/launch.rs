@@ -1,14 +1,13 @@
 //! Data-parallel runs of the training programs: the built-in single-machine launcher
 //! (`--nproc N`) and joining the process group of a launched rank (ours or torchrun's).
 use std::ffi::OsString;
-use std::net::TcpListener;
 use std::process::{Child, Command, ExitCode, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use resnext::distributed::{DistEnv, ProcessGroup};
+use resnext::distributed::{free_local_port, DistEnv, ProcessGroup};
 
 use super::Usage;
 
@@ -46,10 +45,7 @@ pub fn is_rank() -> bool {
 /// the others are stopped (SIGTERM, then SIGKILL after 10 s) and its exit code is returned;
 /// when the launcher itself dies, every rank gets SIGTERM.
 pub fn launch_local(nproc: usize) -> Result<ExitCode> {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .context("finding a free port for the rendezvous")?
-        .port();
+    let port = free_local_port().context("finding a free port for the rendezvous")?;
     let exe = std::env::current_exe().context("finding this program's path")?;
     let args = args_without_nproc(std::env::args_os().skip(1));
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());

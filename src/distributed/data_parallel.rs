@@ -468,13 +468,7 @@ mod tests {
 
     #[test]
     fn average_on_one_rank_checks_its_parameters() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let timeout = std::time::Duration::from_secs(10);
-        let pg = ProcessGroup::new(0, 1, "127.0.0.1", port, timeout).unwrap();
+        let pg = ProcessGroup::single(std::time::Duration::from_secs(10)).unwrap();
         let opts = (Kind::Float, Device::Cpu);
         let w = Tensor::zeros([3], opts).set_requires_grad(true);
         let params = vec![("w".to_string(), w.shallow_clone())];

@@ -121,6 +121,17 @@ impl ProcessGroup {
         Self::create(rank, world_size, addr, port, timeout, rank == 0, "")
     }
 
+    /// A group of this process alone, its store on a free local port: data-parallel code run
+    /// as one process (one GPU with NCCL, a benchmark's baseline, tests).
+    pub fn single(timeout: Duration) -> Result<Self, DistError> {
+        let port = free_local_port().map_err(|e| DistError::Failed {
+            rank: 0,
+            op: "find a free local port",
+            detail: e.to_string(),
+        })?;
+        Self::new(0, 1, "127.0.0.1", port, timeout)
+    }
+
     fn create(
         rank: usize,
         world_size: usize,
@@ -334,6 +345,17 @@ impl ProcessGroup {
     fn collective_error(&self, e: ShimError, op: &'static str, backend: Backend) -> DistError {
         classify(e, self.rank, op, backend, self.timeout)
     }
+}
+
+/// A TCP port of 127.0.0.1 that was free a moment ago (the system's choice), for a rendezvous
+/// on this machine: [`ProcessGroup::single`], launchers of local ranks.
+///
+/// # Errors
+/// When no socket can be bound on 127.0.0.1.
+pub fn free_local_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Refuses a world size outside `1..=c_int::MAX`, a rank outside it and a zero timeout.

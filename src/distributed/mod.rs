@@ -54,7 +54,7 @@ pub use data_parallel::{
     broadcast_tensors, broadcast_variables, GradientBuckets, DEFAULT_BUCKET_BYTES,
 };
 pub use env::{DistEnv, EnvError};
-pub use group::ProcessGroup;
+pub use group::{free_local_port, ProcessGroup};
 
 /// The default timeout of joining a group and of every collective: five minutes, as long as a
 /// slow rank may reasonably lag (an evaluation, a checkpoint) and far short of "hangs forever".

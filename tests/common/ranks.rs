@@ -2,7 +2,6 @@
 //! process group (tests/distributed.rs, tests/distributed_trainer.rs): the binary re-executes
 //! itself with `RESNEXT_DIST_ROLE` naming what a child does and the torchrun variables.
 #![allow(dead_code)]
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -52,11 +51,7 @@ pub const ROLE: &str = "RESNEXT_DIST_ROLE";
 pub const TIMEOUT_MS: &str = "RESNEXT_DIST_TIMEOUT_MS";
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    resnext::distributed::free_local_port().unwrap()
 }
 
 /// Starts `world_size` children running `role`, with the torchrun variables and `timeout`.
