@@ -50,9 +50,11 @@ fn config() -> TrainConfig {
     }
 }
 
-/// Starts the run in `dir`, or resumes it when it has a checkpoint, and trains to the end.
+/// Starts the run in `dir`, or resumes it as `--resume` does once it has begun (its
+/// `config.json` written: a failure before that is an error at start, and the user starts
+/// again), and trains to the end. A run stopped before its first checkpoint resumes too.
 fn run(dir: &Path, data: &DataSplits) -> Result<Outcome, resnext::trainer::TrainError> {
-    let mut t = if dir.join(files::CHECKPOINT).exists() {
+    let mut t = if dir.join(files::CONFIG).exists() {
         Trainer::resume(dir, None)?
     } else {
         Trainer::resnext(config())?.with_run_dir(dir)?

@@ -249,6 +249,27 @@ fn resume_after_a_kill_mid_epoch_is_bitwise_exact() {
     let mut c = resume(c_dir.path());
     assert!(matches!(c.fit(&cpu(&data)).unwrap(), Outcome::Completed(_)));
     assert_bitwise_equal(&variables(&a), &variables(&c));
+
+    // A kill during epoch 1, before any checkpoint: the run starts again from config.json.
+    let d_dir = tempfile::tempdir().unwrap();
+    let mut d = trainer(config(3), d_dir.path());
+    d.on_batch(|epoch, batch| match (epoch, batch) {
+        (1, 2) => BatchControl::Abort,
+        _ => BatchControl::Continue,
+    });
+    assert!(matches!(
+        d.fit(&cpu(&data)).unwrap(),
+        Outcome::Stopped { saved: false, .. }
+    ));
+    drop(d);
+    assert!(!d_dir.path().join(files::CHECKPOINT).exists());
+    let mut d = resume(d_dir.path());
+    assert_eq!((d.state().epoch, d.state().batch), (0, 0));
+    assert!(matches!(d.fit(&cpu(&data)).unwrap(), Outcome::Completed(_)));
+    assert_bitwise_equal(&variables(&a), &variables(&d));
+    // A folder that never held a run is still refused.
+    let err = Trainer::resume(tempfile::tempdir().unwrap().path(), None).unwrap_err();
+    assert!(err.to_string().contains("not a run directory"), "{err}");
 }
 
 #[test]

@@ -166,11 +166,13 @@ impl Trainer<ResNeXt> {
 
     /// Reopens the run in `run_dir` with the configuration saved there, on the device saved
     /// there unless `device` names another (for example `cpu` for a run started on CUDA), as
-    /// [`Trainer::resnext`] builds it.
+    /// [`Trainer::resnext`] builds it. A run stopped before its first checkpoint (only its
+    /// `config.json` written) starts again from its beginning, which gives the same run.
     ///
     /// # Errors
-    /// [`TrainError::Checkpoint`] / [`TrainError::TensorFile`] for a missing, corrupt or
-    /// mismatched checkpoint (nothing is overwritten), or a configuration error.
+    /// [`TrainError::Checkpoint`] / [`TrainError::TensorFile`] for a corrupt or mismatched
+    /// checkpoint, or a directory with neither a checkpoint nor a `config.json` (nothing is
+    /// overwritten); a configuration error.
     pub fn resume(run_dir: &Path, device: Option<&str>) -> Result<Self, TrainError> {
         Self::resume_with(run_dir, device, None)
     }
@@ -198,10 +200,7 @@ impl Trainer<ResNeXt> {
     ) -> Result<Self, TrainError> {
         let path = run_dir.join(files::CHECKPOINT);
         if !path.is_file() {
-            return Err(TrainError::Checkpoint {
-                path,
-                problem: "no checkpoint here: not a run directory, or the run stopped before its first checkpoint".into(),
-            });
+            return Self::restart(run_dir, device, group);
         }
         let mut config = read_checkpoint_state(&path)?.config;
         if let Some(d) = device {
@@ -212,6 +211,44 @@ impl Trainer<ResNeXt> {
             Some(group) => trainer.data_parallel(group)?.resume_from(run_dir),
             None => trainer.resume_from(run_dir),
         }
+    }
+
+    /// A run stopped before its first checkpoint, started again from its beginning with the
+    /// configuration its `config.json` holds: the run an uninterrupted start gives (the same
+    /// seed, the same initial or pretrained weights).
+    fn restart(
+        run_dir: &Path,
+        device: Option<&str>,
+        group: Option<ProcessGroup>,
+    ) -> Result<Self, TrainError> {
+        let config_path = run_dir.join(files::CONFIG);
+        if !config_path.is_file() {
+            return Err(TrainError::Checkpoint {
+                path: run_dir.join(files::CHECKPOINT),
+                problem: format!(
+                    "no checkpoint and no {} here: not a run directory",
+                    files::CONFIG
+                ),
+            });
+        }
+        let mut config = TrainConfig::from_file(&config_path)?;
+        if let Some(d) = device {
+            config.device = d.to_string();
+        }
+        let now = group.as_ref().map_or(1, ProcessGroup::world_size);
+        if config.world_size != now {
+            return Err(TrainError::WorldSizeChanged {
+                path: config_path,
+                saved: config.world_size,
+                now,
+            });
+        }
+        let trainer = Trainer::build_resnext(config, true)?;
+        let trainer = match group {
+            Some(group) => trainer.data_parallel(group)?,
+            None => trainer,
+        };
+        trainer.with_run_dir(run_dir)
     }
 
     /// What loading the pretrained weights did (tensors loaded, classifier replaced), when
