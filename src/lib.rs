@@ -11,6 +11,7 @@
 //! * [`memory`]: keeping freed memory in the process (faster CPU training);
 //! * [`io`]: atomic writes and safetensors files with metadata;
 //! * [`error_report`]: an error and its causes on one line, for command-line tools.
+#![warn(missing_docs)]
 pub mod data;
 pub mod distributed;
 pub mod inference;

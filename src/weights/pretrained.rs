@@ -94,11 +94,12 @@ fn read_pytorch(path: &Path) -> Result<TensorFile, WeightsError> {
 /// Reads a model's `state_dict` from a safetensors file or a PyTorch `torch.save` file (zip
 /// format of PyTorch >= 1.6, or the legacy format of `_use_new_zipfile_serialization=False`),
 /// told apart by their first bytes, not their names. Tensors are on the CPU. Besides a plain
-/// `state_dict`, the model is found inside what training scripts save (see [`model_prefix`]):
-/// a model wrapped in `DistributedDataParallel` (names under `module.`), a checkpoint
-/// dictionary such as `{"epoch": .., "model": state_dict, "optimizer": ..}` or
-/// `{"state_dict": .., "state_dict_ema": ..}`, or a whole pickled model (`torch.save(model)`);
-/// the tensors are renamed to the model's own names and the rest is left out.
+/// `state_dict`, the model is found (by its `conv1.weight` and `fc.weight`) inside what
+/// training scripts save: a model wrapped in `DistributedDataParallel` (names under
+/// `module.`), a checkpoint dictionary such as `{"epoch": .., "model": state_dict,
+/// "optimizer": ..}` or `{"state_dict": .., "state_dict_ema": ..}` (the EMA copy only when
+/// nothing else is there), or a whole pickled model (`torch.save(model)`); the tensors are
+/// renamed to the model's own names and the rest is left out.
 ///
 /// # Errors
 /// [`WeightsError::Io`] naming the file when it cannot be read (or is a corrupt safetensors
