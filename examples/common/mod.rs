@@ -92,12 +92,13 @@ pub struct TrainFlags {
     /// --batch-size is per process). Runs started by torchrun need no flag.
     #[arg(long, value_name = "N")]
     pub nproc: Option<usize>,
-    /// Seconds a data-parallel collective may wait for the other processes [default: 300].
+    /// Seconds a data-parallel collective may wait for the other processes.
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     pub dist_timeout: u64,
-    /// Start from these weights (safetensors, or a PyTorch .pth state dict with torchvision's
-    /// names, e.g. another run's last.safetensors); the file fixes the stem, and the
-    /// classifier is replaced when its class count differs.
+    /// Start from these weights, with torchvision's names: safetensors (e.g. another run's
+    /// last.safetensors) or a PyTorch .pth (a state dict, a training checkpoint or a whole
+    /// model); the file fixes the stem, and the classifier is replaced when its class count
+    /// differs.
     #[arg(long, value_name = "FILE", conflicts_with = "resume")]
     pub pretrained: Option<PathBuf>,
     /// Train the classifier only (with --pretrained, the usual quick fine-tune).
