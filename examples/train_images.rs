@@ -54,7 +54,7 @@ struct Args {
           value_parser = clap::value_parser!(u32).range(8..=4096))]
     image_size: Option<u32>,
     /// Threads decoding and augmenting images [default: one per core].
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(long, value_name = "N", default_value_t = 0, hide_default_value = true)]
     workers: usize,
     /// Keep decoded images in memory after the first epoch (for datasets that fit in RAM).
     #[arg(long)]
