@@ -270,6 +270,25 @@ fn resume_after_a_kill_mid_epoch_is_bitwise_exact() {
     // A folder that never held a run is still refused.
     let err = Trainer::resume(tempfile::tempdir().unwrap().path(), None).unwrap_err();
     assert!(err.to_string().contains("not a run directory"), "{err}");
+    // A run of 2 processes stopped before its first checkpoint needs 2 processes again.
+    let e_dir = tempfile::tempdir().unwrap();
+    let two = TrainConfig {
+        world_size: 2,
+        ..config(3)
+    };
+    std::fs::write(e_dir.path().join(files::CONFIG), two.to_json()).unwrap();
+    let err = Trainer::resume(e_dir.path(), None).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TrainError::WorldSizeChanged {
+                saved: 2,
+                now: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
