@@ -151,6 +151,19 @@ fn pth_zip_legacy_and_safetensors_load_strictly_with_a_fresh_classifier() {
         assert_eq!(report.replaced_classifier, Some((10, 3)), "{format}");
         assert_eq!(report.load.loaded, initial.len(), "{format}");
         assert_eq!(report.load.num_batches_tracked, Some(17), "{format}");
+        let found_under = match format {
+            "ddp.pth" => Some("module."),
+            "checkpoint.pth" | "wrapped.safetensors" => Some("model."),
+            "ema.pth" => Some("state_dict.module."),
+            _ => None,
+        };
+        assert_eq!(report.found_under.as_deref(), found_under, "{format}");
+        if let Some(prefix) = found_under {
+            assert!(
+                report.to_string().contains(&format!("`{prefix}*`")),
+                "{report}"
+            );
+        }
         assert!(
             report.to_string().contains(
                 "classifier replaced: file has 10 classes, model 3 (freshly initialised)"

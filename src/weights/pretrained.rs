@@ -51,9 +51,9 @@ fn kind_of(dtype: DType) -> Option<Kind> {
 }
 
 /// Reads the model's tensors of a PyTorch `torch.save` file, without Python: those under
-/// [`model_prefix`], renamed without it; other entries (an optimizer's state, an EMA copy) are
-/// not read.
-fn read_pytorch(path: &Path) -> Result<TensorFile, WeightsError> {
+/// [`model_prefix`], renamed without it, and that prefix; other entries (an optimizer's state,
+/// an EMA copy) are not read.
+fn read_pytorch(path: &Path) -> Result<(TensorFile, String), WeightsError> {
     let bad = |problem: String| WeightsError::Pytorch {
         path: path.to_path_buf(),
         problem,
@@ -85,10 +85,8 @@ fn read_pytorch(path: &Path) -> Result<TensorFile, WeightsError> {
         tensors.push((name, tensor));
     }
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(TensorFile {
-        tensors,
-        metadata: Default::default(),
-    })
+    let metadata = Default::default();
+    Ok((TensorFile { tensors, metadata }, prefix))
 }
 
 /// Reads a model's `state_dict` from a safetensors file or a PyTorch `torch.save` file (zip
@@ -106,6 +104,12 @@ fn read_pytorch(path: &Path) -> Result<TensorFile, WeightsError> {
 /// file), [`WeightsError::Pytorch`] when it is neither safetensors nor a PyTorch file that
 /// holds tensors.
 pub fn read_state_dict(path: &Path) -> Result<TensorFile, WeightsError> {
+    read_model(path).map(|(file, _)| file)
+}
+
+/// [`read_state_dict`], and the prefix the model's tensors had in the file (see
+/// [`model_prefix`]).
+fn read_model(path: &Path) -> Result<(TensorFile, String), WeightsError> {
     if !is_safetensors(path)? {
         return read_pytorch(path);
     }
@@ -117,7 +121,7 @@ pub fn read_state_dict(path: &Path) -> Result<TensorFile, WeightsError> {
             name.drain(..prefix.len());
         }
     }
-    Ok(file)
+    Ok((file, prefix))
 }
 
 /// Where a ResNeXt's `state_dict` is among a file's tensor names: the prefix `P` for which
@@ -167,11 +171,17 @@ pub struct PretrainedReport {
     /// number of classes and the model kept its freshly initialised `fc`; `None` when the
     /// file's classifier was loaded.
     pub replaced_classifier: Option<(i64, i64)>,
+    /// The prefix the model's tensors had in the file (`module.`, `model.`, `state_dict.`, ...:
+    /// see [`read_state_dict`]); `None` for a plain `state_dict`.
+    pub found_under: Option<String>,
 }
 
 impl fmt::Display for PretrainedReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} tensors loaded", self.load.loaded)?;
+        if let Some(prefix) = &self.found_under {
+            write!(f, " (the file's `{prefix}*` entries)")?;
+        }
         if let Some((file, model)) = self.replaced_classifier {
             write!(
                 f,
@@ -242,12 +252,13 @@ pub fn load_pretrained(
     path: &Path,
     model: &ResNeXtConfig,
 ) -> Result<PretrainedReport, WeightsError> {
-    let mut file = read_state_dict(path)?;
+    let (mut file, prefix) = read_model(path)?;
     let replaced_classifier = keep_fresh_classifier(&mut file, vs, model);
     let load = load_tensors(vs, path, file, LoadOptions { strict: true })?;
     Ok(PretrainedReport {
         load,
         replaced_classifier,
+        found_under: Some(prefix).filter(|p| !p.is_empty()),
     })
 }
 
