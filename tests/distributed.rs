@@ -692,6 +692,12 @@ fn env_parsing() {
             restart_count: 0,
         }
     );
+    // What a launcher sets reads back as the place it describes.
+    for place in [env.clone(), DistEnv::local(1, 2, 4321)] {
+        let vars = place.vars();
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert_eq!(parse(&vars).unwrap(), Some(place));
+    }
     // Not a distributed launch.
     assert_eq!(parse(&[]).unwrap(), None);
     assert_eq!(parse(&[("RANK", "0")]).unwrap(), None);

@@ -55,14 +55,8 @@ pub fn launch_local(nproc: usize) -> Result<ExitCode> {
     for rank in 0..nproc {
         let mut cmd = Command::new(&exe);
         cmd.args(&args)
-            .env("RANK", rank.to_string())
-            .env("LOCAL_RANK", rank.to_string())
-            .env("WORLD_SIZE", nproc.to_string())
-            .env("LOCAL_WORLD_SIZE", nproc.to_string())
-            .env("MASTER_ADDR", "127.0.0.1")
-            .env("MASTER_PORT", port.to_string())
-            .env("OMP_NUM_THREADS", &omp)
-            .env_remove("TORCHELASTIC_USE_AGENT_STORE");
+            .envs(DistEnv::local(rank, nproc, port).vars())
+            .env("OMP_NUM_THREADS", &omp);
         // Its own process group: a terminal's Ctrl-C reaches the launcher only, which passes
         // it on once to every rank.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);

@@ -87,6 +87,37 @@ pub struct DistEnv {
 }
 
 impl DistEnv {
+    /// Rank `rank` of `world_size` processes on this machine, the rendezvous on 127.0.0.1:`port`
+    /// hosted by rank 0 (what a local launcher gives each process it starts).
+    pub fn local(rank: usize, world_size: usize, port: u16) -> Self {
+        DistEnv {
+            rank,
+            world_size,
+            local_rank: rank,
+            local_world_size: world_size,
+            master_addr: "127.0.0.1".into(),
+            master_port: port,
+            agent_store: false,
+            restart_count: 0,
+        }
+    }
+
+    /// The torchrun variables that describe this place (every one [`DistEnv::from_env`] reads),
+    /// for the environment of a process to start.
+    pub fn vars(&self) -> [(&'static str, String); 8] {
+        let agent = if self.agent_store { "True" } else { "False" };
+        [
+            ("RANK", self.rank.to_string()),
+            ("LOCAL_RANK", self.local_rank.to_string()),
+            ("WORLD_SIZE", self.world_size.to_string()),
+            ("LOCAL_WORLD_SIZE", self.local_world_size.to_string()),
+            ("MASTER_ADDR", self.master_addr.clone()),
+            ("MASTER_PORT", self.master_port.to_string()),
+            ("TORCHELASTIC_USE_AGENT_STORE", agent.into()),
+            ("TORCHELASTIC_RESTART_COUNT", self.restart_count.to_string()),
+        ]
+    }
+
     /// Reads the torchrun variables of this process's environment.
     ///
     /// `Ok(None)` when `WORLD_SIZE` is unset: not a distributed launch. Otherwise every needed

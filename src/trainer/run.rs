@@ -199,12 +199,16 @@ impl Trainer<ResNeXt> {
         group: Option<ProcessGroup>,
     ) -> Result<Self, TrainError> {
         let path = run_dir.join(files::CHECKPOINT);
-        if !path.is_file() {
-            return Self::restart(run_dir, device, group);
-        }
-        let mut config = read_checkpoint_state(&path)?.config;
+        let started = path.is_file();
+        let mut config = match started {
+            true => read_checkpoint_state(&path)?.config,
+            false => saved_config(run_dir)?,
+        };
         if let Some(d) = device {
             config.device = d.to_string();
+        }
+        if !started {
+            return Self::restart(run_dir, config, group);
         }
         let trainer = Trainer::build_resnext(config, false)?;
         match group {
@@ -213,32 +217,18 @@ impl Trainer<ResNeXt> {
         }
     }
 
-    /// A run stopped before its first checkpoint, started again from its beginning with the
-    /// configuration its `config.json` holds: the run an uninterrupted start gives (the same
-    /// seed, the same initial or pretrained weights).
+    /// A run stopped before its first checkpoint, started again from its beginning with
+    /// `config`, the one its `config.json` holds: the run an uninterrupted start gives (the
+    /// same seed, the same initial or pretrained weights).
     fn restart(
         run_dir: &Path,
-        device: Option<&str>,
+        config: TrainConfig,
         group: Option<ProcessGroup>,
     ) -> Result<Self, TrainError> {
-        let config_path = run_dir.join(files::CONFIG);
-        if !config_path.is_file() {
-            return Err(TrainError::Checkpoint {
-                path: run_dir.join(files::CHECKPOINT),
-                problem: format!(
-                    "no checkpoint and no {} here: not a run directory",
-                    files::CONFIG
-                ),
-            });
-        }
-        let mut config = TrainConfig::from_file(&config_path)?;
-        if let Some(d) = device {
-            config.device = d.to_string();
-        }
         let now = group.as_ref().map_or(1, ProcessGroup::world_size);
         if config.world_size != now {
             return Err(TrainError::WorldSizeChanged {
-                path: config_path,
+                path: run_dir.join(files::CONFIG),
                 saved: config.world_size,
                 now,
             });
@@ -257,6 +247,22 @@ impl Trainer<ResNeXt> {
     pub fn pretrained_report(&self) -> Option<&PretrainedReport> {
         self.pretrained.as_ref()
     }
+}
+
+/// The configuration in the `config.json` of `run_dir`, a run stopped before its first
+/// checkpoint; an error naming the checkpoint when there is neither (not a run directory).
+fn saved_config(run_dir: &Path) -> Result<TrainConfig, TrainError> {
+    let config_path = run_dir.join(files::CONFIG);
+    if !config_path.is_file() {
+        return Err(TrainError::Checkpoint {
+            path: run_dir.join(files::CHECKPOINT),
+            problem: format!(
+                "no checkpoint and no {} here: not a run directory",
+                files::CONFIG
+            ),
+        });
+    }
+    TrainConfig::from_file(&config_path)
 }
 
 /// Stops every variable but the classifier's (`fc.*`) from requiring gradients.

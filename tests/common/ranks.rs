@@ -5,6 +5,8 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use resnext::distributed::DistEnv;
+
 /// The `main` of such a test binary: a child (`ROLE` set) runs `child(role)` on one thread and
 /// exits 0 when its checks pass; the parent runs the `tests` whose name contains one of the
 /// arguments (all without arguments), one after another.
@@ -72,14 +74,8 @@ pub fn spawn_ranks_with(
         .map(|rank| {
             Command::new(&exe)
                 .env(ROLE, role)
-                .env("RANK", rank.to_string())
-                .env("LOCAL_RANK", rank.to_string())
-                .env("WORLD_SIZE", world_size.to_string())
-                .env("LOCAL_WORLD_SIZE", world_size.to_string())
-                .env("MASTER_ADDR", "127.0.0.1")
-                .env("MASTER_PORT", port.to_string())
+                .envs(DistEnv::local(rank, world_size, port).vars())
                 .env(TIMEOUT_MS, timeout.as_millis().to_string())
-                .env_remove("TORCHELASTIC_USE_AGENT_STORE")
                 .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
                 .stdin(Stdio::null())
                 .spawn()
