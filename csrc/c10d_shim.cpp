@@ -1,4 +1,4 @@
-// A C ABI over libtorch's c10d (TCPStore, ProcessGroupGloo; ProcessGroupNCCL in
+// A C ABI over libtorch's c10d (TCPStore, FileStore, ProcessGroupGloo; ProcessGroupNCCL in
 // c10d_shim_nccl.cpp), for src/distributed/. Built by build.rs with the `cc` crate.
 //
 // Conventions:
@@ -8,12 +8,14 @@
 // * tensors are tch's `*mut C_tensor`, which are `at::Tensor*`.
 // * timeouts are in milliseconds.
 //
-// Only symbols that libtorch_cpu.so exports are called (TCPStore, PrefixStore, ProcessGroupGloo's
-// constructor and Options::create_default, and the virtual collectives of c10d::Backend). The gloo
+// Only symbols that libtorch_cpu.so exports are called (TCPStore, FileStore, PrefixStore,
+// ProcessGroupGloo's constructor, Options, create_default and createDeviceForHostname, and the
+// virtual collectives of c10d::Backend). The gloo
 // headers that ProcessGroupGloo.hpp includes come from Debian's libgloo-dev (a 2022 snapshot;
 // libtorch was built against a newer gloo), so nothing here touches gloo's own types beyond
 // declarations: the objects whose layout depends on gloo are built inside libtorch.
 #include <torch/csrc/distributed/c10d/Backend.hpp>
+#include <torch/csrc/distributed/c10d/FileStore.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
@@ -45,6 +47,7 @@ rx_status rx_store_create(
     const char* host,
     uint16_t port,
     int is_server,
+    int listen_fd,
     int world_size,
     int64_t timeout_ms,
     const char* prefix,
@@ -55,6 +58,11 @@ rx_status rx_store_create(
     c10d::TCPStoreOptions opts;
     opts.port = port;
     opts.isServer = is_server != 0;
+    // The server listens on the socket the caller bound (to MASTER_ADDR's address), not on
+    // every interface as TCPStore would, and with no gap between choosing the port and binding.
+    if (opts.isServer && listen_fd >= 0) {
+      opts.masterListenFd = listen_fd;
+    }
     opts.numWorkers = static_cast<std::size_t>(world_size);
     // Every rank counts itself in, and the server waits until all have (within the timeout): a
     // missing rank shows up here rather than in the first collective.
@@ -65,6 +73,22 @@ rx_status rx_store_create(
     if (prefix != nullptr && prefix[0] != '\0') {
       store = c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), store);
     }
+    *out = new rx_store{std::move(store)};
+  });
+}
+
+rx_status rx_store_create_file(
+    const char* path,
+    int world_size,
+    int64_t timeout_ms,
+    rx_store** out,
+    char** err) {
+  return guarded(err, [&] {
+    *out = nullptr;
+    c10::intrusive_ptr<c10d::Store> store =
+        c10::make_intrusive<c10d::FileStore>(std::string(path), world_size);
+    // Bounds every wait for a key (a rank that never comes), as TCPStore's timeout does.
+    store->setTimeout(ms(timeout_ms));
     *out = new rx_store{std::move(store)};
   });
 }
@@ -94,13 +118,24 @@ rx_status rx_group_gloo_create(
     int rank,
     int world_size,
     int64_t timeout_ms,
+    const char* host,
     rx_group** out,
     char** err) {
   return guarded(err, [&] {
     *out = nullptr;
-    // create_default picks the network interface as torch.distributed does: GLOO_SOCKET_IFNAME
-    // if set, else the address this host's name resolves to, else the loopback.
-    auto options = c10d::ProcessGroupGloo::Options::create_default(ms(timeout_ms));
+    c10::intrusive_ptr<c10d::ProcessGroupGloo::Options> options;
+    if (host != nullptr && host[0] != '\0') {
+      // One device bound to `host` (its listening socket and every pair's), connected at once
+      // so that the caller can check the pairs' peers when this returns.
+      options = c10d::ProcessGroupGloo::Options::create(ms(timeout_ms));
+      options->devices.push_back(
+          c10d::ProcessGroupGloo::createDeviceForHostname(std::string(host), false));
+    } else {
+      // create_default picks the network interface as torch.distributed does:
+      // GLOO_SOCKET_IFNAME if set, else the address this host's name resolves to, else the
+      // loopback.
+      options = c10d::ProcessGroupGloo::Options::create_default(ms(timeout_ms));
+    }
     c10::intrusive_ptr<c10d::Backend> backend =
         c10::make_intrusive<c10d::ProcessGroupGloo>(store->store, rank, world_size, options);
     *out = new rx_group{std::move(backend), timeout_ms};

@@ -26,13 +26,22 @@ typedef struct rx_group rx_group;
 
 void rx_free_error(char* err);
 
-rx_status rx_store_create(const char* host, uint16_t port, int is_server, int world_size,
-                          int64_t timeout_ms, const char* prefix, rx_store** out, char** err);
+/* A TCPStore. The server (is_server != 0) takes over listen_fd, a socket bound and listening on
+   the address to serve (it closes it); listen_fd is -1 for a client. */
+rx_status rx_store_create(const char* host, uint16_t port, int is_server, int listen_fd,
+                          int world_size, int64_t timeout_ms, const char* prefix, rx_store** out,
+                          char** err);
+/* A FileStore: the file `path` (created if missing), shared by `world_size` processes. */
+rx_status rx_store_create_file(const char* path, int world_size, int64_t timeout_ms,
+                               rx_store** out, char** err);
 rx_status rx_store_prefixed(rx_store* base, const char* prefix, rx_store** out, char** err);
 void rx_store_destroy(rx_store* store);
 
+/* host: the address Gloo binds (its device), or NULL for torch.distributed's default choice
+   (GLOO_SOCKET_IFNAME, else the host name's address). A device for `host` connects every pair
+   before this returns (no lazy initialisation). */
 rx_status rx_group_gloo_create(rx_store* store, int rank, int world_size, int64_t timeout_ms,
-                               rx_group** out, char** err);
+                               const char* host, rx_group** out, char** err);
 /* Only in builds with the `nccl` feature (c10d_shim_nccl.cpp). */
 rx_status rx_group_nccl_create(rx_store* store, int rank, int world_size, int64_t timeout_ms,
                                rx_group** out, char** err);

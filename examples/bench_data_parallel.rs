@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use resnext::distributed::{GradientBuckets, ProcessGroup};
+use resnext::distributed::{DistEnv, GradientBuckets, ProcessGroup};
 use resnext::layout::vars_to_channels_last;
 use resnext::trainer::{Execution, Sgd, SgdConfig, TrainConfig, TrainStep};
 use resnext::{ResNeXt, ResNeXtConfig};
@@ -123,7 +123,7 @@ fn row(name: &str, args: &Args, t: &Timing) {
 /// threads when `world` is 1) and returns rank 0's timing (the ranks wait for each other every step, so their
 /// step times agree).
 fn launch_ranks(world: usize) -> Result<Timing> {
-    let port = resnext::distributed::free_local_port()?;
+    let rendezvous = resnext::distributed::LocalRendezvous::new()?;
     let exe = std::env::current_exe()?;
     let mut children = Vec::new();
     for rank in 0..world {
@@ -131,7 +131,7 @@ fn launch_ranks(world: usize) -> Result<Timing> {
             .args(std::env::args_os().skip(1))
             .env("BENCH_RANK", rank.to_string())
             .env("BENCH_WORLD", world.to_string())
-            .env("BENCH_PORT", port.to_string())
+            .env("BENCH_RENDEZVOUS", rendezvous.path())
             .stdout(Stdio::piped())
             .spawn()
             .context("starting a rank")?;
@@ -168,9 +168,9 @@ fn rank_main(args: &Args, rank: usize, world: usize) -> Result<()> {
         train_steps(args, args.batch, None)?
     } else {
         tch::set_num_threads(1);
-        let port: u16 = std::env::var("BENCH_PORT")?.parse()?;
-        let timeout = Duration::from_secs(120);
-        let group = ProcessGroup::new(rank, world, "127.0.0.1", port, timeout)?;
+        let dir = std::path::PathBuf::from(std::env::var("BENCH_RENDEZVOUS")?);
+        let env = DistEnv::local(rank, world, &dir);
+        let group = ProcessGroup::from_dist_env(&env, Duration::from_secs(120))?;
         train_steps(args, args.batch / world as i64, Some(group))?
     };
     println!("{} {} {}", t.step, t.all_reduce, t.transfer);

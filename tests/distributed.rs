@@ -1,18 +1,25 @@
 //! resnext::distributed on CPU with Gloo: two processes of this test binary (re-executed with
-//! `RESNEXT_DIST_ROLE` naming what a child does) join a group on a free port and check every
-//! collective the shim calls; a rank that leaves or stalls gives the other a typed error within
-//! a short timeout; the environment parsing and the set-up errors (port in use, no store, a rank
-//! missing, NCCL in a build without it) are checked in this process.
+//! `RESNEXT_DIST_ROLE` naming what a child does) join a group as the `--nproc` launcher starts
+//! them (a private rendezvous directory) and check every collective the shim calls; a rank that
+//! leaves or stalls gives the other a typed error within a short timeout; the ranks listen on
+//! 127.0.0.1 only, and a foreign process that connects to them (as another user when the tests
+//! run as root) cannot change a sum; a TCP rendezvous on this machine's own address binds
+//! there only; the environment parsing and the set-up errors (port in use, no store, a rank
+//! missing, a rendezvous directory others may use, NCCL in a build without it) are checked in
+//! this process.
 //!
 //! A plain `main` (harness = false): the scenarios run one after another (two processes each,
 //! on a shared 2-core machine). `cargo test --test distributed -- NAME` runs those whose name
 //! contains NAME.
-use std::net::TcpListener;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use resnext::distributed::{
     broadcast_tensors, broadcast_variables, Backend, DistEnv, DistError, EnvError, GradientBuckets,
-    ProcessGroup,
+    ProcessGroup, Rendezvous, RENDEZVOUS_DIR_VAR,
 };
 use resnext::trainer::{Sgd, SgdConfig};
 use resnext::{layout, ResNeXt, ResNeXtConfig};
@@ -21,7 +28,10 @@ use tch::{Device, Kind, Tensor};
 
 #[path = "common/ranks.rs"]
 mod ranks;
-use ranks::{child_timeout, free_port, spawn_ranks, wait_within};
+use ranks::{
+    child_timeout, free_port, listening_sockets, spawn_places, spawn_ranks, spawn_ranks_with,
+    wait_for_file, wait_for_listening, wait_within, Listening,
+};
 
 fn main() {
     let tests: &[(&str, fn())] = &[
@@ -45,7 +55,14 @@ fn main() {
             "data_parallel_peer_dies_gives_typed_error",
             data_parallel_peer_dies_gives_typed_error,
         ),
+        ("listens_on_loopback_only", listens_on_loopback_only),
+        ("foreign_process_cannot_join", foreign_process_cannot_join),
+        ("explicit_address_binds_there", explicit_address_binds_there),
         ("port_in_use", port_in_use),
+        (
+            "untrusted_rendezvous_dir_is_refused",
+            untrusted_rendezvous_dir_is_refused,
+        ),
         ("no_store_gives_connect_error", no_store_gives_connect_error),
         (
             "missing_rank_gives_join_timeout",
@@ -83,6 +100,8 @@ fn child(role: &str) -> Res {
         "stall" => child_stall(timeout),
         "broadcast_variables" => child_broadcast_variables(timeout),
         "ddp_peer_dies" => child_ddp_peer_dies(timeout),
+        "hold" => child_hold(timeout),
+        "guarded_sum" => child_guarded_sum(timeout),
         other => match other.split(':').collect::<Vec<_>>()[..] {
             // ddp_equivalence:<bucket bytes>:<cl|nchw>
             ["ddp_equivalence", bytes, layout] => {
@@ -529,8 +548,434 @@ fn child_ddp_peer_dies(timeout: Duration) -> Res {
     Ok(())
 }
 
+/// The folder a test shares with its children (`SYNC_DIR`): `ready<rank>`, `go`, `outcome<rank>`.
+fn sync_dir() -> Result<PathBuf, Box<dyn std::error::Error>> {
+    Ok(PathBuf::from(std::env::var("SYNC_DIR")?))
+}
+
+/// Joins, sums 1 + 1, says it is ready, and holds the group (its sockets open) until the test
+/// says `go`.
+fn child_hold(timeout: Duration) -> Res {
+    let sync = sync_dir()?;
+    let group = ProcessGroup::from_env(timeout)?;
+    let mut t = Tensor::from_slice(&[1.0f32]);
+    group.all_reduce_sum(&mut t)?;
+    check(t.double_value(&[0]) == 2.0, || format!("1 + 1 = {t}"))?;
+    std::fs::write(sync.join(format!("ready{}", group.rank())), "")?;
+    check(
+        wait_for_file(&sync.join("go"), Duration::from_secs(120)),
+        || "no go from the test".into(),
+    )?;
+    group.barrier()?;
+    Ok(())
+}
+
+/// The name of a `DistError`'s variant.
+fn variant(e: &DistError) -> String {
+    format!("{e:?}")
+        .split([' ', '{', '('])
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Sums 1 + 1 while a foreign process tries to join (rank 1 joins only once the test says
+/// `go`). Writes `outcome<rank>`: `sum 2`, or `error <variant>: <message>`; fails only when
+/// the sum is anything but 2 (or the error is not a `DistError`).
+fn child_guarded_sum(timeout: Duration) -> Res {
+    let sync = sync_dir()?;
+    let rank: usize = std::env::var("RANK")?.parse()?;
+    if rank == 1 {
+        check(
+            wait_for_file(&sync.join("go"), Duration::from_secs(120)),
+            || "no go from the test".into(),
+        )?;
+    }
+    let result = ProcessGroup::from_env(timeout).and_then(|group| {
+        let mut t = Tensor::from_slice(&[1.0f32]);
+        group.all_reduce_sum(&mut t).map(|()| t.double_value(&[0]))
+    });
+    let outcome = match &result {
+        Ok(sum) => format!("sum {sum}"),
+        Err(e) => format!("error {}: {e}", variant(e)),
+    };
+    eprintln!("  rank {rank}: {outcome}");
+    std::fs::write(sync.join(format!("outcome{rank}")), &outcome)?;
+    match result {
+        Ok(sum) => check(sum == 2.0, || format!("1 + 1 = {sum}: the sum was changed")),
+        Err(_) => Ok(()),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tests
+
+/// Waits for `ready0` .. `ready<n-1>` in `sync` (the ranks hold their group), at most `limit`;
+/// kills the ranks and fails past that.
+fn wait_ready(ranks: &mut [Child], sync: &Path, limit: Duration) {
+    for r in 0..ranks.len() {
+        if !wait_for_file(&sync.join(format!("ready{r}")), limit) {
+            for c in ranks.iter_mut() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            panic!("rank {r} did not join within {limit:?}");
+        }
+    }
+}
+
+/// Releases ranks that hold their group and checks that all exit with success.
+fn release(ranks: &mut [Child], sync: &Path) {
+    std::fs::write(sync.join("go"), "").unwrap();
+    for (r, c) in ranks.iter_mut().enumerate() {
+        let status = wait_within(c, Duration::from_secs(60), &format!("rank {r}"));
+        assert!(status.success(), "rank {r} failed: {status}");
+    }
+}
+
+fn pids(ranks: &[Child]) -> Vec<u32> {
+    ranks.iter().map(Child::id).collect()
+}
+
+/// During a 2-rank run started as `--nproc` starts it, every TCP socket the ranks listen on is
+/// on 127.0.0.1 (the rendezvous is a FileStore: no socket; Gloo binds the loopback).
+fn listens_on_loopback_only() {
+    let sync = tempfile::tempdir().unwrap();
+    let env = [("SYNC_DIR", sync.path().display().to_string())];
+    let mut ranks = spawn_ranks_with("hold", 2, Duration::from_secs(60), &env);
+    wait_ready(&mut ranks, sync.path(), Duration::from_secs(120));
+    let seen = listening_sockets(&pids(&ranks));
+    release(&mut ranks, sync.path());
+    eprintln!("  the ranks listen on: {seen:?}");
+    assert!(
+        !seen.is_empty(),
+        "no listening socket found: the test cannot see Gloo's"
+    );
+    for pid in pids(&ranks) {
+        assert!(
+            seen.iter().any(|l| l.pid == pid),
+            "rank {pid} listens on nothing: {seen:?}"
+        );
+    }
+    for l in &seen {
+        assert_eq!(
+            l.addr.ip(),
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            "listening on {l:?}"
+        );
+    }
+}
+
+/// What a forked intruder did.
+struct Intruder {
+    pid: libc::pid_t,
+    /// Whether it runs as another user (nobody) than the ranks.
+    other_user: bool,
+    /// errno of opening the rendezvous directory (0: it could).
+    dir_errno: i32,
+    /// Connections it made to the ranks' ports.
+    connected: i32,
+}
+
+impl Drop for Intruder {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) and waitpid(2) on the child this test forked.
+        unsafe {
+            libc::kill(self.pid, libc::SIGKILL);
+            libc::waitpid(self.pid, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
+/// Forks an intruder: user nobody (65534) when this test runs as root, else this user. It opens
+/// the rendezvous directory `dir`, then 8 connections to each of `ports` on 127.0.0.1, each
+/// naming a sequence number 0..7 first as Gloo's peers do (to be handed a pair of a rank), and
+/// holds them open. Returns once it has connected.
+fn start_intruder(dir: &Path, ports: &[u16]) -> Intruder {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+    let addrs: Vec<libc::sockaddr_in> = ports
+        .iter()
+        .map(|&port| libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be(),
+            },
+            sin_zero: [0; 8],
+        })
+        .collect();
+    // SAFETY: geteuid(2) has no preconditions. RESNEXT_TEST_INTRUDER_SAME_USER: as a run
+    // without root would (to try that case as root).
+    let other_user = unsafe { libc::geteuid() } == 0
+        && std::env::var_os("RESNEXT_TEST_INTRUDER_SAME_USER").is_none();
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe(2) with a valid two-element array.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe");
+    // SAFETY: the child calls only async-signal-safe functions on data prepared above, then
+    // _exit(2)s; it never returns into the test.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork");
+    if pid == 0 {
+        // SAFETY: see above.
+        unsafe { intruder_main(other_user, &dir, &addrs, fds[1]) }
+    }
+    let mut report = [0u8; 8];
+    // SAFETY: close(2) of our copy of the write end; read(2) into a buffer of 8 bytes from the
+    // read end, which the child writes once (or closes by exiting).
+    let n = unsafe {
+        libc::close(fds[1]);
+        let n = libc::read(fds[0], report.as_mut_ptr().cast(), 8);
+        libc::close(fds[0]);
+        n
+    };
+    let intruder = Intruder {
+        pid,
+        other_user,
+        dir_errno: i32::from_ne_bytes(report[..4].try_into().unwrap()),
+        connected: i32::from_ne_bytes(report[4..].try_into().unwrap()),
+    };
+    assert_eq!(
+        n, 8,
+        "the intruder did not report (it could not become user nobody?)"
+    );
+    intruder
+}
+
+/// The forked intruder (see [`start_intruder`]).
+///
+/// # Safety
+/// Only in the child of fork(2): it calls async-signal-safe functions only, and never returns.
+unsafe fn intruder_main(
+    other_user: bool,
+    dir: &std::ffi::CStr,
+    addrs: &[libc::sockaddr_in],
+    report: libc::c_int,
+) -> ! {
+    if other_user
+        && (libc::setgroups(0, std::ptr::null()) != 0
+            || libc::setgid(65534) != 0
+            || libc::setuid(65534) != 0)
+    {
+        libc::_exit(2);
+    }
+    let fd = libc::open(dir.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+    let dir_errno = if fd >= 0 {
+        0
+    } else {
+        *libc::__errno_location()
+    };
+    let mut connected = 0i32;
+    for addr in addrs {
+        for seq in 0u64..8 {
+            let s = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            let sa = (addr as *const libc::sockaddr_in).cast::<libc::sockaddr>();
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            if s >= 0 && libc::connect(s, sa, len) == 0 {
+                let bytes = seq.to_le_bytes();
+                libc::write(s, bytes.as_ptr().cast(), bytes.len());
+                connected += 1;
+            }
+        }
+    }
+    let mut msg = [0u8; 8];
+    msg[..4].copy_from_slice(&dir_errno.to_ne_bytes());
+    msg[4..].copy_from_slice(&connected.to_ne_bytes());
+    libc::write(report, msg.as_ptr().cast(), msg.len());
+    libc::sleep(120);
+    libc::_exit(0)
+}
+
+/// A foreign process tries to join a 2-rank run (started as `--nproc` starts it) while rank 0
+/// waits for rank 1: as rank 1 through every port the ranks listen on (the review's attack on
+/// the TCP store; there is no store socket now), and by naming Gloo's sequence numbers to take
+/// rank 1's place in rank 0's pair. The ranks get 1 + 1 = 2 or a typed error, never another
+/// sum, within a time bound; an intruder of another user is refused by name and cannot open
+/// the rendezvous directory.
+fn foreign_process_cannot_join() {
+    let sync = tempfile::tempdir().unwrap();
+    let env = [("SYNC_DIR", sync.path().display().to_string())];
+    let start = Instant::now();
+    let mut ranks = spawn_ranks_with("guarded_sum", 2, Duration::from_secs(20), &env);
+    let rank0 = [ranks[0].id()];
+    let found = wait_for_listening(&rank0, Duration::from_secs(120), |f| !f.is_empty());
+    eprintln!("  rank 0 listens on {found:?} while it waits for rank 1");
+    assert!(
+        !found.is_empty(),
+        "rank 0 listens on nothing: the test cannot attack it"
+    );
+    assert!(found.iter().all(|l| l.addr.ip().is_loopback()), "{found:?}");
+    let ports: Vec<u16> = found.iter().map(|l: &Listening| l.addr.port()).collect();
+    // Joining as rank 1 blocks until rank 0 answers (libtorch's TCP client waits for the
+    // store's reply past its timeout), so each attempt runs on a thread of its own.
+    let (tx, joins) = std::sync::mpsc::channel();
+    for &port in &ports {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let joined = ProcessGroup::new(1, 2, "127.0.0.1", port, Duration::from_secs(2));
+            let _ = tx.send((port, joined.map(|_| ())));
+        });
+    }
+    let intruder = start_intruder(ranks.rendezvous.path(), &ports);
+    eprintln!(
+        "  intruder (another user: {}): {} connection(s), opening the rendezvous directory: \
+         errno {}",
+        intruder.other_user, intruder.connected, intruder.dir_errno
+    );
+    assert!(intruder.connected > 0, "the intruder could not connect");
+    std::fs::write(sync.path().join("go"), "").unwrap();
+    for (r, c) in ranks.iter_mut().enumerate() {
+        let status = wait_within(c, Duration::from_secs(90), &format!("rank {r}"));
+        assert!(
+            status.success(),
+            "rank {r}: {status} (the sum was changed?)"
+        );
+    }
+    for _ in &ports {
+        let (port, joined) = joins
+            .recv_timeout(Duration::from_secs(60))
+            .expect("joining as rank 1 still blocked a minute after the ranks exited");
+        let err = joined.expect_err("joined the run as rank 1 through a rank's port");
+        eprintln!("  joining as rank 1 at 127.0.0.1:{port}: {err}");
+    }
+    intruder_checks(&intruder, sync.path());
+    eprintln!(
+        "  both ranks done {:.1} s after the start",
+        start.elapsed().as_secs_f64()
+    );
+}
+
+/// Each rank's outcome is `sum 2` or a typed error; with an intruder of another user, rank 0
+/// refused it by its user and the intruder could not open the rendezvous directory.
+fn intruder_checks(intruder: &Intruder, sync: &Path) {
+    let outcomes: Vec<String> = (0..2)
+        .map(|r| std::fs::read_to_string(sync.join(format!("outcome{r}"))).unwrap())
+        .collect();
+    for (r, o) in outcomes.iter().enumerate() {
+        assert!(o == "sum 2" || o.starts_with("error "), "rank {r}: {o}");
+    }
+    if intruder.other_user {
+        assert_eq!(
+            intruder.dir_errno,
+            libc::EACCES,
+            "another user opened the directory"
+        );
+        assert!(
+            outcomes[0].starts_with("error ForeignPeer") && outcomes[0].contains("user 65534"),
+            "rank 0 did not refuse the intruder: {}",
+            outcomes[0]
+        );
+    } else {
+        eprintln!("  (not root: the intruder runs as this user, whom no check can tell apart)");
+    }
+}
+
+/// A non-loopback IPv4 address of this machine (an interface that is up), if any.
+fn own_address() -> Option<Ipv4Addr> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs(3) fills `list`, read while it lives and freed once below.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return None;
+    }
+    let mut found = None;
+    let mut cur = list;
+    while !cur.is_null() && found.is_none() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned; an AF_INET address is a
+        // sockaddr_in.
+        unsafe {
+            let ifa = &*cur;
+            let up = ifa.ifa_flags & libc::IFF_UP as u32 != 0;
+            let addr = ifa.ifa_addr;
+            if up && !addr.is_null() && i32::from((*addr).sa_family) == libc::AF_INET {
+                let sin = &*(addr as *const libc::sockaddr_in);
+                let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                found = (!ip.is_loopback()).then_some(ip);
+            }
+            cur = ifa.ifa_next;
+        }
+    }
+    // SAFETY: the list from getifaddrs, freed once.
+    unsafe { libc::freeifaddrs(list) };
+    found
+}
+
+/// A multi-machine style group (a TCP rendezvous, rank 0 hosting the store) given this
+/// machine's own address listens there only: the store on that address and port, Gloo on that
+/// address, nothing on 0.0.0.0 or the loopback.
+fn explicit_address_binds_there() {
+    let Some(ip) = own_address() else {
+        eprintln!(
+            "SKIPPED explicit_address_binds_there: this machine has no non-loopback IPv4 address"
+        );
+        return;
+    };
+    // A port free a moment ago (a race that can only fail this test, not a run).
+    let port = TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let places: Vec<DistEnv> = (0..2)
+        .map(|rank| DistEnv {
+            rendezvous: Rendezvous::Tcp {
+                addr: ip.to_string(),
+                port,
+            },
+            ..DistEnv::local(rank, 2, Path::new("/unused"))
+        })
+        .collect();
+    let sync = tempfile::tempdir().unwrap();
+    let env = [("SYNC_DIR", sync.path().display().to_string())];
+    let mut ranks = spawn_places("hold", &places, Duration::from_secs(60), &env);
+    wait_ready(&mut ranks, sync.path(), Duration::from_secs(120));
+    let seen = listening_sockets(&pids(&ranks));
+    release(&mut ranks, sync.path());
+    eprintln!("  MASTER_ADDR={ip}, MASTER_PORT={port}: the ranks listen on {seen:?}");
+    let store = SocketAddr::new(IpAddr::V4(ip), port);
+    assert!(
+        seen.iter()
+            .any(|l| l.pid == ranks[0].id() && l.addr == store),
+        "rank 0 does not host the store on {store}: {seen:?}"
+    );
+    for pid in pids(&ranks) {
+        assert!(
+            seen.iter().any(|l| l.pid == pid && l.addr != store),
+            "no Gloo socket of {pid}"
+        );
+    }
+    for l in &seen {
+        assert_eq!(l.addr.ip(), IpAddr::V4(ip), "listening on {l:?}");
+    }
+}
+
+/// A rendezvous directory that is missing, or that other users may enter, is refused with
+/// a typed error naming it, before anything is read from it.
+fn untrusted_rendezvous_dir_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let open = tmp.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cases = [
+        (open.clone(), "its mode is 0755"),
+        (tmp.path().join("missing"), "cannot read it"),
+    ];
+    for (dir, what) in cases {
+        let env = DistEnv::local(0, 2, &dir);
+        let err = ProcessGroup::from_dist_env(&env, Duration::from_secs(2)).unwrap_err();
+        eprintln!("  {}: {err}", dir.display());
+        assert!(
+            matches!(&err, DistError::RendezvousDir { dir: d, .. } if *d == dir),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(what), "{err}");
+        assert!(err.to_string().contains(RENDEZVOUS_DIR_VAR), "{err}");
+    }
+    // The group of one process meets in a private directory of its own.
+    let group = ProcessGroup::single(Duration::from_secs(10)).unwrap();
+    let mut t = Tensor::from_slice(&[3.0f32]);
+    group.all_reduce_sum(&mut t).unwrap();
+    assert_eq!(t.double_value(&[0]), 3.0);
+}
 
 fn collectives_two_ranks() {
     let mut ranks = spawn_ranks("collectives", 2, Duration::from_secs(60));
@@ -686,18 +1131,54 @@ fn env_parsing() {
             world_size: 4,
             local_rank: 1,
             local_world_size: 2,
-            master_addr: "node0".into(),
-            master_port: 29500,
+            rendezvous: Rendezvous::Tcp {
+                addr: "node0".into(),
+                port: 29500
+            },
             agent_store: false,
             restart_count: 0,
         }
     );
     // What a launcher sets reads back as the place it describes.
-    for place in [env.clone(), DistEnv::local(1, 2, 4321)] {
+    for place in [env.clone(), DistEnv::local(1, 2, Path::new("/tmp/rdzv"))] {
         let vars = place.vars();
         let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
         assert_eq!(parse(&vars).unwrap(), Some(place));
     }
+    // The launcher's private directory: MASTER_ADDR / MASTER_PORT are neither set nor read.
+    let local = DistEnv::local(0, 2, Path::new("/tmp/rdzv")).vars();
+    assert!(local
+        .iter()
+        .any(|(k, v)| *k == RENDEZVOUS_DIR_VAR && v == "/tmp/rdzv"));
+    assert!(
+        !local.iter().any(|(k, _)| k.starts_with("MASTER_")),
+        "{local:?}"
+    );
+    let mut with_dir = full.to_vec();
+    with_dir.push((RENDEZVOUS_DIR_VAR, "/tmp/rdzv"));
+    let env = parse(&with_dir).unwrap().unwrap();
+    assert_eq!(
+        env.rendezvous,
+        Rendezvous::File {
+            dir: "/tmp/rdzv".into()
+        }
+    );
+    let mut relative = full.to_vec();
+    relative.push((RENDEZVOUS_DIR_VAR, "rdzv"));
+    assert!(matches!(
+        parse(&relative),
+        Err(EnvError::Invalid { var, .. }) if var == RENDEZVOUS_DIR_VAR
+    ));
+    // torchrun's runs meet at MASTER_ADDR:MASTER_PORT, never in a directory.
+    with_dir.push(("TORCHELASTIC_USE_AGENT_STORE", "True"));
+    let err = parse(&with_dir).unwrap_err();
+    assert!(err.to_string().contains("agent store"), "{err}");
+    let mut empty = full.to_vec();
+    empty.push((RENDEZVOUS_DIR_VAR, ""));
+    assert!(matches!(
+        parse(&empty).unwrap().unwrap().rendezvous,
+        Rendezvous::Tcp { .. }
+    ));
     // Not a distributed launch.
     assert_eq!(parse(&[]).unwrap(), None);
     assert_eq!(parse(&[("RANK", "0")]).unwrap(), None);

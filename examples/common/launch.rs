@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use resnext::distributed::{free_local_port, DistEnv, ProcessGroup};
+use resnext::distributed::{DistEnv, LocalRendezvous, ProcessGroup};
 
 use super::Usage;
 
@@ -38,24 +38,31 @@ pub fn is_rank() -> bool {
 }
 
 /// Runs this program `nproc` times on this machine as the ranks of one data-parallel run,
-/// with the torchrun variables (`RANK`, `LOCAL_RANK`, `WORLD_SIZE`, `LOCAL_WORLD_SIZE`,
-/// `MASTER_ADDR` = 127.0.0.1, `MASTER_PORT` = a free port), the same arguments but `--nproc`,
-/// and the CPU's threads shared between them (`OMP_NUM_THREADS`, unless set). Ctrl-C is
+/// with the torchrun variables (`RANK`, `LOCAL_RANK`, `WORLD_SIZE`, `LOCAL_WORLD_SIZE`) and,
+/// instead of `MASTER_ADDR` / `MASTER_PORT`, `RESNEXT_RENDEZVOUS_DIR`: a private directory
+/// (mode 0700, removed at the end) in which the ranks meet through a c10d `FileStore`, so the
+/// rendezvous has no network socket and no port to choose, and Gloo binds 127.0.0.1 only.
+/// The same arguments but `--nproc`, and the CPU's threads shared between the ranks
+/// (`OMP_NUM_THREADS`, unless set). Ctrl-C is
 /// passed on to every rank (each saves its checkpoint at the same batch); when one rank fails,
 /// the others are stopped (SIGTERM, then SIGKILL after 10 s) and its exit code is returned;
 /// when the launcher itself dies, every rank gets SIGTERM.
 pub fn launch_local(nproc: usize) -> Result<ExitCode> {
-    let port = free_local_port().context("finding a free port for the rendezvous")?;
+    let rendezvous =
+        LocalRendezvous::new().context("creating a private directory for the rendezvous")?;
     let exe = std::env::current_exe().context("finding this program's path")?;
     let args = args_without_nproc(std::env::args_os().skip(1));
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let omp = std::env::var("OMP_NUM_THREADS").unwrap_or((threads / nproc).max(1).to_string());
-    eprintln!("launching {nproc} processes (rendezvous 127.0.0.1:{port}, {omp} thread(s) each)");
+    eprintln!(
+        "launching {nproc} processes (rendezvous in {}, Gloo on 127.0.0.1, {omp} thread(s) each)",
+        rendezvous.path().display()
+    );
     let mut children = Vec::with_capacity(nproc);
     for rank in 0..nproc {
         let mut cmd = Command::new(&exe);
         cmd.args(&args)
-            .envs(DistEnv::local(rank, nproc, port).vars())
+            .envs(rendezvous.env(rank, nproc).vars())
             .env("OMP_NUM_THREADS", &omp);
         // Its own process group: a terminal's Ctrl-C reaches the launcher only, which passes
         // it on once to every rank.
@@ -78,7 +85,10 @@ pub fn launch_local(nproc: usize) -> Result<ExitCode> {
         }
     }
     forward_ctrl_c(children.iter().map(Child::id).collect())?;
-    supervise(children)
+    let code = supervise(children);
+    // Every rank has exited: the directory (and its store file) can go.
+    drop(rendezvous);
+    code
 }
 
 /// The arguments without `--nproc N` / `--nproc=N`.

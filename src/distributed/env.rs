@@ -5,7 +5,20 @@
 //! `MASTER_PORT`, and hosts the rendezvous store itself (`TORCHELASTIC_USE_AGENT_STORE=True`,
 //! restarts counted in `TORCHELASTIC_RESTART_COUNT`). The same variables set by hand (or by
 //! another launcher) work too.
+//!
+//! The `--nproc` launcher of the examples ([`LocalRendezvous`](super::LocalRendezvous)) sets the
+//! same variables but `MASTER_ADDR` / `MASTER_PORT`, and [`RENDEZVOUS_DIR_VAR`] instead: the
+//! ranks meet in a c10d `FileStore` in that private directory, with no network socket for the
+//! rendezvous (see the [module docs](super)). torchrun never sets it, so its runs keep the TCP
+//! store.
+use std::path::{Path, PathBuf};
+
 use thiserror::Error;
+
+/// The variable naming the private directory of a one-machine rendezvous (a c10d `FileStore`
+/// inside it), set by [`DistEnv::vars`] for [`Rendezvous::File`]; when set, `MASTER_ADDR` and
+/// `MASTER_PORT` are not read.
+pub const RENDEZVOUS_DIR_VAR: &str = "RESNEXT_RENDEZVOUS_DIR";
 
 /// What is wrong with the torchrun environment variables.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -61,6 +74,26 @@ pub enum EnvError {
     },
 }
 
+/// Where the ranks of a run meet to exchange their addresses (c10d's store).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rendezvous {
+    /// A c10d `TCPStore` at `MASTER_ADDR:MASTER_PORT`, hosted by rank 0 (bound to that address
+    /// only) or by torchrun's agent: runs over several machines, and torchrun's.
+    Tcp {
+        /// `MASTER_ADDR`: the host of the store (rank 0's machine).
+        addr: String,
+        /// `MASTER_PORT`: the store's TCP port.
+        port: u16,
+    },
+    /// A c10d `FileStore` in this directory ([`RENDEZVOUS_DIR_VAR`]), which must be private to
+    /// this user (mode 0700): every rank on this machine, no network socket for the
+    /// rendezvous, and Gloo on the loopback interface only.
+    File {
+        /// The directory (absolute).
+        dir: PathBuf,
+    },
+}
+
 /// A process's place in a distributed run, as the torchrun variables describe it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DistEnv {
@@ -74,10 +107,9 @@ pub struct DistEnv {
     /// `LOCAL_WORLD_SIZE`: the number of processes on this machine. Defaults to `world_size`
     /// when unset.
     pub local_world_size: usize,
-    /// `MASTER_ADDR`: the host of the rendezvous store (rank 0's machine).
-    pub master_addr: String,
-    /// `MASTER_PORT`: the store's TCP port.
-    pub master_port: u16,
+    /// Where the ranks meet: `MASTER_ADDR:MASTER_PORT`, or the directory of
+    /// [`RENDEZVOUS_DIR_VAR`].
+    pub rendezvous: Rendezvous,
     /// `TORCHELASTIC_USE_AGENT_STORE=True`: torchrun's agent already hosts the store, so every
     /// rank (rank 0 included) connects to it as a client.
     pub agent_store: bool,
@@ -87,35 +119,47 @@ pub struct DistEnv {
 }
 
 impl DistEnv {
-    /// Rank `rank` of `world_size` processes on this machine, the rendezvous on 127.0.0.1:`port`
-    /// hosted by rank 0 (what a local launcher gives each process it starts).
-    pub fn local(rank: usize, world_size: usize, port: u16) -> Self {
+    /// Rank `rank` of `world_size` processes on this machine, meeting in a `FileStore` in the
+    /// private directory `dir` (what a local launcher gives each process it starts; see
+    /// [`LocalRendezvous`](super::LocalRendezvous), which creates such a directory).
+    pub fn local(rank: usize, world_size: usize, dir: &Path) -> Self {
         DistEnv {
             rank,
             world_size,
             local_rank: rank,
             local_world_size: world_size,
-            master_addr: "127.0.0.1".into(),
-            master_port: port,
+            rendezvous: Rendezvous::File {
+                dir: dir.to_path_buf(),
+            },
             agent_store: false,
             restart_count: 0,
         }
     }
 
-    /// The torchrun variables that describe this place (every one [`DistEnv::from_env`] reads),
-    /// for the environment of a process to start.
-    pub fn vars(&self) -> [(&'static str, String); 8] {
+    /// The variables that describe this place (every one [`DistEnv::from_env`] reads), for the
+    /// environment of a process to start: the torchrun variables, with `MASTER_ADDR` and
+    /// `MASTER_PORT` for [`Rendezvous::Tcp`] or [`RENDEZVOUS_DIR_VAR`] for
+    /// [`Rendezvous::File`].
+    pub fn vars(&self) -> Vec<(&'static str, String)> {
         let agent = if self.agent_store { "True" } else { "False" };
-        [
+        let mut vars = vec![
             ("RANK", self.rank.to_string()),
             ("LOCAL_RANK", self.local_rank.to_string()),
             ("WORLD_SIZE", self.world_size.to_string()),
             ("LOCAL_WORLD_SIZE", self.local_world_size.to_string()),
-            ("MASTER_ADDR", self.master_addr.clone()),
-            ("MASTER_PORT", self.master_port.to_string()),
-            ("TORCHELASTIC_USE_AGENT_STORE", agent.into()),
-            ("TORCHELASTIC_RESTART_COUNT", self.restart_count.to_string()),
-        ]
+        ];
+        match &self.rendezvous {
+            Rendezvous::Tcp { addr, port } => {
+                vars.push(("MASTER_ADDR", addr.clone()));
+                vars.push(("MASTER_PORT", port.to_string()));
+            }
+            Rendezvous::File { dir } => {
+                vars.push((RENDEZVOUS_DIR_VAR, dir.display().to_string()));
+            }
+        }
+        vars.push(("TORCHELASTIC_USE_AGENT_STORE", agent.into()));
+        vars.push(("TORCHELASTIC_RESTART_COUNT", self.restart_count.to_string()));
+        vars
     }
 
     /// Reads the torchrun variables of this process's environment.
@@ -134,8 +178,8 @@ impl DistEnv {
             return Ok(None);
         };
         let mut env = ranks(&get, parse_count("WORLD_SIZE", &world)?)?;
-        (env.master_addr, env.master_port) = rendezvous(&get)?;
         (env.agent_store, env.restart_count) = elastic(&get)?;
+        env.rendezvous = rendezvous(&get, env.agent_store)?;
         Ok(Some(env))
     }
 }
@@ -176,15 +220,37 @@ fn ranks(get: &dyn Fn(&str) -> Option<String>, world_size: usize) -> Result<Dist
         world_size,
         local_rank,
         local_world_size,
-        master_addr: String::new(),
-        master_port: 0,
+        rendezvous: Rendezvous::Tcp {
+            addr: String::new(),
+            port: 0,
+        },
         agent_store: false,
         restart_count: 0,
     })
 }
 
+/// [`RENDEZVOUS_DIR_VAR`] (an absolute path, not under torchrun's agent store) when set, else
 /// `MASTER_ADDR` and `MASTER_PORT`, both required.
-fn rendezvous(get: &dyn Fn(&str) -> Option<String>) -> Result<(String, u16), EnvError> {
+fn rendezvous(
+    get: &dyn Fn(&str) -> Option<String>,
+    agent_store: bool,
+) -> Result<Rendezvous, EnvError> {
+    if let Some(dir) = get(RENDEZVOUS_DIR_VAR).filter(|d| !d.is_empty()) {
+        let expected = if agent_store {
+            "unset under torchrun's agent store (TORCHELASTIC_USE_AGENT_STORE=True): torchrun \
+             runs meet at MASTER_ADDR:MASTER_PORT"
+        } else {
+            "an absolute path (the private directory the --nproc launcher creates)"
+        };
+        if agent_store || !Path::new(&dir).is_absolute() {
+            return Err(EnvError::Invalid {
+                var: RENDEZVOUS_DIR_VAR,
+                value: dir,
+                expected,
+            });
+        }
+        return Ok(Rendezvous::File { dir: dir.into() });
+    }
     let addr = get("MASTER_ADDR")
         .filter(|a| !a.is_empty())
         .ok_or(EnvError::Missing {
@@ -196,7 +262,7 @@ fn rendezvous(get: &dyn Fn(&str) -> Option<String>) -> Result<(String, u16), Env
         hint: "the TCP port of the rendezvous store on MASTER_ADDR",
     })?;
     match port.parse::<u16>() {
-        Ok(p) if p > 0 => Ok((addr, p)),
+        Ok(port) if port > 0 => Ok(Rendezvous::Tcp { addr, port }),
         _ => Err(EnvError::Invalid {
             var: "MASTER_PORT",
             value: port,

@@ -15,8 +15,10 @@ pub(crate) struct RxGroup {
 
 pub(crate) const RX_OK: c_int = 0;
 pub(crate) const RX_ERR_NETWORK: c_int = 1;
-// 2: c10::DistStoreError, 3: c10::DistBackendError, 4: other c10::Error, 5: other exception
-// (see csrc/c10d_shim.h); told apart by their messages in group.rs.
+// 2: c10::DistStoreError, 3: c10::DistBackendError, 4: other c10::Error (see csrc/c10d_shim.h);
+// told apart by their messages in group.rs.
+/// Any other exception (and, on the Rust side, a shim call that returned no handle).
+pub(crate) const RX_ERR_OTHER: c_int = 5;
 
 pub(crate) const RX_OP_SUM: c_int = 0;
 pub(crate) const RX_OP_AVG: c_int = 1;
@@ -27,9 +29,17 @@ extern "C" {
         host: *const c_char,
         port: u16,
         is_server: c_int,
+        listen_fd: c_int,
         world_size: c_int,
         timeout_ms: i64,
         prefix: *const c_char,
+        out: *mut *mut RxStore,
+        err: *mut *mut c_char,
+    ) -> c_int;
+    pub(crate) fn rx_store_create_file(
+        path: *const c_char,
+        world_size: c_int,
+        timeout_ms: i64,
         out: *mut *mut RxStore,
         err: *mut *mut c_char,
     ) -> c_int;
@@ -45,6 +55,7 @@ extern "C" {
         rank: c_int,
         world_size: c_int,
         timeout_ms: i64,
+        host: *const c_char,
         out: *mut *mut RxGroup,
         err: *mut *mut c_char,
     ) -> c_int;

@@ -1,5 +1,9 @@
-//! [`ProcessGroup`]: the ranks of a run, joined through a TCP store, and their collectives.
-use std::ffi::{c_int, c_void, CString};
+//! [`ProcessGroup`]: the ranks of a run, joined through a c10d store (a `FileStore` in a private
+//! directory on one machine, a `TCPStore` across machines), and their collectives.
+use std::ffi::{c_int, c_void, CStr, CString};
+use std::net::Ipv4Addr;
+use std::os::fd::IntoRawFd;
+use std::path::Path;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -7,9 +11,10 @@ use std::time::Duration;
 
 use tch::{Device, Tensor};
 
-use super::env::{DistEnv, EnvError};
+use super::env::{DistEnv, EnvError, Rendezvous};
 use super::ffi::{self, RxGroup, RxStore, ShimError};
-use super::{Backend, DistError};
+use super::local::{self, LocalRendezvous};
+use super::{net, peers, Backend, DistError};
 
 /// Process groups created by this process so far: each gets its own key prefix in the store,
 /// so that several groups (one after another, or torchrun's long-lived agent store) never see
@@ -59,6 +64,8 @@ pub struct ProcessGroup {
     nccl: Mutex<Option<Group>>,
     #[cfg_attr(not(feature = "nccl"), allow(dead_code))]
     store: Store,
+    // The private rendezvous directory of a single-process group, removed after the store.
+    _dir: Option<LocalRendezvous>,
 }
 
 // SAFETY: the c10d objects behind the handles are not tied to the thread that made them.
@@ -89,28 +96,35 @@ impl ProcessGroup {
         Self::from_dist_env(&env, timeout)
     }
 
-    /// Joins the group that `env` describes (see [`ProcessGroup::from_env`]).
+    /// Joins the group that `env` describes (see [`ProcessGroup::from_env`]): in the private
+    /// directory of a [`Rendezvous::File`] (a c10d `FileStore`, Gloo on 127.0.0.1), or through
+    /// the TCP store at `MASTER_ADDR:MASTER_PORT` (see [`ProcessGroup::new`]).
     pub fn from_dist_env(env: &DistEnv, timeout: Duration) -> Result<Self, DistError> {
-        let prefix = if env.agent_store {
-            // As torch.distributed's env:// rendezvous does under torchelastic.
-            format!("/worker/attempt_{}", env.restart_count)
-        } else {
-            String::new()
+        let spec = match &env.rendezvous {
+            Rendezvous::File { dir } => StoreSpec::File(dir),
+            Rendezvous::Tcp { addr, port } => StoreSpec::Tcp {
+                addr,
+                port: *port,
+                is_server: !env.agent_store && env.rank == 0,
+                // As torch.distributed's env:// rendezvous does under torchelastic.
+                prefix: match env.agent_store {
+                    true => format!("/worker/attempt_{}", env.restart_count),
+                    false => String::new(),
+                },
+            },
         };
-        Self::create(
-            env.rank,
-            env.world_size,
-            &env.master_addr,
-            env.master_port,
-            timeout,
-            !env.agent_store && env.rank == 0,
-            &prefix,
-        )
+        Self::create(env.rank, env.world_size, spec, timeout, None)
     }
 
-    /// Joins a group of `world_size` ranks as `rank`: rank 0 hosts the rendezvous store on
-    /// `port` (all interfaces), the others connect to it at `addr:port`. `timeout` bounds the
+    /// Joins a group of `world_size` ranks as `rank` through a TCP store at `addr:port`: rank 0
+    /// hosts it, on a socket bound to `addr`'s address only (so `addr` must name rank 0's
+    /// machine, as the others reach it), and the others connect to it. `timeout` bounds the
     /// wait for every rank to join and every collective.
+    ///
+    /// Gloo binds `GLOO_SOCKET_IFNAME`'s interface when that is set, else the local address
+    /// that reaches `addr` (the loopback for 127.0.0.1). Neither the store nor Gloo
+    /// authenticates or encrypts: use this across machines on a trusted network only (on one
+    /// machine, [`LocalRendezvous`] needs no network socket for the rendezvous).
     pub fn new(
         rank: usize,
         world_size: usize,
@@ -118,52 +132,47 @@ impl ProcessGroup {
         port: u16,
         timeout: Duration,
     ) -> Result<Self, DistError> {
-        Self::create(rank, world_size, addr, port, timeout, rank == 0, "")
+        let spec = StoreSpec::Tcp {
+            addr,
+            port,
+            is_server: rank == 0,
+            prefix: String::new(),
+        };
+        Self::create(rank, world_size, spec, timeout, None)
     }
 
-    /// A group of this process alone, its store on a free local port: data-parallel code run
-    /// as one process (one GPU with NCCL, a benchmark's baseline, tests).
+    /// A group of this process alone: data-parallel code run as one process (one GPU with
+    /// NCCL, a benchmark's baseline, tests). Its store is a `FileStore` in a private temporary
+    /// directory (removed with the group) and Gloo binds 127.0.0.1: no port is chosen.
     pub fn single(timeout: Duration) -> Result<Self, DistError> {
-        let port = free_local_port().map_err(|e| DistError::Failed {
+        let dir = LocalRendezvous::new().map_err(|e| DistError::Failed {
             rank: 0,
-            op: "find a free local port",
+            op: "create a private rendezvous directory",
             detail: e.to_string(),
         })?;
-        Self::new(0, 1, "127.0.0.1", port, timeout)
+        let path = dir.path().to_path_buf();
+        Self::create(0, 1, StoreSpec::File(&path), timeout, Some(dir))
     }
 
+    /// Creates the store `spec` describes, Gloo on it, and checks who connected to Gloo.
+    /// `dir` is kept (and removed) with the group.
     fn create(
         rank: usize,
         world_size: usize,
-        addr: &str,
-        port: u16,
+        spec: StoreSpec<'_>,
         timeout: Duration,
-        is_server: bool,
-        prefix: &str,
+        dir: Option<LocalRendezvous>,
     ) -> Result<Self, DistError> {
         check_group_args(rank, world_size, timeout)?;
-        let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
-        let host = CString::new(addr)
-            .map_err(|_| DistError::InvalidArgument(format!("address {addr:?} contains NUL")))?;
-        let prefix = store_prefix(prefix)?;
-        let mut raw_store = std::ptr::null_mut();
-        // SAFETY: `host` and `prefix` are NUL-terminated and outlive the call, `raw_store` is a
-        // valid out-pointer; the shim copies the strings.
-        ffi::call(|err| unsafe {
-            ffi::rx_store_create(
-                host.as_ptr(),
-                port,
-                c_int::from(is_server),
-                world_size as c_int,
-                timeout_ms,
-                prefix.as_ptr(),
-                &mut raw_store,
-                err,
-            )
-        })
-        .map_err(|e| store_error(e, rank, addr, port, is_server, timeout))?;
-        let store = Store(non_null(raw_store, rank, "create the rendezvous store")?);
-        let gloo = create_backend(&store, Backend::Gloo, rank, world_size, timeout)?;
+        let store = spec.open(rank, world_size, timeout)?;
+        let gloo_host = spec.gloo_host();
+        let before = peers::own_sockets().map_err(|e| DistError::Failed {
+            rank,
+            op: "list this process's sockets",
+            detail: e.to_string(),
+        })?;
+        let gloo = create_backend(&store, Backend::Gloo, rank, world_size, timeout, gloo_host)?;
+        peers::check_accepted(&before, rank)?;
         Ok(ProcessGroup {
             rank,
             world_size,
@@ -171,6 +180,7 @@ impl ProcessGroup {
             gloo,
             nccl: Mutex::new(None),
             store,
+            _dir: dir,
         })
     }
 
@@ -334,6 +344,7 @@ impl ProcessGroup {
                             self.rank,
                             self.world_size,
                             self.timeout,
+                            None,
                         )?),
                     };
                     f(group.0.as_ptr())
@@ -347,15 +358,157 @@ impl ProcessGroup {
     }
 }
 
-/// A TCP port of 127.0.0.1 that was free a moment ago (the system's choice), for a rendezvous
-/// on this machine: [`ProcessGroup::single`], launchers of local ranks.
+/// A TCP port of 127.0.0.1 that was free a moment ago (the system's choice).
+///
+/// Racy by nature: another process can take the port between this call and its use, and a
+/// rendezvous on it would then fail, or, worse, meet that process. Nothing in this crate uses
+/// it any more: a rendezvous on one machine is a [`LocalRendezvous`] (no port at all), and rank
+/// 0 of a TCP rendezvous binds its port itself. Kept for callers that need a probably-free port
+/// for something else (tests of connection errors, say).
 ///
 /// # Errors
 /// When no socket can be bound on 127.0.0.1.
+#[deprecated(
+    since = "0.1.0",
+    note = "racy between choosing the port and binding it: use LocalRendezvous (no port) for \
+            ranks on one machine, or bind 127.0.0.1:0 and keep the listener"
+)]
 pub fn free_local_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
+}
+
+/// Where a group's store is, and this process's part in it.
+enum StoreSpec<'a> {
+    /// A `FileStore` in this private directory (every rank on this machine).
+    File(&'a Path),
+    /// A `TCPStore` at `addr:port`, hosted by this process when `is_server`, its keys under
+    /// `prefix` (torchelastic's, or empty).
+    Tcp {
+        addr: &'a str,
+        port: u16,
+        is_server: bool,
+        prefix: String,
+    },
+}
+
+impl StoreSpec<'_> {
+    /// Opens the store, its keys under the next group prefix of this process.
+    fn open(&self, rank: usize, world_size: usize, timeout: Duration) -> Result<Store, DistError> {
+        match self {
+            StoreSpec::File(dir) => {
+                let base = file_store(dir, world_size, timeout)?;
+                let prefix = store_prefix("")?;
+                prefixed(&base, &prefix).map_err(|e| {
+                    classify(e, rank, "open the rendezvous store", Backend::Gloo, timeout)
+                })
+            }
+            StoreSpec::Tcp {
+                addr,
+                port,
+                is_server,
+                prefix,
+            } => tcp_store(addr, *port, *is_server, prefix, rank, world_size, timeout),
+        }
+    }
+
+    /// The address for Gloo to bind: 127.0.0.1 for a file rendezvous; for a TCP one, see
+    /// [`net::gloo_address`] (`None`: torch.distributed's own choice).
+    fn gloo_host(&self) -> Option<CString> {
+        let ip = match self {
+            StoreSpec::File(_) => Some(Ipv4Addr::LOCALHOST.into()),
+            StoreSpec::Tcp { addr, port, .. } => net::gloo_address(addr, *port),
+        };
+        ip.and_then(|ip| CString::new(ip.to_string()).ok())
+    }
+}
+
+/// The `FileStore` of the private rendezvous directory `dir` (checked first), for
+/// `world_size` processes, its waits bounded by `timeout`.
+fn file_store(dir: &Path, world_size: usize, timeout: Duration) -> Result<Store, DistError> {
+    let file = local::store_file(dir)?;
+    let bad = |problem: String| DistError::RendezvousDir {
+        dir: dir.to_path_buf(),
+        problem,
+    };
+    let path = CString::new(file.as_os_str().as_encoded_bytes())
+        .map_err(|_| bad("its path contains NUL".into()))?;
+    let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+    let mut raw = std::ptr::null_mut();
+    // SAFETY: `path` is NUL-terminated and outlives the call (the shim copies it), `raw` is a
+    // valid out-pointer.
+    ffi::call(|err| unsafe {
+        ffi::rx_store_create_file(
+            path.as_ptr(),
+            world_size as c_int,
+            timeout_ms,
+            &mut raw,
+            err,
+        )
+    })
+    .map_err(|e| bad(format!("c10d's FileStore failed: {}", e.message.trim())))?;
+    NonNull::new(raw)
+        .map(Store)
+        .ok_or_else(|| bad("the c10d shim returned no store".into()))
+}
+
+/// The TCP store at `addr:port`: hosted here, on a socket this function binds to `addr`'s
+/// address, when `is_server`; a client of it otherwise. Keys under `prefix`'s next group prefix.
+fn tcp_store(
+    addr: &str,
+    port: u16,
+    is_server: bool,
+    prefix: &str,
+    rank: usize,
+    world_size: usize,
+    timeout: Duration,
+) -> Result<Store, DistError> {
+    let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+    let host = CString::new(addr)
+        .map_err(|_| DistError::InvalidArgument(format!("address {addr:?} contains NUL")))?;
+    let prefix = store_prefix(prefix)?;
+    let listen_fd = match is_server {
+        true => net::store_listener(addr, port)?.into_raw_fd(),
+        false => -1,
+    };
+    let mut raw_store = std::ptr::null_mut();
+    // SAFETY: `host` and `prefix` are NUL-terminated and outlive the call, `raw_store` is a
+    // valid out-pointer; the shim copies the strings. `listen_fd` (-1 for a client) is a
+    // listening socket that nothing else owns: the store takes it over and closes it.
+    ffi::call(|err| unsafe {
+        ffi::rx_store_create(
+            host.as_ptr(),
+            port,
+            c_int::from(is_server),
+            listen_fd,
+            world_size as c_int,
+            timeout_ms,
+            prefix.as_ptr(),
+            &mut raw_store,
+            err,
+        )
+    })
+    .map_err(|e| store_error(e, rank, addr, port, is_server, timeout))?;
+    Ok(Store(non_null(
+        raw_store,
+        rank,
+        "create the rendezvous store",
+    )?))
+}
+
+/// `base` with its keys under `prefix`.
+fn prefixed(base: &Store, prefix: &CStr) -> Result<Store, ShimError> {
+    let mut raw = std::ptr::null_mut();
+    // SAFETY: `base` is live, `prefix` NUL-terminated, `raw` a valid out-pointer; the new
+    // store holds its own reference to `base`'s.
+    ffi::call(|err| unsafe {
+        ffi::rx_store_prefixed(base.0.as_ptr(), prefix.as_ptr(), &mut raw, err)
+    })?;
+    NonNull::new(raw).map(Store).ok_or_else(|| ShimError {
+        status: ffi::RX_ERR_OTHER,
+        message: "the c10d shim returned no store".into(),
+    })
 }
 
 /// Refuses a world size outside `1..=c_int::MAX`, a rank outside it and a zero timeout.
@@ -395,49 +548,51 @@ fn store_prefix(prefix: &str) -> Result<CString, DistError> {
     })
 }
 
-/// Creates a c10d backend on `store` (under its own key prefix).
+/// Creates a c10d backend on `store` (under its own key prefix); Gloo binds `gloo_host`
+/// (`None`: torch.distributed's choice).
 fn create_backend(
     store: &Store,
     backend: Backend,
     rank: usize,
     world_size: usize,
     timeout: Duration,
+    gloo_host: Option<CString>,
 ) -> Result<Group, DistError> {
     let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+    let op = "set up the process group";
     let prefix = match backend {
         Backend::Gloo => c"gloo",
         Backend::Nccl => c"nccl",
     };
-    let mut raw_store = std::ptr::null_mut();
-    // SAFETY: `store` is live, `prefix` a NUL-terminated constant, `raw_store` a valid out-pointer.
-    ffi::call(|err| unsafe {
-        ffi::rx_store_prefixed(store.0.as_ptr(), prefix.as_ptr(), &mut raw_store, err)
-    })
-    .map_err(|e| classify(e, rank, "set up the process group", backend, timeout))?;
-    let sub = Store(non_null(raw_store, rank, "set up the process group")?);
-    let create = match backend {
-        Backend::Gloo => ffi::rx_group_gloo_create,
+    let sub = prefixed(store, prefix).map_err(|e| classify(e, rank, op, backend, timeout))?;
+    let (rank_c, world_c) = (rank as c_int, world_size as c_int);
+    let mut raw = std::ptr::null_mut();
+    let host = gloo_host.as_deref().map_or(std::ptr::null(), CStr::as_ptr);
+    // SAFETY (both backends): `sub` is live during the call (the backend takes its own
+    // reference to it), `host` is null or a NUL-terminated string that outlives the call, and
+    // `raw` a valid out-pointer.
+    let created = match backend {
+        Backend::Gloo => ffi::call(|err| unsafe {
+            ffi::rx_group_gloo_create(
+                sub.0.as_ptr(),
+                rank_c,
+                world_c,
+                timeout_ms,
+                host,
+                &mut raw,
+                err,
+            )
+        }),
         #[cfg(feature = "nccl")]
-        Backend::Nccl => ffi::rx_group_nccl_create,
+        Backend::Nccl => ffi::call(|err| unsafe {
+            ffi::rx_group_nccl_create(sub.0.as_ptr(), rank_c, world_c, timeout_ms, &mut raw, err)
+        }),
         #[cfg(not(feature = "nccl"))]
         Backend::Nccl => return Err(DistError::NcclUnavailable),
     };
-    let mut raw = std::ptr::null_mut();
-    // SAFETY: `sub` is live during the call (the backend takes its own reference to it) and
-    // `raw` a valid out-pointer.
-    ffi::call(|err| unsafe {
-        create(
-            sub.0.as_ptr(),
-            rank as c_int,
-            world_size as c_int,
-            timeout_ms,
-            &mut raw,
-            err,
-        )
-    })
-    .map_err(|e| classify(e, rank, "set up the process group", backend, timeout))?;
+    created.map_err(|e| classify(e, rank, op, backend, timeout))?;
     // The backend holds its own reference to the (prefixed) store; `sub` can go.
-    Ok(Group(non_null(raw, rank, "set up the process group")?))
+    Ok(Group(non_null(raw, rank, op)?))
 }
 
 /// A handle the shim returned with success: never null, unless the shim is broken, which is

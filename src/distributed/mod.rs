@@ -3,7 +3,8 @@
 //!
 //! This is what data-parallel training ([`Trainer::data_parallel`](crate::trainer::Trainer::data_parallel))
 //! runs on: a [`ProcessGroup`] joined from the torchrun environment ([`ProcessGroup::from_env`],
-//! [`DistEnv`]) or from explicit values ([`ProcessGroup::new`]), with
+//! [`DistEnv`]; or the private directory of a [`LocalRendezvous`]) or from explicit values
+//! ([`ProcessGroup::new`]), with
 //!
 //! * [`all_reduce_sum`](ProcessGroup::all_reduce_sum) / [`all_reduce_mean`](ProcessGroup::all_reduce_mean)
 //!   in place, for large flat buffers (gradient buckets) as for single values;
@@ -29,23 +30,51 @@
 //! # }
 //! ```
 //!
-//! How it is built: `csrc/c10d_shim.cpp` is a C ABI over c10d's `TCPStore`, `PrefixStore`,
+//! How it is built: `csrc/c10d_shim.cpp` is a C ABI over c10d's `TCPStore`, `FileStore`, `PrefixStore`,
 //! `ProcessGroupGloo` (and, with the `nccl` cargo feature, `ProcessGroupNCCL`), compiled by
 //! build.rs against the headers of the libtorch that tch links, plus gloo's headers, which the
 //! torch wheel lacks and `scripts/setup-gloo-headers.sh` installs into a cache. Every C++
 //! exception is caught in the shim and comes back as an error message.
 //!
-//! Rendezvous: rank 0 hosts c10d's TCP store on `MASTER_PORT` (all interfaces); the other ranks
-//! connect to `MASTER_ADDR:MASTER_PORT`. Under torchrun the agent hosts the store
-//! (`TORCHELASTIC_USE_AGENT_STORE=True`) and every rank connects to it. Gloo picks its network
-//! interface as torch.distributed does: `GLOO_SOCKET_IFNAME` if set, else the address this
-//! host's name resolves to, else the loopback; on several machines make sure the host name
-//! resolves to a reachable address or set `GLOO_SOCKET_IFNAME`.
+//! Rendezvous, and what listens where (README, "What listens where"):
+//!
+//! * **One machine** ([`Rendezvous::File`]: the `--nproc` launcher, [`LocalRendezvous`],
+//!   [`ProcessGroup::single`]): the ranks meet in a c10d `FileStore` in a private directory
+//!   (mode 0700, checked by every rank: [`DistError::RendezvousDir`]) named by
+//!   [`RENDEZVOUS_DIR_VAR`], and Gloo binds 127.0.0.1. No socket for the rendezvous, no port to
+//!   choose (no race between choosing and binding), and other users can neither read nor write
+//!   the store. Chosen over a TCP store on a socket the launcher binds to 127.0.0.1 and hands to
+//!   rank 0 (`masterListenFd`) because c10d's TCP store has no authentication (a secret key
+//!   prefix would not stay secret: libtorch 2.11's store lists its keys to any client), so any
+//!   local process could join; the kernel's file permissions need no secret.
+//! * **Gloo's connections are checked**: Gloo has no authentication either, and its listening
+//!   socket hands a connection to whoever first names the right sequence number. Once the pairs
+//!   are connected, before any collective, every rank checks in `/proc/net/tcp{,6}` that each
+//!   connection its Gloo socket accepted from this machine comes from a live process of its
+//!   user, and refuses the group otherwise ([`DistError::ForeignPeer`]). Processes of the same
+//!   user are not kept out (they could as well attach a debugger); another machine's user
+//!   cannot be known.
+//! * **Several machines, torchrun** ([`Rendezvous::Tcp`]): c10d's TCP store at
+//!   `MASTER_ADDR:MASTER_PORT`, hosted by torchrun's agent (`TORCHELASTIC_USE_AGENT_STORE=True`,
+//!   every rank a client) or by rank 0 on a socket bound to `MASTER_ADDR`'s address only
+//!   ([`DistError::StoreAddress`] when that is not this machine's). Gloo binds
+//!   `GLOO_SOCKET_IFNAME`'s interface if set, else the local address through which this machine
+//!   reaches `MASTER_ADDR` (the loopback for 127.0.0.1), else the address of the host name, as
+//!   torch.distributed does. As PyTorch's security notes say, the store and Gloo neither
+//!   authenticate nor encrypt: train across machines on a trusted network only.
+//!
+//! [`free_local_port`] is deprecated: a port chosen and then bound later can be taken in
+//! between; nothing here uses it any more.
 mod data_parallel;
 mod env;
 mod ffi;
 mod group;
+mod local;
+mod net;
+mod peers;
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use thiserror::Error;
@@ -53,8 +82,11 @@ use thiserror::Error;
 pub use data_parallel::{
     broadcast_tensors, broadcast_variables, GradientBuckets, DEFAULT_BUCKET_BYTES,
 };
-pub use env::{DistEnv, EnvError};
-pub use group::{free_local_port, ProcessGroup};
+pub use env::{DistEnv, EnvError, Rendezvous, RENDEZVOUS_DIR_VAR};
+#[allow(deprecated)]
+pub use group::free_local_port;
+pub use group::ProcessGroup;
+pub use local::LocalRendezvous;
 
 /// The default timeout of joining a group and of every collective: five minutes, as long as a
 /// slow rank may reasonably lag (an evaluation, a checkpoint) and far short of "hangs forever".
@@ -88,6 +120,49 @@ pub enum DistError {
         /// The port.
         port: u16,
         /// libtorch's message.
+        detail: String,
+    },
+    /// Rank 0 could not host the rendezvous store at `MASTER_ADDR`: the name does not resolve,
+    /// or to no address of this machine.
+    #[error(
+        "rank 0 could not host the rendezvous store at MASTER_ADDR={addr} (port {port}): \
+         {detail}; run rank 0 on the machine MASTER_ADDR names, and give an address (or a name \
+         that resolves, on that machine, to an address of it) that the other machines reach"
+    )]
+    StoreAddress {
+        /// `MASTER_ADDR`.
+        addr: String,
+        /// The port.
+        port: u16,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The private directory of a one-machine rendezvous ([`Rendezvous::File`]) cannot be
+    /// trusted or used.
+    #[error(
+        "the rendezvous directory {dir} ({RENDEZVOUS_DIR_VAR}) cannot be used: {problem}; it \
+         must be a directory of this user with mode 0700, as the --nproc launcher \
+         (LocalRendezvous) creates"
+    )]
+    RendezvousDir {
+        /// The directory.
+        dir: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A process that is not one of this user's connected to this rank's Gloo socket while the
+    /// group was set up: the group is refused before any collective.
+    #[error(
+        "rank {rank}: refused the group: Gloo's listening socket accepted a connection from \
+         {peer}, {detail}; only processes of this user may take part in a run on this machine \
+         (look for other processes connecting to the ranks' ports, and start again)"
+    )]
+    ForeignPeer {
+        /// This rank.
+        rank: usize,
+        /// The other end of the connection.
+        peer: SocketAddr,
+        /// Who it is.
         detail: String,
     },
     /// A rank could not reach the rendezvous store in time.
