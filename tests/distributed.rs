@@ -638,10 +638,18 @@ fn pids(ranks: &[Child]) -> Vec<u32> {
 }
 
 /// During a 2-rank run started as `--nproc` starts it, every TCP socket the ranks listen on is
-/// on 127.0.0.1 (the rendezvous is a FileStore: no socket; Gloo binds the loopback).
+/// on 127.0.0.1 (the rendezvous is a FileStore: no socket; Gloo binds the loopback), even with
+/// `GLOO_SOCKET_IFNAME` naming another interface (it is for runs over several machines).
 fn listens_on_loopback_only() {
     let sync = tempfile::tempdir().unwrap();
-    let env = [("SYNC_DIR", sync.path().display().to_string())];
+    let mut env = vec![("SYNC_DIR", sync.path().display().to_string())];
+    match own_address() {
+        Some((name, ip)) => {
+            eprintln!("  GLOO_SOCKET_IFNAME={name} ({ip}) for the ranks");
+            env.push(("GLOO_SOCKET_IFNAME", name));
+        }
+        None => eprintln!("  (no interface but the loopback: GLOO_SOCKET_IFNAME left unset)"),
+    }
     let mut ranks = spawn_ranks_with("hold", 2, Duration::from_secs(60), &env);
     wait_ready(&mut ranks, sync.path(), Duration::from_secs(120));
     let seen = listening_sockets(&pids(&ranks));
@@ -870,8 +878,8 @@ fn intruder_checks(intruder: &Intruder, sync: &Path) {
     }
 }
 
-/// A non-loopback IPv4 address of this machine (an interface that is up), if any.
-fn own_address() -> Option<Ipv4Addr> {
+/// A non-loopback IPv4 address of this machine and its interface (one that is up), if any.
+fn own_address() -> Option<(String, Ipv4Addr)> {
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs(3) fills `list`, read while it lives and freed once below.
     if unsafe { libc::getifaddrs(&mut list) } != 0 {
@@ -880,8 +888,8 @@ fn own_address() -> Option<Ipv4Addr> {
     let mut found = None;
     let mut cur = list;
     while !cur.is_null() && found.is_none() {
-        // SAFETY: `cur` is a node of the list getifaddrs returned; an AF_INET address is a
-        // sockaddr_in.
+        // SAFETY: `cur` is a node of the list getifaddrs returned: its name is a C string, and
+        // an AF_INET address is a sockaddr_in.
         unsafe {
             let ifa = &*cur;
             let up = ifa.ifa_flags & libc::IFF_UP as u32 != 0;
@@ -889,7 +897,8 @@ fn own_address() -> Option<Ipv4Addr> {
             if up && !addr.is_null() && i32::from((*addr).sa_family) == libc::AF_INET {
                 let sin = &*(addr as *const libc::sockaddr_in);
                 let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-                found = (!ip.is_loopback()).then_some(ip);
+                let name = std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy();
+                found = (!ip.is_loopback()).then(|| (name.into_owned(), ip));
             }
             cur = ifa.ifa_next;
         }
@@ -903,7 +912,7 @@ fn own_address() -> Option<Ipv4Addr> {
 /// machine's own address listens there only: the store on that address and port, Gloo on that
 /// address, nothing on 0.0.0.0 or the loopback.
 fn explicit_address_binds_there() {
-    let Some(ip) = own_address() else {
+    let Some((_, ip)) = own_address() else {
         eprintln!(
             "SKIPPED explicit_address_binds_there: this machine has no non-loopback IPv4 address"
         );
@@ -1107,44 +1116,17 @@ fn missing_rank_gives_join_timeout() {
     );
 }
 
-fn env_parsing() {
-    fn parse(vars: &[(&str, &str)]) -> Result<Option<DistEnv>, EnvError> {
-        let vars: Vec<(String, String)> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        DistEnv::from_lookup(|name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
-    }
-    let full = [
-        ("RANK", "3"),
-        ("LOCAL_RANK", "1"),
-        ("WORLD_SIZE", "4"),
-        ("LOCAL_WORLD_SIZE", "2"),
-        ("MASTER_ADDR", "node0"),
-        ("MASTER_PORT", "29500"),
-    ];
-    let env = parse(&full).unwrap().unwrap();
-    assert_eq!(
-        env,
-        DistEnv {
-            rank: 3,
-            world_size: 4,
-            local_rank: 1,
-            local_world_size: 2,
-            rendezvous: Rendezvous::Tcp {
-                addr: "node0".into(),
-                port: 29500
-            },
-            agent_store: false,
-            restart_count: 0,
-        }
-    );
-    // What a launcher sets reads back as the place it describes.
-    for place in [env.clone(), DistEnv::local(1, 2, Path::new("/tmp/rdzv"))] {
-        let vars = place.vars();
-        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        assert_eq!(parse(&vars).unwrap(), Some(place));
-    }
+/// The torchrun variables `vars` read as `DistEnv::from_lookup` reads the environment.
+fn parse(vars: &[(&str, &str)]) -> Result<Option<DistEnv>, EnvError> {
+    let vars: Vec<(String, String)> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    DistEnv::from_lookup(|name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+}
+
+/// `RESNEXT_RENDEZVOUS_DIR` beside the torchrun variables `full`.
+fn env_rendezvous_dir(full: &[(&'static str, &'static str)]) {
     // The launcher's private directory: MASTER_ADDR / MASTER_PORT are neither set nor read.
     let local = DistEnv::local(0, 2, Path::new("/tmp/rdzv")).vars();
     assert!(local
@@ -1179,6 +1161,40 @@ fn env_parsing() {
         parse(&empty).unwrap().unwrap().rendezvous,
         Rendezvous::Tcp { .. }
     ));
+}
+
+fn env_parsing() {
+    let full = [
+        ("RANK", "3"),
+        ("LOCAL_RANK", "1"),
+        ("WORLD_SIZE", "4"),
+        ("LOCAL_WORLD_SIZE", "2"),
+        ("MASTER_ADDR", "node0"),
+        ("MASTER_PORT", "29500"),
+    ];
+    let env = parse(&full).unwrap().unwrap();
+    assert_eq!(
+        env,
+        DistEnv {
+            rank: 3,
+            world_size: 4,
+            local_rank: 1,
+            local_world_size: 2,
+            rendezvous: Rendezvous::Tcp {
+                addr: "node0".into(),
+                port: 29500
+            },
+            agent_store: false,
+            restart_count: 0,
+        }
+    );
+    // What a launcher sets reads back as the place it describes.
+    for place in [env.clone(), DistEnv::local(1, 2, Path::new("/tmp/rdzv"))] {
+        let vars = place.vars();
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert_eq!(parse(&vars).unwrap(), Some(place));
+    }
+    env_rendezvous_dir(&full);
     // Not a distributed launch.
     assert_eq!(parse(&[]).unwrap(), None);
     assert_eq!(parse(&[("RANK", "0")]).unwrap(), None);
