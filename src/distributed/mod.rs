@@ -41,7 +41,7 @@
 //! * **One machine** ([`Rendezvous::File`]: the `--nproc` launcher, [`LocalRendezvous`],
 //!   [`ProcessGroup::single`]): the ranks meet in a c10d `FileStore` in a private directory
 //!   (mode 0700, checked by every rank: [`DistError::RendezvousDir`]) named by
-//!   [`RENDEZVOUS_DIR_VAR`], and Gloo binds 127.0.0.1. No socket for the rendezvous, no port to
+//!   [`RENDEZVOUS_DIR_VAR`], and Gloo binds 127.0.0.1 (`GLOO_SOCKET_IFNAME` is not read). No socket for the rendezvous, no port to
 //!   choose (no race between choosing and binding), and other users can neither read nor write
 //!   the store. Chosen over a TCP store on a socket the launcher binds to 127.0.0.1 and hands to
 //!   rank 0 (`masterListenFd`) because c10d's TCP store has no authentication (a secret key
