@@ -249,7 +249,9 @@ fn dtype_of(kind: Kind) -> Option<Dtype> {
     })
 }
 
-fn kind_of(dtype: Dtype) -> Option<Kind> {
+/// libtorch's kind for a safetensors element type; `None` for the unsigned types libtorch has
+/// no kind for.
+pub(crate) fn kind_of_dtype(dtype: Dtype) -> Option<Kind> {
     Some(match dtype {
         Dtype::BOOL => Kind::Bool,
         Dtype::U8 => Kind::Uint8,
@@ -410,7 +412,7 @@ pub fn read_safetensors(path: &Path) -> Result<TensorFile, IoError> {
             message,
         };
         let view = st.tensor(&name).map_err(|e| err(format!("{e:?}")))?;
-        let kind = kind_of(view.dtype())
+        let kind = kind_of_dtype(view.dtype())
             .ok_or_else(|| err(format!("element type {:?} is not supported", view.dtype())))?;
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
         let t =
