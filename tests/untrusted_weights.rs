@@ -44,6 +44,8 @@ path = lambda name: os.path.join(out, name)
 
 # torch.save itself: views are saved as their storage plus sizes and strides.
 torch.save(sd, path("valid.pth"))
+torch.save(sd, path("valid_p4.pth"), pickle_protocol=4)  # FRAME, MEMOIZE, STACK_GLOBAL, ...
+torch.save(sd, path("valid_p5.pth"), pickle_protocol=5)
 torch.save({"x": torch.zeros(1).expand(10 * 2**30 // 4)}, path("expanded.pth"))  # 10 GiB view
 junk = collections.OrderedDict(sd)
 for i in range(4):
@@ -329,6 +331,10 @@ fn views_that_claim_gigabytes_are_refused_or_not_read() {
 #[test]
 fn hand_written_pickles_are_checked_against_their_storages() {
     let dir = crafted();
+    for name in ["valid_p4.pth", "valid_p5.pth"] {
+        let ended = predict(&dir.join(name), limit());
+        assert_eq!(ended.code, Some(0), "pickle protocols 4 and 5 read: {ended:?}");
+    }
     let valid = predict(&dir.join("handmade_valid.pth"), limit());
     assert_eq!(
         valid.code,
