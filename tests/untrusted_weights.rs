@@ -333,7 +333,11 @@ fn hand_written_pickles_are_checked_against_their_storages() {
     let dir = crafted();
     for name in ["valid_p4.pth", "valid_p5.pth"] {
         let ended = predict(&dir.join(name), limit());
-        assert_eq!(ended.code, Some(0), "pickle protocols 4 and 5 read: {ended:?}");
+        assert_eq!(
+            ended.code,
+            Some(0),
+            "pickle protocols 4 and 5 read: {ended:?}"
+        );
     }
     let valid = predict(&dir.join("handmade_valid.pth"), limit());
     assert_eq!(

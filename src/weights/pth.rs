@@ -423,7 +423,7 @@ fn open_legacy(path: &Path, file: File) -> Result<PthFile, WeightsError> {
         .collect::<Option<_>>()
         .ok_or_else(|| bad(path, "legacy format: a storage key is not a string"))?;
     let mut file = reader.into_inner();
-    let at = locate_storages(path, &mut file, start, &keys, &tensors)?;
+    let at = locate_storages(path, &mut file, start, &keys, &storage_types(&main))?;
     Ok(PthFile {
         path: path.to_path_buf(),
         tensors,
@@ -445,6 +445,23 @@ fn check_little_endian(path: &Path, info: &Pickle) -> Result<(), WeightsError> {
     Ok(())
 }
 
+/// The type of every storage the pickle refers to (`key` to `FloatStorage`, …), from its
+/// persistent ids, whether a tensor uses it or not.
+fn storage_types(pickle: &Pickle) -> HashMap<String, String> {
+    let mut types = HashMap::new();
+    for node in &pickle.nodes {
+        let Node::PersId(pid) = node else { continue };
+        if let Some([tag, ty, key, ..]) = pickle.seq(*pid) {
+            if let (Some("storage"), Some(("torch", ty)), Some(key)) =
+                (pickle.str(*tag), pickle.global(*ty), pickle.str(*key))
+            {
+                types.insert(key.to_string(), ty.to_string());
+            }
+        }
+    }
+    types
+}
+
 /// Walks the legacy file's storages (each an 8-byte element count, then its bytes, in the
 /// order of `keys`) and notes where each one's bytes start, without reading them.
 fn locate_storages(
@@ -452,19 +469,20 @@ fn locate_storages(
     file: &mut File,
     mut at: u64,
     keys: &[String],
-    tensors: &[TensorRef],
+    types: &HashMap<String, String>,
 ) -> Result<HashMap<String, (u64, u64)>, WeightsError> {
     let length = file.metadata().map_err(io_bad(path, "cannot stat"))?.len();
-    let types: HashMap<&str, &str> = tensors
-        .iter()
-        .map(|t| (t.storage.as_str(), t.storage_type.as_str()))
-        .collect();
     let mut located = HashMap::with_capacity(keys.len());
     for key in keys {
-        let element = types
-            .get(key.as_str())
-            .and_then(|ty| storage_kind(ty))
-            .map_or(1, |(_, size)| size);
+        let ty = types
+            .get(key)
+            .map_or("(no reference to it)", String::as_str);
+        let (_, element) = storage_kind(ty).ok_or_else(|| {
+            bad(
+                path,
+                format!("legacy format: storage `{key}` is of type {ty}, whose element size is not known"),
+            )
+        })?;
         let mut count = [0u8; 8];
         file.seek(SeekFrom::Start(at))
             .map_err(io_bad(path, "seek"))?;
