@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread;
+use std::time::Duration;
 
 use flate2::write::GzEncoder;
 use flate2::Compression;
@@ -564,4 +565,27 @@ fn environment_overrides_defaults_and_options_override_the_environment() {
     std::env::remove_var("RESNEXT_CIFAR10_MD5");
     assert_eq!(result.unwrap(), root.join(BATCHES_DIR));
     assert_eq!(server.hits.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_data_folder_this_process_holds_as_its_run_directory_is_an_error_not_a_wait() {
+    let (archive, md5) = archive();
+    let server = serve(Reply::Body(Arc::clone(archive)));
+    let (_top, root) = fresh_root();
+    let held = resnext::io::lock_dir(&root).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (url, sum, folder) = (server.url.clone(), md5.clone(), root.clone());
+    thread::spawn(move || tx.send(ensure_cifar10(&folder, &opts(&url, &sum))));
+    let err = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("still waiting for a lock this very process holds")
+        .unwrap_err();
+    assert!(
+        matches!(err, DataError::Io { .. }) && err.to_string().contains("run directory"),
+        "{err}"
+    );
+    assert_eq!(server.hits.load(Ordering::SeqCst), 0);
+    drop(held);
+    let dir = ensure_cifar10(&root, &opts(&server.url, md5)).unwrap();
+    assert_valid(&dir, &root);
 }

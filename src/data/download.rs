@@ -13,7 +13,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use md5::{Digest, Md5};
 
-use crate::io::{remove_partial_files, IoError};
+use crate::io::{held_by_this_process, remove_partial_files, try_lock_folder, FolderLock, IoError};
 
 use super::cifar::BATCHES_DIR;
 use super::extract::extract_batches;
@@ -254,19 +254,25 @@ fn file_md5(path: &Path, quiet: bool) -> Result<String, DataError> {
 /// Takes `root`'s advisory lock (an exclusive `flock` on the folder itself, so nothing is
 /// created in it), waiting while another process holds it. The operating system releases it
 /// when the process ends, however it ends.
+///
+/// # Errors
+/// [`DataError::Io`] when `root` cannot be opened or locked, also when this very process holds
+/// it as a run directory (waiting would never end).
 fn hold_folder(root: &Path) -> Result<fs::File, DataError> {
-    let folder = fs::File::open(root).map_err(|e| DataError::io("open", root, e))?;
-    match folder.try_lock() {
-        Ok(()) => {}
-        Err(fs::TryLockError::WouldBlock) => {
-            eprintln!(
-                "another process is fetching CIFAR-10 into {}; waiting for it",
-                root.display()
-            );
-            folder.lock().map_err(|e| DataError::io("lock", root, e))?;
-        }
-        Err(fs::TryLockError::Error(e)) => return Err(DataError::io("lock", root, e)),
+    let folder = match try_lock_folder(root) {
+        Ok(FolderLock::Held(folder)) => return Ok(folder),
+        Ok(FolderLock::Busy(folder)) => folder,
+        Err(e) => return Err(DataError::io("lock", root, e)),
+    };
+    if held_by_this_process(&folder) {
+        let why = "this process holds it as its run directory: keep the data in another folder";
+        return Err(DataError::io("lock", root, std::io::Error::other(why)));
     }
+    eprintln!(
+        "another process is fetching CIFAR-10 into {}; waiting for it",
+        root.display()
+    );
+    folder.lock().map_err(|e| DataError::io("lock", root, e))?;
     Ok(folder)
 }
 
