@@ -751,6 +751,32 @@ fn a_run_directory_is_held_by_one_trainer_at_a_time() {
         stderr.contains(&pid) && stderr.contains(&dir.path().display().to_string()),
         "{stderr}"
     );
+    // The lock is on the directory itself: deleting the file that records the holder's PID
+    // lets nobody in (the holder is then "another process").
+    std::fs::remove_file(dir.path().join(resnext::io::LOCK_FILE)).unwrap();
+    assert!(matches!(
+        resnext::io::lock_dir(dir.path()),
+        Err(resnext::io::IoError::Locked { holder: None, .. })
+    ));
+    let msg = seeded(|| Trainer::resume(dir.path(), None))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains(&dir.path().display().to_string()) && msg.contains("another process"),
+        "{msg}"
+    );
+    let out = std::process::Command::new(common::example("train_cifar10"))
+        .arg("--resume")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("in use by another process")
+            && stderr.contains(&dir.path().display().to_string()),
+        "{stderr}"
+    );
     assert!(matches!(
         trainer(config(1), tempfile::tempdir().unwrap().path()).fit(&cpu(&data)),
         Ok(Outcome::Completed(_))
