@@ -110,6 +110,10 @@ def overflow(name, t):
     size, stride, offset, data = plain(name, t)
     return (size, [2**62] * len(size), offset, data) if name == "conv1.weight" else (size, stride, offset, data)
 save_zip("stride_overflow.pth", *model(overflow))
+def far(name, t):
+    size, stride, offset, data = plain(name, t)
+    return (size, stride, 2**62, data) if name == "conv1.weight" else (size, stride, offset, data)
+save_zip("offset_overflow.pth", *model(far))
 def spread(name, t):
     size, stride, offset, data = plain(name, t)
     if name != "conv1.weight":
@@ -350,6 +354,10 @@ fn hand_written_pickles_are_checked_against_their_storages() {
         "needs elements 0..864 of storage",
     );
     assert_refused(&dir.join("stride_overflow.pth"), "bad strides");
+    assert_refused(
+        &dir.join("offset_overflow.pth"),
+        "needs elements 4611686018427387904..4611686018427388768",
+    );
     assert_refused(&dir.join("spread_view.pth"), "spans");
     assert_refused(&dir.join("rank.pth"), "rank 100000");
 }

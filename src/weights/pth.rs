@@ -182,8 +182,8 @@ impl PthFile {
         })?;
         let span =
             span(&t).ok_or_else(|| bad(&path, format!("tensor `{}`: bad strides", t.name)))?;
-        let numel = t.shape.iter().map(|&d| d as u64).product::<u64>();
-        if span > 2 * numel + SPAN_MARGIN {
+        let numel = (t.shape.iter()).fold(1u64, |n, &d| n.saturating_mul(d as u64));
+        if span > numel.saturating_mul(2).saturating_add(SPAN_MARGIN) {
             return Err(bad(
                 &path,
                 format!(
@@ -217,50 +217,50 @@ impl PthFile {
         span: u64,
     ) -> Result<Vec<u8>, WeightsError> {
         let path = self.path.clone();
+        // Elements offset..end of the storage; the buffer is made once they are known to exist.
+        let end = t.offset.checked_add(span);
         let beyond = |have: u64| {
+            let end = end.map_or("beyond 2^64".to_string(), |e| e.to_string());
             bad(
                 &path,
                 format!(
-                    "tensor `{}` needs elements {}..{} of storage `{}`, which has {have}",
-                    t.name,
-                    t.offset,
-                    t.offset + span,
-                    t.storage
+                    "tensor `{}` needs elements {}..{end} of storage `{}`, which has {have}",
+                    t.name, t.offset, t.storage
                 ),
             )
         };
-        let (start, len) = (t.offset * element, span * element);
-        let mut buf = vec![0u8; len as usize];
-        match &mut self.storages {
+        let buffer = || vec![0u8; (span * element) as usize];
+        let buf = match &mut self.storages {
             Storages::Zip { archive, prefix } => {
                 let name = format!("{prefix}data/{}", t.storage);
                 let mut entry = archive
                     .by_name_seek(&name)
                     .map_err(|e| bad(&path, format!("storage `{name}`: {e}")))?;
-                let have = entry.size();
-                if start + len > have {
-                    return Err(beyond(have / element));
+                let have = entry.size() / element;
+                if end.is_none_or(|end| end > have) {
+                    return Err(beyond(have));
                 }
+                let mut buf = buffer();
                 entry
-                    .seek(SeekFrom::Start(start))
-                    .map_err(io_bad(&path, "seek"))?;
-                entry
-                    .read_exact(&mut buf)
+                    .seek(SeekFrom::Start(t.offset * element))
+                    .and_then(|_| entry.read_exact(&mut buf))
                     .map_err(io_bad(&path, "reading a storage"))?;
+                buf
             }
             Storages::Legacy { file, at } => {
                 let &(first, count) = at.get(&t.storage).ok_or_else(|| {
                     bad(&path, format!("storage `{}` is not in the file", t.storage))
                 })?;
-                if t.offset + span > count {
+                if end.is_none_or(|end| end > count) {
                     return Err(beyond(count));
                 }
-                file.seek(SeekFrom::Start(first + start))
-                    .map_err(io_bad(&path, "seek"))?;
-                file.read_exact(&mut buf)
+                let mut buf = buffer();
+                file.seek(SeekFrom::Start(first + t.offset * element))
+                    .and_then(|_| file.read_exact(&mut buf))
                     .map_err(io_bad(&path, "reading a storage"))?;
+                buf
             }
-        }
+        };
         Ok(buf)
     }
 }

@@ -139,7 +139,9 @@ impl TensorSource {
                 .into());
             }
             end = e;
-            let shape = info.shape.iter().map(|&d| d as i64).collect();
+            let Ok(shape) = info.shape.iter().map(|&d| i64::try_from(d)).collect() else {
+                return Err(format(format!("tensor `{name}`: a dimension beyond 2^63")).into());
+            };
             let kind = kind_of_dtype(info.dtype);
             entries.push(Entry { name, shape, kind });
             ranges.push((data_start + s, e - s));
