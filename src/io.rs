@@ -33,15 +33,16 @@ pub enum IoError {
         /// What the parser found wrong.
         message: String,
     },
-    /// Another process holds the folder (see [`lock_dir`]).
-    #[error("{} is in use by {}: one process at a time may work in it (its lock file is {})",
+    /// Another process, or another [`DirLock`] of this one, holds the folder (see [`lock_dir`]).
+    #[error("{} is in use by {}: one process at a time may work in it (the lock is on the \
+        folder itself and ends with that process)",
         dir.display(),
-        holder.map_or("another process".to_string(), |pid| format!("process {pid}")),
-        dir.join(LOCK_FILE).display())]
+        holder.map_or("another process".to_string(), |pid| format!("process {pid}")))]
     Locked {
         /// The folder.
         dir: PathBuf,
-        /// The process id the holder wrote into the lock file, when it could be read.
+        /// The process id the holder wrote into the folder's [`LOCK_FILE`], when it could be
+        /// read.
         holder: Option<u32>,
     },
     /// A tensor cannot be stored (unsupported element kind) or read back.
@@ -112,14 +113,16 @@ const ATOMIC_PREFIX: &str = ".tmp-";
 pub(crate) const PARTIAL_SUFFIX: &str = ".partial";
 /// Name prefixes of this crate's temporary files and folders.
 const PARTIAL_PREFIXES: [&str; 3] = [ATOMIC_PREFIX, ".cifar-10-binary.", ".cifar-10-batches-bin."];
-/// The lock file [`lock_dir`] creates in a folder.
+/// The file in which [`lock_dir`] records the holder's process id, for the message another
+/// process shows; the lock itself is on the folder, so deleting this file releases nothing.
 pub const LOCK_FILE: &str = ".lock";
 
 /// A folder held by this process (see [`lock_dir`]); dropping it releases the folder.
 #[derive(Debug)]
 pub struct DirLock {
-    _file: fs::File,
+    _folder: fs::File,
     dir: PathBuf,
+    id: Option<(u64, u64)>,
 }
 
 impl DirLock {
@@ -129,28 +132,87 @@ impl DirLock {
     }
 }
 
-/// Takes the advisory lock of `dir` (an exclusive `flock` on `dir/.lock`, which records this
-/// process's id) for as long as the returned [`DirLock`] lives. The operating system releases
-/// the lock when the process ends, however it ends, so a lock file left by a killed process
-/// never blocks anyone.
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        let mut held = HELD_HERE.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = held.iter().position(|&id| Some(id) == self.id) {
+            held.swap_remove(i);
+        }
+    }
+}
+
+/// The folders this process holds with [`lock_dir`], as (device, inode).
+static HELD_HERE: std::sync::Mutex<Vec<(u64, u64)>> = std::sync::Mutex::new(Vec::new());
+
+/// The (device, inode) of an open folder.
+fn folder_id(folder: &fs::File) -> Option<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        folder.metadata().ok().map(|m| (m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = folder;
+        None
+    }
+}
+
+/// Whether a [`DirLock`] of this very process holds the open `folder` (waiting for its lock
+/// would then wait for ever).
+pub(crate) fn held_by_this_process(folder: &fs::File) -> bool {
+    let held = HELD_HERE.lock().unwrap_or_else(|e| e.into_inner());
+    folder_id(folder).is_some_and(|id| held.contains(&id))
+}
+
+/// An open folder and whether its exclusive lock was taken (see [`try_lock_folder`]).
+pub(crate) enum FolderLock {
+    /// Locked by this open folder until it is closed.
+    Held(fs::File),
+    /// Another open folder holds the lock (in this process or another); [`fs::File::lock`] on
+    /// this one waits for it.
+    Busy(fs::File),
+}
+
+/// Opens `dir` itself (`O_RDONLY | O_DIRECTORY`) and tries, without waiting, to take an
+/// exclusive `flock` on it. The lock belongs to the open folder, not to a file in it, so
+/// nothing removed from or created in `dir` can release or duplicate it; the operating system
+/// releases it when the folder is closed or the process ends, however it ends.
+///
+/// # Errors
+/// The error of opening `dir` (also when it is not a folder) or of `flock`.
+pub(crate) fn try_lock_folder(dir: &Path) -> Result<FolderLock, std::io::Error> {
+    let mut options = fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_DIRECTORY);
+    }
+    let folder = options.open(dir)?;
+    match folder.try_lock() {
+        Ok(()) => Ok(FolderLock::Held(folder)),
+        Err(fs::TryLockError::WouldBlock) => Ok(FolderLock::Busy(folder)),
+        Err(fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
+/// Takes the advisory lock of `dir` (an exclusive `flock` on the folder itself, opened
+/// `O_RDONLY | O_DIRECTORY`) for as long as the returned [`DirLock`] lives, and records this
+/// process's id in `dir/.lock` ([`LOCK_FILE`]) for the message others get. The operating
+/// system releases the lock when the process ends, however it ends, so a lock file left by a
+/// killed process never blocks anyone; and the lock is not the file, so deleting the lock file
+/// of a live holder does not let a second one in.
 ///
 /// # Errors
 /// [`IoError::Locked`] at once (no waiting) when another process, or another [`DirLock`] of
-/// this one, holds `dir`, naming the holder's process id; [`IoError::Io`] when the lock file
-/// cannot be opened.
+/// this one, holds `dir`, naming the holder's process id when its lock file can be read;
+/// [`IoError::Io`] when `dir` cannot be opened as a folder or locked.
 pub fn lock_dir(dir: &Path) -> Result<DirLock, IoError> {
-    let path = dir.join(LOCK_FILE);
-    let mut file = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(io_err("opening the lock file", &path))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(fs::TryLockError::WouldBlock) => {
-            let holder = fs::read_to_string(&path)
+    let folder = match try_lock_folder(dir) {
+        Ok(FolderLock::Held(folder)) => folder,
+        Ok(FolderLock::Busy(_)) => {
+            let holder = fs::read_to_string(dir.join(LOCK_FILE))
                 .ok()
                 .and_then(|s| s.trim().parse().ok());
             return Err(IoError::Locked {
@@ -158,15 +220,18 @@ pub fn lock_dir(dir: &Path) -> Result<DirLock, IoError> {
                 holder,
             });
         }
-        Err(fs::TryLockError::Error(e)) => return Err(io_err("locking", &path)(e)),
-    }
+        Err(e) => return Err(io_err("locking", dir)(e)),
+    };
     // Best effort: the id is only for the message another process shows.
-    let _ = file
-        .set_len(0)
-        .and_then(|()| write!(file, "{}", std::process::id()));
+    let _ = fs::write(dir.join(LOCK_FILE), std::process::id().to_string());
+    let id = folder_id(&folder);
+    if let Some(id) = id {
+        HELD_HERE.lock().unwrap_or_else(|e| e.into_inner()).push(id);
+    }
     Ok(DirLock {
-        _file: file,
+        _folder: folder,
         dir: dir.to_path_buf(),
+        id,
     })
 }
 
@@ -249,7 +314,9 @@ fn dtype_of(kind: Kind) -> Option<Dtype> {
     })
 }
 
-fn kind_of(dtype: Dtype) -> Option<Kind> {
+/// libtorch's kind for a safetensors element type; `None` for the unsigned types libtorch has
+/// no kind for.
+pub(crate) fn kind_of_dtype(dtype: Dtype) -> Option<Kind> {
     Some(match dtype {
         Dtype::BOOL => Kind::Bool,
         Dtype::U8 => Kind::Uint8,
@@ -410,7 +477,7 @@ pub fn read_safetensors(path: &Path) -> Result<TensorFile, IoError> {
             message,
         };
         let view = st.tensor(&name).map_err(|e| err(format!("{e:?}")))?;
-        let kind = kind_of(view.dtype())
+        let kind = kind_of_dtype(view.dtype())
             .ok_or_else(|| err(format!("element type {:?} is not supported", view.dtype())))?;
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
         let t =

@@ -47,16 +47,21 @@ use std::path::{Path, PathBuf};
 use tch::{nn, Device, Kind, TchError, Tensor};
 use thiserror::Error;
 
-use crate::io::{read_safetensors, write_safetensors, IoError, TensorFile};
+use crate::io::{write_safetensors, IoError};
 use crate::resnext::{ModelError, ResNeXt, ResNeXtConfig, Stem};
 
 mod fit;
 mod metadata;
+mod pickle;
 mod pretrained;
+mod pth;
+mod source;
+
+pub(crate) use source::TensorSource;
 
 pub use fit::{expected_shapes, matching_preset, model_shapes, FileFit, Shapes};
 pub use metadata::{
-    read_weights_metadata, WeightsMetadata, CLASSES_KEY, IMAGE_SIZE_KEY, MODEL_KEY,
+    read_weights_metadata, WeightsMetadata, CLASSES_KEY, IMAGE_SIZE_KEY, MAX_IMAGE_SIZE, MODEL_KEY,
     NORMALIZATION_KEY,
 };
 pub use pretrained::{load_pretrained, pretrained_architecture, read_state_dict, PretrainedReport};
@@ -320,9 +325,10 @@ pub fn load_weights(vs: &mut nn::VarStore, path: &Path) -> Result<LoadReport, We
 ///
 /// Every variable of `vs` must be in the file under its name with its shape. Floating-point
 /// tensors of another kind (f16, bf16, f64) are converted to the variable's kind, and moved to
-/// its device. BN `num_batches_tracked` counters may be present or absent. The whole file is
-/// checked before any variable is touched, so on error `vs` is unchanged; then the values are
-/// copied in under `no_grad`.
+/// its device. BN `num_batches_tracked` counters may be present or absent. The names, shapes
+/// and kinds in the file's header are checked before any tensor data is read, and only the
+/// tensors the model has are read; on error `vs` is unchanged. Then the values are copied in
+/// under `no_grad`.
 ///
 /// # Errors
 /// * [`WeightsError::Io`] when the file cannot be read or is not a valid safetensors file;
@@ -335,35 +341,42 @@ pub fn load_weights_with(
     path: &Path,
     options: LoadOptions,
 ) -> Result<LoadReport, WeightsError> {
-    let file = read_safetensors(path)?;
-    load_tensors(vs, path, file, options)
+    load_tensors(vs, TensorSource::safetensors(path)?, options)
+}
+
+/// What a model expects of each tensor: its shape and element kind.
+type Expected = BTreeMap<String, (Vec<i64>, Kind)>;
+
+fn expected_of(vars: &BTreeMap<String, Tensor>) -> Expected {
+    (vars.iter())
+        .map(|(n, t)| (n.clone(), (t.size(), t.kind())))
+        .collect()
 }
 
 /// The one check-then-copy loader of the crate, used for weights files and for the model part
-/// of training checkpoints: checks the tensors of `file` (read from `path`, named in errors)
-/// against the variables of `vs` under the rules of [`load_weights_with`] and, only if
-/// everything fits, copies them in.
+/// of training checkpoints: checks the tensors of `source` (by name, shape and kind, before any
+/// data is read) against the variables of `vs` under the rules of [`load_weights_with`] and,
+/// only if everything fits, reads the tensors the model has and copies them in.
 pub(crate) fn load_tensors(
     vs: &mut nn::VarStore,
-    path: &Path,
-    file: TensorFile,
+    mut source: TensorSource,
     options: LoadOptions,
 ) -> Result<LoadReport, WeightsError> {
     let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
-    let (found, mut report) = check_tensors(&vars, path, file, options)?;
-    // Convert everything first, so that a libtorch failure still leaves the model untouched.
+    let (found, mut report) = check_tensors(&expected_of(&vars), &source, options)?;
+    report.num_batches_tracked = read_batch_counters(&mut source, &vars)?;
+    let path = source.path().to_path_buf();
+    // Read and convert everything first, so that a failure still leaves the model untouched.
     let torch_err = |name: &str| {
         let name = name.to_string();
-        move |source| WeightsError::Torch {
-            path: path.to_path_buf(),
-            name,
-            source,
-        }
+        let path = path.clone();
+        move |source| WeightsError::Torch { path, name, source }
     };
     let mut ready = Vec::with_capacity(found.len());
-    for (name, t) in found {
+    for (name, index) in found {
         let var = &vars[&name];
-        let src = t
+        let src = source
+            .read(index)?
             .f_to_kind(var.kind())
             .and_then(|s| s.f_to_device(var.device()))
             .map_err(torch_err(&name))?;
@@ -379,90 +392,108 @@ pub(crate) fn load_tensors(
     Ok(report)
 }
 
+/// The largest BN `num_batches_tracked` counter of the model's BN layers in `source` (each a
+/// tensor of at most one element; larger ones are not read).
+fn read_batch_counters(
+    source: &mut TensorSource,
+    vars: &BTreeMap<String, Tensor>,
+) -> Result<Option<i64>, WeightsError> {
+    let counters: Vec<usize> = (0..source.entries.len())
+        .filter(|&i| {
+            let e = &source.entries[i];
+            e.numel() == 1
+                && e.kind.is_some_and(|k| !is_float(k))
+                && e.name
+                    .strip_suffix(NUM_BATCHES_TRACKED)
+                    .is_some_and(|bn| vars.contains_key(&format!("{bn}.running_mean")))
+        })
+        .collect();
+    let mut largest = None;
+    for i in counters {
+        let t = source.read(i)?;
+        if let Ok(n) = t.f_view([-1]).and_then(|v| v.f_int64_value(&[0])) {
+            largest = largest.max(Some(n));
+        }
+    }
+    Ok(largest)
+}
+
 /// The tensors of a file sorted against a model's variables by [`sort_tensors`].
 #[derive(Default)]
 struct Sorted {
-    /// Loadable: in the model, with its shape and a compatible kind.
-    found: Vec<(String, Tensor)>,
+    /// Loadable: in the model, with its shape and a compatible kind; with its entry's index.
+    found: Vec<(String, usize)>,
     /// In the model with another shape.
     mismatched: Vec<ShapeMismatch>,
     /// In the model with a kind that does not convert (integer against float).
     wrong_kind: Vec<KindMismatch>,
 }
 
-/// Sorts the tensors of a file against `vars`; notes in `report` the tensors the model does
-/// not have (BN batch counters aside, whose largest value it keeps) and the float kinds that
-/// will be converted.
-fn sort_tensors(
-    vars: &BTreeMap<String, Tensor>,
-    tensors: Vec<(String, Tensor)>,
-    report: &mut LoadReport,
-) -> Sorted {
+/// Sorts the tensors of a file against `expected`; notes in `report` the tensors the model does
+/// not have (BN batch counters aside) and the float kinds that will be converted. Entries of a
+/// kind libtorch has none for count as found: reading them names the type.
+fn sort_tensors(expected: &Expected, source: &TensorSource, report: &mut LoadReport) -> Sorted {
     let mut sorted = Sorted::default();
-    for (name, t) in tensors {
-        let Some(var) = vars.get(&name) else {
+    for (index, entry) in source.entries.iter().enumerate() {
+        let name = entry.name.clone();
+        let Some((shape, kind)) = expected.get(&name) else {
             let counter_of_bn = name
                 .strip_suffix(NUM_BATCHES_TRACKED)
-                .is_some_and(|bn| vars.contains_key(&format!("{bn}.running_mean")));
+                .is_some_and(|bn| expected.contains_key(&format!("{bn}.running_mean")));
             if !counter_of_bn {
                 report.unexpected.push(name);
-            } else if let Ok(n) = t.f_view([-1]).and_then(|v| v.f_int64_value(&[0])) {
-                report.num_batches_tracked = report.num_batches_tracked.max(Some(n));
             }
             continue;
         };
-        let (in_file, in_model) = (t.size(), var.size());
-        if in_file != in_model {
+        if &entry.shape != shape {
             let m = ShapeMismatch {
                 name,
-                in_file,
-                in_model,
+                in_file: entry.shape.clone(),
+                in_model: shape.clone(),
             };
             sorted.mismatched.push(m);
             continue;
         }
-        let (in_file, in_model) = (t.kind(), var.kind());
-        if in_file != in_model && !(is_float(in_file) && is_float(in_model)) {
-            let m = KindMismatch {
-                name,
-                in_file,
-                in_model,
-            };
-            sorted.wrong_kind.push(m);
-            continue;
+        match entry.kind {
+            Some(k) if k != *kind && !(is_float(k) && is_float(*kind)) => {
+                let m = KindMismatch {
+                    name,
+                    in_file: k,
+                    in_model: *kind,
+                };
+                sorted.wrong_kind.push(m);
+                continue;
+            }
+            Some(k) if k != *kind => report.converted.push((name.clone(), k)),
+            _ => {}
         }
-        if in_file != in_model {
-            report.converted.push((name.clone(), in_file));
-        }
-        sorted.found.push((name, t));
+        sorted.found.push((name, index));
     }
     report.unexpected.sort();
     sorted
 }
 
-/// Checks the tensors of `file` against `vars` and returns those to load with the report so
-/// far, or [`WeightsError::Incompatible`] listing every problem.
+/// Checks the tensors of `source` against `expected` and returns those to load (name and
+/// entry) with the report so far, or [`WeightsError::Incompatible`] listing every problem.
 fn check_tensors(
-    vars: &BTreeMap<String, Tensor>,
-    path: &Path,
-    file: TensorFile,
+    expected: &Expected,
+    source: &TensorSource,
     options: LoadOptions,
-) -> Result<(Vec<(String, Tensor)>, LoadReport), WeightsError> {
-    let shapes = model_shapes(file.tensors.iter().map(|(n, t)| (n.as_str(), t.size())));
+) -> Result<(Vec<(String, usize)>, LoadReport), WeightsError> {
     let mut report = LoadReport {
-        metadata: file.metadata,
+        metadata: source.metadata.clone(),
         ..LoadReport::default()
     };
     let Sorted {
         found,
         mismatched,
         wrong_kind,
-    } = sort_tensors(vars, file.tensors, &mut report);
+    } = sort_tensors(expected, source, &mut report);
     let present: BTreeSet<&str> = (found.iter().map(|(n, _)| n.as_str()))
         .chain(mismatched.iter().map(|m| m.name.as_str()))
         .chain(wrong_kind.iter().map(|w| w.name.as_str()))
         .collect();
-    let missing: Vec<String> = (vars.keys())
+    let missing: Vec<String> = (expected.keys())
         .filter(|k| !present.contains(k.as_str()))
         .cloned()
         .collect();
@@ -471,7 +502,7 @@ fn check_tensors(
         return Ok((found, report));
     }
     Err(WeightsError::Incompatible {
-        path: path.to_path_buf(),
+        path: source.path().to_path_buf(),
         missing,
         mismatched,
         wrong_kind: wrong_kind.into_boxed_slice(),
@@ -480,7 +511,7 @@ fn check_tensors(
         } else {
             Vec::new()
         },
-        fit: FileFit::of(&shapes),
+        fit: FileFit::of(&source.shapes()),
     })
 }
 
@@ -523,38 +554,31 @@ pub(crate) fn stem_and_classes(path: &Path, shapes: &Shapes) -> Result<(Stem, i6
     Ok((stem, num_classes))
 }
 
-/// Infers the stem and number of classes of the preset `name` from the tensors of a file.
-fn infer_config(name: &str, path: &Path, file: &TensorFile) -> Result<ResNeXtConfig, WeightsError> {
-    let shapes = model_shapes(file.tensors.iter().map(|(n, t)| (n.as_str(), t.size())));
-    let (stem, num_classes) = stem_and_classes(path, &shapes)?;
-    Ok(ResNeXtConfig::from_name(name, num_classes)?.with_stem(stem))
-}
-
 /// The preset (with its stem and number of classes) whose variables are exactly the tensors
 /// of the safetensors or PyTorch file `path` (see [`matching_preset`]), or `None` when no
-/// preset fits: the architecture of a file that carries no [`WeightsMetadata`].
+/// preset fits: the architecture of a file that carries no [`WeightsMetadata`]. Only the
+/// file's header (or pickle) is read.
 ///
 /// # Errors
 /// As [`read_state_dict`].
 pub fn preset_for_weights(path: &Path) -> Result<Option<ResNeXtConfig>, WeightsError> {
-    let file = read_state_dict(path)?;
-    let shapes = model_shapes(file.tensors.iter().map(|(n, t)| (n.as_str(), t.size())));
-    Ok(matching_preset(&shapes))
+    Ok(matching_preset(&TensorSource::open(path)?.shapes()))
 }
 
 /// The configuration of the preset `name` (one of [`crate::resnext::MODEL_NAMES`]) with the stem
 /// and number of classes of the weights in `path` (safetensors or PyTorch, as
 /// [`read_state_dict`] reads them): the stem from the kernel of `conv1.weight`
 /// (3x3: [`Stem::Cifar`], 7x7: [`Stem::ImageNet`]), the classes from the rows of `fc.weight`.
-/// The rest of the file is only checked when the weights are loaded.
+/// Only the file's header (or pickle) is read; the rest of the file is checked when the
+/// weights are loaded.
 ///
 /// # Errors
 /// [`WeightsError::Io`] for an unreadable or corrupt file, [`WeightsError::Infer`] when
 /// `conv1.weight` or `fc.weight` is missing or oddly shaped, [`WeightsError::Model`] for an
 /// unknown name.
 pub fn config_from_weights(name: &str, path: &Path) -> Result<ResNeXtConfig, WeightsError> {
-    let file = read_state_dict(path)?;
-    infer_config(name, path, &file)
+    let (stem, num_classes) = stem_and_classes(path, &TensorSource::open(path)?.shapes())?;
+    Ok(ResNeXtConfig::from_name(name, num_classes)?.with_stem(stem))
 }
 
 /// A network with its variables, built by [`load_model`].
@@ -591,9 +615,15 @@ pub fn load_model(
     device: Device,
     options: LoadOptions,
 ) -> Result<LoadedModel, WeightsError> {
-    let file = read_state_dict(path)?;
+    config.validate()?;
+    let source = TensorSource::open(path)?;
+    // The file must fit the configuration before a network of its size is built.
+    let expected: Expected = (expected_shapes(config).into_iter())
+        .map(|(n, shape)| (n, (shape, Kind::Float)))
+        .collect();
+    check_tensors(&expected, &source, options)?;
     let mut vs = nn::VarStore::new(device);
     let model = ResNeXt::try_new(&vs.root(), config)?;
-    let report = load_tensors(&mut vs, path, file, options)?;
+    let report = load_tensors(&mut vs, source, options)?;
     Ok(LoadedModel { vs, model, report })
 }

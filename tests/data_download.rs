@@ -1,21 +1,23 @@
 //! `ensure_cifar10` against a tiny HTTP server on 127.0.0.1, `file://` URLs and plain paths,
 //! with synthetic archives built here: success, reuse without a request, wrong checksum,
 //! truncated archive and transfer, HTTP errors, missing or wrong-size files, path traversal,
-//! environment overrides; after every failure the root holds nothing new.
+//! environment overrides, endless, oversized, slow and silent servers against the
+//! `DownloadLimits`; after every failure the root holds nothing new.
 use std::fs;
 use std::io::{Read, Write};
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use md5::{Digest, Md5};
 use resnext::data::{
-    ensure_cifar10, Cifar10, DataError, DownloadOptions, BATCHES_DIR, CIFAR10_MD5, CIFAR10_URL,
-    RECORD_BYTES,
+    ensure_cifar10, ensure_cifar10_with, Cifar10, DataError, DownloadLimits, DownloadOptions,
+    BATCHES_DIR, CIFAR10_BYTES, CIFAR10_MD5, CIFAR10_URL, RECORD_BYTES,
 };
 
 const BINS: [&str; 6] = [
@@ -116,6 +118,14 @@ enum Reply {
     CutShort(Arc<Vec<u8>>, usize),
     /// The bytes, labelled `Content-Encoding: gzip` (as some servers label a `.tar.gz`).
     GzipLabelled(Arc<Vec<u8>>),
+    /// No Content-Length, and bytes for ever (until the client hangs up).
+    Endless,
+    /// Announces the length of the bytes, sends them, then bytes for ever.
+    Overlong(Arc<Vec<u8>>),
+    /// Announces this many bytes and sends none, until the client hangs up.
+    Silent(u64),
+    /// Announces a megabyte and sends one byte at each of these intervals.
+    Trickle(Duration),
 }
 
 struct Server {
@@ -123,7 +133,7 @@ struct Server {
     hits: Arc<AtomicUsize>,
 }
 
-/// Serves `reply` to every request on a free port of 127.0.0.1.
+/// Serves `reply` to every request on a free port of 127.0.0.1, one connection at a time.
 fn serve(reply: Reply) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -141,27 +151,54 @@ fn serve(reply: Reply) -> Server {
                     Ok(n) => head.extend_from_slice(&chunk[..n]),
                 }
             }
-            let encoding = match &reply {
-                Reply::GzipLabelled(_) => "Content-Encoding: gzip\r\n",
-                _ => "",
-            };
-            let (status, body, declared): (String, &[u8], usize) = match &reply {
-                Reply::Body(b) | Reply::GzipLabelled(b) => ("200 OK".into(), b, b.len()),
-                Reply::Status(code, text) => (format!("{code} {text}"), b"error page", 10),
-                Reply::CutShort(b, sent) => ("200 OK".into(), &b[..*sent], b.len()),
-            };
-            let header = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: application/gzip\r\n{encoding}Content-Length: \
-                 {declared}\r\nConnection: close\r\n\r\n"
-            );
-            let _ = s.write_all(header.as_bytes());
-            let _ = s.write_all(body);
-            let _ = s.flush();
+            respond(&mut s, &reply);
         }
     });
     Server {
         url: format!("http://{addr}/cifar-10-binary.tar.gz"),
         hits,
+    }
+}
+
+/// Writes `reply` to the client of `s`.
+fn respond(s: &mut TcpStream, reply: &Reply) {
+    let encoding = match reply {
+        Reply::GzipLabelled(_) => "Content-Encoding: gzip\r\n",
+        _ => "",
+    };
+    let (status, body, declared): (String, &[u8], Option<u64>) = match reply {
+        Reply::Body(b) | Reply::GzipLabelled(b) | Reply::Overlong(b) => {
+            ("200 OK".into(), b, Some(b.len() as u64))
+        }
+        Reply::Status(code, text) => (format!("{code} {text}"), b"error page", Some(10)),
+        Reply::CutShort(b, sent) => ("200 OK".into(), &b[..*sent], Some(b.len() as u64)),
+        Reply::Endless => ("200 OK".into(), &[], None),
+        Reply::Silent(n) => ("200 OK".into(), &[], Some(*n)),
+        Reply::Trickle(_) => ("200 OK".into(), &[], Some(1 << 20)),
+    };
+    let length = declared.map_or(String::new(), |n| format!("Content-Length: {n}\r\n"));
+    let header = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/gzip\r\n{encoding}{length}\
+         Connection: close\r\n\r\n"
+    );
+    let _ = s.write_all(header.as_bytes());
+    let _ = s.write_all(body);
+    let _ = s.flush();
+    match reply {
+        Reply::Endless | Reply::Overlong(_) => {
+            let junk = vec![b'x'; 1 << 16];
+            while s.write_all(&junk).is_ok() {}
+        }
+        Reply::Silent(_) => {
+            let _ = s.read(&mut [0u8; 1]);
+        }
+        Reply::Trickle(every) => loop {
+            thread::sleep(*every);
+            if s.write_all(b"x").and_then(|()| s.flush()).is_err() {
+                break;
+            }
+        },
+        _ => {}
     }
 }
 
@@ -564,4 +601,274 @@ fn environment_overrides_defaults_and_options_override_the_environment() {
     std::env::remove_var("RESNEXT_CIFAR10_MD5");
     assert_eq!(result.unwrap(), root.join(BATCHES_DIR));
     assert_eq!(server.hits.load(Ordering::SeqCst), 1);
+}
+
+/// Limits for a test: `max_bytes`, and the deadline, minimum rate and rate window.
+fn limits(max_bytes: u64, deadline_ms: u64, min_rate: u64, window_ms: u64) -> DownloadLimits {
+    DownloadLimits {
+        max_bytes,
+        deadline: Duration::from_millis(deadline_ms),
+        min_rate,
+        rate_window: Duration::from_millis(window_ms),
+    }
+}
+
+/// After a failed download into `root`: nothing is left there, the folder's lock is free, and
+/// a second download into it succeeds.
+fn assert_clean_and_free(root: &Path) {
+    assert!(listing(root).is_empty(), "left behind: {:?}", listing(root));
+    let folder = fs::File::open(root).unwrap();
+    assert!(folder.try_lock().is_ok(), "the folder is still locked");
+    drop(folder);
+    let (archive, md5) = archive();
+    let server = serve(Reply::Body(Arc::clone(archive)));
+    let dir = ensure_cifar10(root, &opts(&server.url, md5)).unwrap();
+    assert_valid(&dir, root);
+}
+
+const MIRROR_MD5: &str = "0123456789abcdef0123456789abcdef";
+
+#[test]
+fn an_endless_body_stops_at_the_cap_and_leaves_nothing() {
+    let server = serve(Reply::Endless);
+    let (_top, root) = fresh_root();
+    let cap = 3 << 20;
+    let start = Instant::now();
+    let err = ensure_cifar10_with(
+        &root,
+        &opts(&server.url, MIRROR_MD5),
+        &limits(cap, 60_000, 0, 1000),
+    )
+    .unwrap_err();
+    match &err {
+        DataError::DownloadTooLarge { limit, found, .. } => {
+            assert_eq!(*limit, cap);
+            assert!(found.contains("goes on past"), "{found}");
+        }
+        other => panic!("expected DownloadTooLarge, got {other:?}"),
+    }
+    assert!(
+        err.to_string().contains("DownloadLimits::max_bytes"),
+        "{err}"
+    );
+    eprintln!("stopped after {:?}: {err}", start.elapsed());
+    assert_clean_and_free(&root);
+}
+
+#[test]
+fn a_content_length_above_the_bound_is_refused_before_the_body() {
+    // A mirror announcing more than the cap.
+    let server = serve(Reply::Silent(10 << 20));
+    let (_top, root) = fresh_root();
+    let l = limits(1 << 20, 60_000, 0, 1000);
+    let err = ensure_cifar10_with(&root, &opts(&server.url, MIRROR_MD5), &l).unwrap_err();
+    match &err {
+        DataError::DownloadTooLarge { limit, found, .. } => {
+            assert_eq!(*limit, 1 << 20);
+            assert!(
+                found.contains("10485760") && found.contains("Content-Length"),
+                "{found}"
+            );
+        }
+        other => panic!("expected DownloadTooLarge, got {other:?}"),
+    }
+    assert_clean_and_free(&root);
+
+    // The official checksum at a mirror: the official size is the bound, whatever the cap.
+    let server = serve(Reply::Silent(CIFAR10_BYTES + 1));
+    let (_top, root) = fresh_root();
+    let err = ensure_cifar10_with(
+        &root,
+        &opts(&server.url, CIFAR10_MD5),
+        &DownloadLimits::default(),
+    )
+    .unwrap_err();
+    match &err {
+        DataError::DownloadTooLarge { limit, bound, .. } => {
+            assert_eq!(*limit, CIFAR10_BYTES);
+            assert!(bound.contains("official"), "{bound}");
+        }
+        other => panic!("expected DownloadTooLarge, got {other:?}"),
+    }
+    assert_clean_and_free(&root);
+
+    // A re-encoded mirror with its own checksum may be larger than the official archive (the
+    // workspace's copy is 173,795,192 bytes): not refused for its size (this one then sends
+    // nothing and runs into its deadline).
+    let server = serve(Reply::Silent(173_795_192));
+    let (_top, root) = fresh_root();
+    let l = limits(1 << 30, 500, 0, 1000);
+    let err = ensure_cifar10_with(&root, &opts(&server.url, MIRROR_MD5), &l).unwrap_err();
+    assert!(
+        matches!(err, DataError::DownloadDeadline { received: 0, .. }),
+        "{err:?}"
+    );
+    assert_clean_and_free(&root);
+}
+
+#[test]
+fn a_body_longer_than_its_content_length_stops_at_that_length() {
+    let (archive, md5) = archive();
+    let server = serve(Reply::Overlong(Arc::clone(archive)));
+    let (_top, root) = fresh_root();
+    let dir = ensure_cifar10_with(
+        &root,
+        &opts(&server.url, md5),
+        &limits(1 << 30, 60_000, 0, 1000),
+    )
+    .unwrap();
+    assert_valid(&dir, &root);
+    let kept = fs::read(root.join("cifar-10-binary.tar.gz")).unwrap();
+    assert!(
+        kept == **archive,
+        "kept {} bytes, not the {} announced",
+        kept.len(),
+        archive.len()
+    );
+}
+
+#[test]
+fn a_slow_server_is_stopped_by_the_minimum_rate_within_a_second() {
+    // One byte every 200 ms is 5 bytes/s, below 1000 bytes/s over a 500 ms window.
+    let server = serve(Reply::Trickle(Duration::from_millis(200)));
+    let (_top, root) = fresh_root();
+    let start = Instant::now();
+    let err = ensure_cifar10_with(
+        &root,
+        &opts(&server.url, MIRROR_MD5),
+        &limits(1 << 30, 60_000, 1000, 500),
+    )
+    .unwrap_err();
+    let took = start.elapsed();
+    match &err {
+        DataError::DownloadTooSlow {
+            received,
+            window,
+            min_rate,
+            ..
+        } => {
+            assert!(*received <= 5, "{received} bytes");
+            assert!(*window >= Duration::from_millis(500), "{window:?}");
+            assert_eq!(*min_rate, 1000);
+        }
+        other => panic!("expected DownloadTooSlow, got {other:?}"),
+    }
+    assert!(
+        err.to_string().contains("DownloadLimits::min_rate"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(2), "stopped after {took:?}");
+    assert_clean_and_free(&root);
+
+    // A server that sends nothing at all: the read waits one window.
+    let server = serve(Reply::Silent(1000));
+    let (_top, root) = fresh_root();
+    let start = Instant::now();
+    let err = ensure_cifar10_with(
+        &root,
+        &opts(&server.url, MIRROR_MD5),
+        &limits(1 << 30, 60_000, 1000, 500),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, DataError::DownloadTooSlow { received: 0, .. }),
+        "{err:?}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_clean_and_free(&root);
+}
+
+#[test]
+fn a_download_past_its_deadline_is_stopped_there() {
+    // No minimum rate: only the deadline stops a trickle, checked as bytes arrive...
+    let server = serve(Reply::Trickle(Duration::from_millis(200)));
+    let (_top, root) = fresh_root();
+    let start = Instant::now();
+    let err = ensure_cifar10_with(
+        &root,
+        &opts(&server.url, MIRROR_MD5),
+        &limits(1 << 30, 1000, 0, 1000),
+    )
+    .unwrap_err();
+    let took = start.elapsed();
+    match &err {
+        DataError::DownloadDeadline {
+            deadline, received, ..
+        } => {
+            assert_eq!(*deadline, Duration::from_secs(1));
+            assert!((1..=6).contains(received), "{received} bytes");
+        }
+        other => panic!("expected DownloadDeadline, got {other:?}"),
+    }
+    assert!(
+        err.to_string().contains("DownloadLimits::deadline"),
+        "{err}"
+    );
+    assert!(
+        took >= Duration::from_millis(950) && took < Duration::from_secs(3),
+        "stopped after {took:?}"
+    );
+    assert_clean_and_free(&root);
+
+    // ...and while a read waits on a silent server.
+    let server = serve(Reply::Silent(1000));
+    let (_top, root) = fresh_root();
+    let start = Instant::now();
+    let err = ensure_cifar10_with(
+        &root,
+        &opts(&server.url, MIRROR_MD5),
+        &limits(1 << 30, 800, 0, 1000),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, DataError::DownloadDeadline { received: 0, .. }),
+        "{err:?}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_clean_and_free(&root);
+
+    // Limits that can never be met are refused before any request.
+    for l in [
+        limits(0, 1000, 0, 1000),
+        limits(1, 0, 0, 1000),
+        limits(1, 1000, 1, 0),
+    ] {
+        let err = ensure_cifar10_with(&root.join("x"), &opts(&server.url, MIRROR_MD5), &l);
+        assert!(
+            matches!(err, Err(DataError::InvalidConfig { .. })),
+            "{l:?}: {err:?}"
+        );
+    }
+    assert_eq!(server.hits.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_data_folder_this_process_holds_as_its_run_directory_is_an_error_not_a_wait() {
+    let (archive, md5) = archive();
+    let server = serve(Reply::Body(Arc::clone(archive)));
+    let (_top, root) = fresh_root();
+    let held = resnext::io::lock_dir(&root).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (url, sum, folder) = (server.url.clone(), md5.clone(), root.clone());
+    thread::spawn(move || tx.send(ensure_cifar10(&folder, &opts(&url, &sum))));
+    let err = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("still waiting for a lock this very process holds")
+        .unwrap_err();
+    assert!(
+        matches!(err, DataError::Io { .. }) && err.to_string().contains("run directory"),
+        "{err}"
+    );
+    assert_eq!(server.hits.load(Ordering::SeqCst), 0);
+    drop(held);
+    let dir = ensure_cifar10(&root, &opts(&server.url, md5)).unwrap();
+    assert_valid(&dir, &root);
 }

@@ -269,6 +269,80 @@ fn sixteen_bit_pictures_become_eight_bit() {
     }
 }
 
+/// JPEGs written by Pillow (baseline, progressive, and baseline with an EXIF thumbnail: a
+/// whole JPEG, with its own scan and end-of-image marker, inside the APP1 segment), each whole,
+/// with trailing bytes after its end-of-image marker, and cut at several lengths; then Pillow's
+/// verdict on each (`Image.open(p).load()`), one `name ok` or `name refused: why` a line.
+const WRITE_TRUNCATED: &str = r#"
+import io, os, struct, sys
+from PIL import Image
+out = sys.argv[1]
+base = Image.new("RGB", (160, 120))
+base.putdata([((x * 7 + y * 3) % 256, (x * y) % 256, (x ^ y) % 256) for y in range(120) for x in range(160)])
+def jpeg(im, **kw):
+    b = io.BytesIO(); im.save(b, "JPEG", quality=90, **kw); return b.getvalue()
+thumb = jpeg(base.resize((40, 30)))
+# Exif: a TIFF header, an empty IFD0, an IFD1 pointing at the thumbnail (tags 0x201, 0x202).
+ifd1 = struct.pack("<H", 2) + struct.pack("<HHII", 0x201, 4, 1, 44) + struct.pack("<HHII", 0x202, 4, 1, len(thumb)) + struct.pack("<I", 0)
+tiff = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<HI", 0, 14) + ifd1 + thumb
+assert len(b"II*\x00") + 4 + 6 + len(ifd1) == 44
+app1 = b"Exif\x00\x00" + tiff
+plain = jpeg(base)
+sources = {
+    "baseline": plain,
+    "progressive": jpeg(base, progressive=True),
+    "thumbnail": plain[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + plain[2:],
+}
+for name, data in sources.items():
+    files = {"full": data, "trailing": data + b"\x00garbage\xff\xd8\xff\xda junk"}
+    for frac in (30, 60, 95):
+        files[f"cut{frac}"] = data[: len(data) * frac // 100]
+    files["cut_all_but_2"] = data[:-2]
+    for kind, b in files.items():
+        path = os.path.join(out, f"{name}_{kind}.jpg")
+        with open(path, "wb") as f:
+            f.write(b)
+        try:
+            Image.open(path).load()
+            print(f"{name}_{kind}.jpg ok")
+        except Exception as e:
+            print(f"{name}_{kind}.jpg refused: {e}")
+"#;
+
+#[test]
+fn truncated_jpegs_are_refused_as_pillow_refuses_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let verdicts = python::run_python(WRITE_TRUNCATED, &[dir.path().to_str().unwrap()]);
+    let mut checked = 0;
+    for line in verdicts.lines() {
+        let (name, pillow) = line.split_once(' ').unwrap();
+        let whole = name.ends_with("_full.jpg") || name.ends_with("_trailing.jpg");
+        let pillow_ok = pillow == "ok";
+        assert_eq!(pillow_ok, whole, "Pillow on {name}: {pillow}");
+        let ours = decode_rgb8(&dir.path().join(name), 1 << 20);
+        match (&ours, whole) {
+            (Ok(img), true) => assert_eq!(img.dimensions(), (160, 120), "{name}"),
+            (Err(e @ DataError::BadImage { .. }), false) => {
+                assert!(e.to_string().contains(name), "{e}")
+            }
+            _ => panic!("{name}: we gave {ours:?}, Pillow said {pillow}"),
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 3 * 6, "{verdicts}");
+    // The thumbnail's own end-of-image marker does not make a cut file whole: the cut of the
+    // file with the thumbnail falls after it (the thumbnail is near the start).
+    let with_thumb = std::fs::read(dir.path().join("thumbnail_full.jpg")).unwrap();
+    let first_eoi = with_thumb
+        .windows(2)
+        .position(|w| w == [0xFF, 0xD9])
+        .unwrap();
+    assert!(
+        first_eoi < with_thumb.len() * 30 / 100,
+        "thumbnail ends at {first_eoi}"
+    );
+}
+
 fn write_jpeg(path: &Path, w: u32, h: u32) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     image::RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, 128]))

@@ -489,6 +489,44 @@ fn invalid_configs_are_errors_not_panics() {
 }
 
 #[test]
+fn configurations_beyond_the_limits_are_refused_before_any_arithmetic_overflows() {
+    use resnext::resnext::CONFIG_LIMITS as L;
+    type Edit = fn(&mut ResNeXtConfig);
+    let edits: [(&str, Edit); 9] = [
+        ("planes", |c| c.planes[0] = 1 << 40),
+        ("planes", |c| c.planes[0] = i64::MAX),
+        ("planes", |c| c.planes[2] = L.channels + 1),
+        ("stem_channels", |c| c.stem_channels = 1 << 62),
+        ("cardinality", |c| c.cardinality = i64::MAX),
+        ("base_width", |c| c.base_width = L.channels + 1),
+        ("num_classes", |c| c.num_classes = L.classes + 1),
+        ("blocks", |c| c.blocks[1] = L.blocks + 1),
+        ("blocks/planes", |c| {
+            c.blocks = vec![1; L.stages + 1];
+            c.planes = vec![64; L.stages + 1];
+        }),
+    ];
+    for (field, edit) in edits {
+        let mut cfg = ResNeXtConfig::tiny(10);
+        edit(&mut cfg);
+        match cfg.validate() {
+            Err(ModelError::InvalidConfig { field: f, .. }) if f == field => {}
+            other => panic!("{field}: expected InvalidConfig, got {other:?} for {cfg:?}"),
+        }
+    }
+    // The widest width within the limits still fits, and one beyond is refused by name.
+    let mut cfg = ResNeXtConfig::tiny(10);
+    (cfg.cardinality, cfg.base_width, cfg.planes) = (L.channels, 64, vec![16, 16, 16]);
+    assert_eq!(cfg.group_width(16), 16 * L.channels);
+    assert!(cfg.validate().is_ok(), "{:?}", cfg.validate());
+    cfg.planes = vec![16, 16, 17];
+    assert!(cfg.validate().is_err());
+    for preset in resnext::resnext::PRESETS {
+        assert!(preset.config(1000).validate().is_ok(), "{}", preset.name);
+    }
+}
+
+#[test]
 fn an_input_of_another_kind_or_device_is_an_error_not_a_panic() {
     let vs = nn::VarStore::new(Device::Cpu);
     let net = ResNeXt::new(&vs.root(), &ResNeXtConfig::tiny(10));

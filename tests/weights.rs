@@ -788,11 +788,12 @@ fn metadata_round_trips_and_bad_metadata_names_the_file_and_the_key() {
     assert_eq!(read_weights_metadata(&with).unwrap(), Some(meta.clone()));
 
     let tensors = snapshot(&vs);
-    let cases: [(&str, Option<&str>, &str); 4] = [
+    let cases: [(&str, Option<&str>, &str); 5] = [
         (CLASSES_KEY, None, "missing"),
         (MODEL_KEY, Some("{\"name\": "), "does not parse"),
         (CLASSES_KEY, Some("[\"a\", \"b\"]"), "2 class names"),
-        (IMAGE_SIZE_KEY, Some("0"), "at least 1"),
+        (IMAGE_SIZE_KEY, Some("0"), "expected 1 to 8192"),
+        (IMAGE_SIZE_KEY, Some("100000"), "expected 1 to 8192"),
     ];
     for (i, (key, value, needle)) in cases.into_iter().enumerate() {
         let mut map = meta.to_map();

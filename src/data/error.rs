@@ -127,6 +127,52 @@ pub enum DataError {
         /// What went wrong.
         message: String,
     },
+    /// A download has more bytes than it may have (see
+    /// [`DownloadLimits::max_bytes`](super::DownloadLimits::max_bytes)); it was stopped there.
+    #[error(
+        "download of {url} stopped: {found}, more than the {limit} bytes it may have ({bound}); \
+         nothing was kept"
+    )]
+    DownloadTooLarge {
+        /// The URL requested.
+        url: String,
+        /// The most bytes it may have.
+        limit: u64,
+        /// What exceeded it (the announced `Content-Length`, or the body itself).
+        found: String,
+        /// Where the limit comes from.
+        bound: String,
+    },
+    /// A download did not finish within
+    /// [`DownloadLimits::deadline`](super::DownloadLimits::deadline).
+    #[error(
+        "download of {url} did not finish within {deadline:.1?} (DownloadLimits::deadline; \
+         {received} bytes received); nothing was kept"
+    )]
+    DownloadDeadline {
+        /// The URL requested.
+        url: String,
+        /// The deadline.
+        deadline: std::time::Duration,
+        /// The bytes received by then.
+        received: u64,
+    },
+    /// A download ran slower than
+    /// [`DownloadLimits::min_rate`](super::DownloadLimits::min_rate) over a window.
+    #[error(
+        "download of {url} is too slow: {received} bytes in {window:.1?}, below the minimum of \
+         {min_rate} bytes per second (DownloadLimits::min_rate); nothing was kept"
+    )]
+    DownloadTooSlow {
+        /// The URL requested.
+        url: String,
+        /// The bytes received in the window.
+        received: u64,
+        /// How long the window lasted.
+        window: std::time::Duration,
+        /// The minimum rate, in bytes per second.
+        min_rate: u64,
+    },
     /// The archive does not have the expected MD5 checksum.
     #[error(
         "checksum mismatch for {source_desc}: expected MD5 {expected}, got {actual}; the download is \

@@ -11,8 +11,9 @@
 //! * [`Cifar10`]: the "binary version" of CIFAR-10 loaded into `uint8` image and `int64` label
 //!   tensors, with every file validated ([`DataError`] names the file and what was expected),
 //!   or built from tensors for synthetic data;
-//! * [`ensure_cifar10`]: download (official URL, a mirror, `file://` or a path; MD5 checked),
-//!   extraction and reuse of an existing copy;
+//! * [`ensure_cifar10`]: download (official URL, a mirror, `file://` or a path; MD5 checked;
+//!   size, time and rate bounded by [`DownloadLimits`]), extraction and reuse of an existing
+//!   copy;
 //! * [`batches`] / [`DeviceDataset::batches`]: shuffled, augmented (random crop with 4 pixels
 //!   of zero padding + horizontal flip, as torchvision's `RandomCrop(32, padding=4)` +
 //!   `RandomHorizontalFlip()`) and normalised batches, prefetched on a background thread and
@@ -58,7 +59,10 @@ pub use cifar::{
 pub use config::{Affine, BatchConfig, Normalization, Shard};
 pub use dataset::{DeviceDataset, Pipeline};
 pub use decode::{decode_rgb8, decode_rgb8_bytes, MAX_PIXELS};
-pub use download::{ensure_cifar10, DownloadOptions, CIFAR10_MD5, CIFAR10_URL};
+pub use download::{
+    ensure_cifar10, ensure_cifar10_with, DownloadLimits, DownloadOptions, CIFAR10_BYTES,
+    CIFAR10_MD5, CIFAR10_URL,
+};
 pub use error::DataError;
 pub use folder::{FolderIndex, Ignored, IMAGE_EXTENSIONS};
 pub use image_folder::{FolderSplit, ImageFolder, ImageFolderOptions};

@@ -70,7 +70,9 @@ impl ResNeXtConfig {
             .map_or(self.stem_channels, |stage| stage.out_channels)
     }
 
-    /// Checks that every size is positive and that the stage lists agree.
+    /// Checks that every size is positive and within [`CONFIG_LIMITS`], and that the stage lists
+    /// agree, with checked arithmetic: a configuration read from a file cannot overflow a size
+    /// or ask for a network of absurd size.
     ///
     /// # Errors
     /// [`ModelError::InvalidConfig`] naming the field.
@@ -82,36 +84,73 @@ impl ResNeXtConfig {
                 expected,
             })
         };
-        if self.num_classes < 1 {
-            return bad("num_classes", self.num_classes.to_string(), "at least 1");
-        }
-        if self.stem_channels < 1 {
-            return bad(
+        let sizes = [
+            (
+                "num_classes",
+                self.num_classes,
+                CONFIG_LIMITS.classes,
+                "1 to 2^20",
+            ),
+            (
                 "stem_channels",
-                self.stem_channels.to_string(),
-                "at least 1",
-            );
+                self.stem_channels,
+                CONFIG_LIMITS.channels,
+                "1 to 65536",
+            ),
+            (
+                "cardinality",
+                self.cardinality,
+                CONFIG_LIMITS.channels,
+                "1 to 65536",
+            ),
+            (
+                "base_width",
+                self.base_width,
+                CONFIG_LIMITS.channels,
+                "1 to 65536",
+            ),
+        ];
+        for (field, value, limit, expected) in sizes {
+            if !(1..=limit).contains(&value) {
+                return bad(field, value.to_string(), expected);
+            }
         }
-        if self.cardinality < 1 {
-            return bad("cardinality", self.cardinality.to_string(), "at least 1");
-        }
-        if self.base_width < 1 {
-            return bad("base_width", self.base_width.to_string(), "at least 1");
-        }
-        if self.blocks.is_empty() || self.blocks.len() != self.planes.len() {
+        self.validate_stages()
+    }
+
+    fn validate_stages(&self) -> Result<(), ModelError> {
+        let bad = |field, value: String, expected| {
+            Err(ModelError::InvalidConfig {
+                field,
+                value,
+                expected,
+            })
+        };
+        if self.blocks.is_empty()
+            || self.blocks.len() != self.planes.len()
+            || self.blocks.len() > CONFIG_LIMITS.stages
+        {
             return bad(
                 "blocks/planes",
                 format!("{:?}/{:?}", self.blocks, self.planes),
-                "two non-empty lists of the same length",
+                "two non-empty lists of the same length, at most 16 stages",
             );
         }
-        if self.blocks.contains(&0) {
-            return bad(
-                "blocks",
-                format!("{:?}", self.blocks),
-                "at least one block per stage",
-            );
+        if let Some(b) = self
+            .blocks
+            .iter()
+            .find(|&&b| !(1..=CONFIG_LIMITS.blocks).contains(&b))
+        {
+            return bad("blocks", b.to_string(), "1 to 1024 blocks per stage");
         }
+        if let Some(p) = self
+            .planes
+            .iter()
+            .find(|&&p| !(1..=CONFIG_LIMITS.channels).contains(&p))
+        {
+            return bad("planes", p.to_string(), "1 to 65536");
+        }
+        // Bounded above, so these products fit in an i64.
         if let Some(p) = self
             .planes
             .iter()
@@ -123,6 +162,43 @@ impl ResNeXtConfig {
                 "large enough that planes * base_width / 64 >= 1 (each group needs a channel)",
             );
         }
+        if let Some(p) = self
+            .planes
+            .iter()
+            .find(|&&p| self.group_width(p) > CONFIG_LIMITS.width)
+        {
+            return bad(
+                "planes",
+                p.to_string(),
+                "small enough that a block's width (planes * base_width / 64 * cardinality) is at most 2^20",
+            );
+        }
         Ok(())
     }
 }
+
+/// The bounds [`ResNeXtConfig::validate`] holds every configuration to: far above any published
+/// ResNeXt (ResNeXt-101 64x4d: 1,000 classes, 64 groups, widths up to 2,048, 23 blocks in a
+/// stage), low enough that every size and product fits in an `i64`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigLimits {
+    /// Most classes (2^20).
+    pub classes: i64,
+    /// Most stem channels, planes, groups or base width (65,536).
+    pub channels: i64,
+    /// Widest grouped convolution of a block (2^20 channels).
+    pub width: i64,
+    /// Most stages (16).
+    pub stages: usize,
+    /// Most blocks in a stage (1,024).
+    pub blocks: usize,
+}
+
+/// The [`ConfigLimits`] of every configuration.
+pub const CONFIG_LIMITS: ConfigLimits = ConfigLimits {
+    classes: 1 << 20,
+    channels: 1 << 16,
+    width: 1 << 20,
+    stages: 16,
+    blocks: 1024,
+};

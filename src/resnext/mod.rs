@@ -23,7 +23,7 @@ mod presets;
 mod spec;
 
 pub use block::ResNeXtBlock;
-pub use config::{ResNeXtConfig, Stem};
+pub use config::{ConfigLimits, ResNeXtConfig, Stem, CONFIG_LIMITS};
 pub use error::ModelError;
 pub use flops::StageShape;
 pub use network::ResNeXt;

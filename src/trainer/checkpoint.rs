@@ -19,7 +19,9 @@ use tch::{nn, Tensor};
 
 use super::{EpochMetrics, Evaluation, LossScale, Sgd, TrainConfig, TrainError};
 use crate::io::{read_safetensors, write_safetensors, TensorFile};
-use crate::weights::{describe_incompatible, load_tensors, LoadOptions, WeightsError};
+use crate::weights::{
+    describe_incompatible, load_tensors, LoadOptions, TensorSource, WeightsError,
+};
 
 /// Version of the checkpoint layout this version writes; it reads this one and every earlier
 /// one.
@@ -252,7 +254,12 @@ pub fn load_checkpoint(
                 .collect(),
         )
         .map_err(bad)?;
-    load_tensors(vs, path, model, LoadOptions { strict: true }).map_err(|e| match e {
+    load_tensors(
+        vs,
+        TensorSource::from_file(path, model),
+        LoadOptions { strict: true },
+    )
+    .map_err(|e| match e {
         WeightsError::Incompatible {
             missing,
             mismatched,

@@ -7,9 +7,11 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::WeightsError;
+use super::source::is_safetensors;
+use super::{
+    describe_incompatible, expected_shapes, ShapeMismatch, Shapes, TensorSource, WeightsError,
+};
 use crate::data::Normalization;
-use crate::io::read_safetensors;
 use crate::resnext::ResNeXtConfig;
 
 /// Metadata key of [`WeightsMetadata::model`] (JSON of a [`ResNeXtConfig`]).
@@ -22,6 +24,9 @@ pub const IMAGE_SIZE_KEY: &str = "resnext.image_size";
 pub const NORMALIZATION_KEY: &str = "resnext.normalization";
 
 /// Every metadata key of [`WeightsMetadata`].
+/// The largest image side the metadata may ask for.
+pub const MAX_IMAGE_SIZE: i64 = 8192;
+
 const KEYS: [&str; 4] = [MODEL_KEY, CLASSES_KEY, IMAGE_SIZE_KEY, NORMALIZATION_KEY];
 
 /// Everything needed to use a weights file without being told: written by
@@ -123,10 +128,10 @@ impl WeightsMetadata {
                 ),
             ));
         }
-        if self.image_size < 1 {
+        if !(1..=MAX_IMAGE_SIZE).contains(&self.image_size) {
             return Err((
                 IMAGE_SIZE_KEY,
-                format!("{}; expected at least 1", self.image_size),
+                format!("{}; expected 1 to {MAX_IMAGE_SIZE}", self.image_size),
             ));
         }
         self.normalization
@@ -147,14 +152,57 @@ fn to_json<T: Serialize>(value: &T) -> String {
 
 /// The [`WeightsMetadata`] of the safetensors file `path`, or `None` when it has none (a file
 /// PyTorch wrote, one saved by [`save_weights`](super::save_weights), or a PyTorch `.pth`).
+/// Only the file's header is read. The metadata is data, not trust: besides its own checks
+/// ([`WeightsMetadata::from_map`]), the model it describes must have exactly the names and
+/// shapes of the file's tensors, compared without building anything.
 ///
 /// # Errors
 /// [`WeightsError::Io`] for an unreadable or corrupt file; [`WeightsError::Metadata`] naming
-/// the file and the key for malformed metadata (see [`WeightsMetadata::from_map`]).
+/// the file and the key for malformed metadata (see [`WeightsMetadata::from_map`]) or a model
+/// description the tensors do not match (the first differences listed).
 pub fn read_weights_metadata(path: &Path) -> Result<Option<WeightsMetadata>, WeightsError> {
-    if !super::pretrained::is_safetensors(path)? {
+    if !is_safetensors(path)? {
         return Ok(None);
     }
-    let file = read_safetensors(path)?;
-    WeightsMetadata::from_map(path, &file.metadata)
+    let source = TensorSource::safetensors(path)?;
+    let Some(meta) = WeightsMetadata::from_map(path, &source.metadata)? else {
+        return Ok(None);
+    };
+    let (expected, found) = (expected_shapes(&meta.model), source.shapes());
+    if expected != found {
+        return Err(WeightsError::Metadata {
+            path: path.to_path_buf(),
+            key: MODEL_KEY,
+            problem: format!(
+                "describes a `{}` whose tensors are not the file's: {}",
+                meta.model.name,
+                shape_differences(&expected, &found)
+            ),
+        });
+    }
+    Ok(Some(meta))
+}
+
+/// How the tensors `found` differ from `expected`, in the words of
+/// [`WeightsError::Incompatible`].
+fn shape_differences(expected: &Shapes, found: &Shapes) -> String {
+    let missing: Vec<String> = (expected.keys())
+        .filter(|n| !found.contains_key(*n))
+        .cloned()
+        .collect();
+    let unexpected: Vec<String> = (found.keys())
+        .filter(|n| !expected.contains_key(*n))
+        .cloned()
+        .collect();
+    let mismatched: Vec<ShapeMismatch> = (found.iter())
+        .filter_map(|(name, shape)| {
+            let in_model = expected.get(name).filter(|s| *s != shape)?;
+            Some(ShapeMismatch {
+                name: name.clone(),
+                in_file: shape.clone(),
+                in_model: in_model.clone(),
+            })
+        })
+        .collect();
+    describe_incompatible(&missing, &mismatched, &[], &unexpected)
 }
