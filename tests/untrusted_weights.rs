@@ -123,6 +123,19 @@ save_zip("spread_view.pth", *model(spread))
 rank = Tensor(Storage("0", torch.FloatStorage, 1), [1] * 100_000, [1] * 100_000)
 save_zip("rank.pth", {"conv1.weight": rank, "fc.weight": rank}, {"0": b"\0" * 4})
 
+# A parameter inside a parameter, 200,000 deep (a recursive reader runs out of stack), a dict
+# of dicts sharing their values 30 levels down (2^30 paths to one tensor), a 600-byte name.
+n = 200_000
+chain = (b"\x80\x02}(X\x0c\x00\x00\x00conv1.weightctorch._utils\n_rebuild_parameter\nq\x00("
+         + b"h\x00(" * (n - 1) + b"N" + b"\x89)tR" * n + b"u.")
+with zipfile.ZipFile(path("wrapped.pth"), "w", zipfile.ZIP_STORED) as z:
+    z.writestr("archive/data.pkl", chain)
+shared_dicts = {"a": torch.zeros(1), "b": torch.zeros(1)}
+for _ in range(30):
+    shared_dicts = {"a": shared_dicts, "b": shared_dicts}
+torch.save(shared_dicts, path("shared_dicts.pth"))
+torch.save({"x" * 600: sd}, path("long_name.pth"))
+
 # data.pkl: 100 MiB of one opcode, deflated into a small file; and 17 MiB of it stored.
 endless = b"\x80\x02" + b"]" * (100 * 2**20)
 with zipfile.ZipFile(path("bomb.pth"), "w", zipfile.ZIP_DEFLATED) as z:
@@ -360,6 +373,9 @@ fn hand_written_pickles_are_checked_against_their_storages() {
     );
     assert_refused(&dir.join("spread_view.pth"), "spans");
     assert_refused(&dir.join("rank.pth"), "rank 100000");
+    assert_refused(&dir.join("wrapped.pth"), "wrapped more than 4 times");
+    assert_refused(&dir.join("shared_dicts.pth"), "too many shared references");
+    assert_refused(&dir.join("long_name.pth"), "a name longer than 512 bytes");
 }
 
 #[test]

@@ -39,6 +39,13 @@ const MAX_RANK: usize = 64;
 const MAX_ZIP_ENTRIES: usize = 1_000_000;
 /// How deep dicts and modules may nest.
 const MAX_DEPTH: usize = 64;
+/// How many wrappers (`_rebuild_parameter`, `_rebuild_from_type_v2`) a tensor may be inside.
+const MAX_WRAPPERS: usize = 4;
+/// Tensors a file may hold (a `state_dict` of ResNeXt-101 has about 1,600; a checkpoint with
+/// an optimizer's state and an EMA copy a few times that).
+const MAX_TENSORS: usize = 65_536;
+/// Longest tensor name (torchvision's longest are about 40 bytes).
+const MAX_NAME: usize = 512;
 /// Values visited while looking for tensors, at most this many times the pickle's values
 /// (shared references could otherwise make the walk exponential).
 const VISITS_PER_NODE: usize = 4;
@@ -552,7 +559,7 @@ fn join(prefix: &str, key: &str) -> String {
     }
 }
 
-impl Walk<'_> {
+impl<'a> Walk<'a> {
     fn value(&mut self, id: Id, name: &str, depth: usize) -> Result<(), String> {
         if depth > MAX_DEPTH {
             return Err(format!("values nested deeper than {MAX_DEPTH} at `{name}`"));
@@ -576,6 +583,11 @@ impl Walk<'_> {
                 (None, Some(i)) => i.to_string(),
                 _ => continue,
             };
+            if name.len() + key.len() >= MAX_NAME {
+                return Err(format!(
+                    "a name longer than {MAX_NAME} bytes under `{name}`"
+                ));
+            }
             self.value(v, &join(name, &key), depth + 1)?;
         }
         Ok(())
@@ -585,6 +597,9 @@ impl Walk<'_> {
         let p = self.pickle;
         let callable = p.global(object.callable).unwrap_or(("", ""));
         if let Some(tensor) = self.tensor(callable, object.args, name)? {
+            if self.tensors.len() >= MAX_TENSORS {
+                return Err(format!("more than {MAX_TENSORS} tensors"));
+            }
             self.tensors.push(tensor);
             return Ok(());
         }
@@ -636,38 +651,41 @@ impl Walk<'_> {
         Ok(())
     }
 
-    /// The tensor `callable(*args)` rebuilds, if it is one of torch's rebuild functions.
+    /// The tensor `callable(*args)` rebuilds, if it is one of torch's rebuild functions; the
+    /// wrappers (a parameter around a tensor, a subclass around either) are unwrapped at most
+    /// [`MAX_WRAPPERS`] deep, in a loop (a crafted chain cannot exhaust the stack).
     fn tensor(
         &mut self,
-        callable: (&str, &str),
-        args: Id,
+        mut callable: (&'a str, &'a str),
+        mut args: Id,
         name: &str,
     ) -> Result<Option<TensorRef>, String> {
         let p = self.pickle;
-        let args = p.seq(args).unwrap_or(&[]);
-        match callable {
-            ("torch._utils", "_rebuild_tensor_v2") => self.rebuild(args, name).map(Some),
-            ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => {
-                match args.first().map(|&t| p.node(t)) {
-                    Some(Node::Object(inner)) => {
-                        let inner_callable = p.global(inner.callable).unwrap_or(("", ""));
-                        self.tensor(inner_callable, inner.args, name)
+        for _ in 0..=MAX_WRAPPERS {
+            let list = p.seq(args).unwrap_or(&[]);
+            (callable, args) = match callable {
+                ("torch._utils", "_rebuild_tensor_v2") => return self.rebuild(list, name).map(Some),
+                ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => {
+                    match list.first().map(|&t| p.node(t)) {
+                        Some(Node::Object(inner)) => {
+                            (p.global(inner.callable).unwrap_or(("", "")), inner.args)
+                        }
+                        _ => return Err(format!("parameter `{name}` holds no tensor")),
                     }
-                    _ => Err(format!("parameter `{name}` holds no tensor")),
                 }
-            }
-            ("torch._tensor", "_rebuild_from_type_v2") => match args {
-                [func, _, inner_args, ..] => {
-                    let func = p.global(*func).unwrap_or(("", ""));
-                    self.tensor(func, *inner_args, name)
+                ("torch._tensor", "_rebuild_from_type_v2") => match list {
+                    [func, _, inner_args, ..] => (p.global(*func).unwrap_or(("", "")), *inner_args),
+                    _ => return Err(format!("tensor `{name}`: malformed _rebuild_from_type_v2")),
+                },
+                ("torch._utils", other) if other.starts_with("_rebuild") => {
+                    return Err(format!("tensor `{name}` is rebuilt by torch._utils.{other}, which is not read (quantized, sparse or other special tensors)"))
                 }
-                _ => Err(format!("tensor `{name}`: malformed _rebuild_from_type_v2")),
-            },
-            ("torch._utils", other) if other.starts_with("_rebuild") => {
-                Err(format!("tensor `{name}` is rebuilt by torch._utils.{other}, which is not read (quantized, sparse or other special tensors)"))
-            }
-            _ => Ok(None),
+                _ => return Ok(None),
+            };
         }
+        Err(format!(
+            "tensor `{name}` is wrapped more than {MAX_WRAPPERS} times"
+        ))
     }
 
     /// `_rebuild_tensor_v2(storage, offset, size, stride, ...)`.
