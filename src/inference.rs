@@ -87,8 +87,9 @@ struct FoldedBlock {
 }
 
 /// `conv` followed by `bn` (in evaluation mode) as one convolution: `(weight, bias)` in the
-/// kind of the convolution weight, computed in double precision.
-fn fold(conv: &nn::Conv2D, bn: &nn::BatchNorm) -> Result<(Tensor, Tensor), TchError> {
+/// kind of the convolution weight, computed in double precision. Also used by the ONNX export
+/// ([`crate::export`]).
+pub(crate) fn fold(conv: &nn::Conv2D, bn: &nn::BatchNorm) -> Result<(Tensor, Tensor), TchError> {
     let kind = conv.ws.kind();
     let w = conv.ws.f_detach()?.f_to_kind(Kind::Double)?;
     let out = w.size()[0];

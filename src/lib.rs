@@ -7,6 +7,7 @@
 //! * [`trainer`]: SGD training with schedules, exact resume, metrics and plots;
 //! * [`weights`]: safetensors weights that PyTorch loads;
 //! * [`inference`]: a faster evaluation-only form of the network;
+//! * [`export`]: ONNX export for deployment (ONNX Runtime, OpenVINO, TensorRT);
 //! * [`layout`]: channels-last tensors and variables;
 //! * [`memory`]: keeping freed memory in the process (faster CPU training);
 //! * [`io`]: atomic writes and safetensors files with metadata;
@@ -14,6 +15,7 @@
 #![warn(missing_docs)]
 pub mod data;
 pub mod distributed;
+pub mod export;
 pub mod inference;
 pub mod io;
 pub mod layout;

@@ -1,0 +1,346 @@
+//! ONNX export checked where users deploy: the exported file passes `onnx.checker` (full
+//! check), and ONNX Runtime (CPU) and OpenVINO (CPU, f32) compute the crate's own eval-mode
+//! logits on the same random input, through the dynamic batch axis (batches of 3 and 1), within
+//! a max relative difference of [`MAX_REL_DIFF`]; the metadata reads back. Bad inputs give
+//! typed errors and leave no file.
+//!
+//! Python: scripts/setup-onnx-deps.sh installs onnx 1.23.2, onnxruntime 1.31.1 (required) and
+//! openvino 2026.4.1 (optional: a SKIPPED line when it is missing) into a cache.
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use resnext::data::Normalization;
+use resnext::export::onnx::{export_onnx, export_onnx_from_weights, OnnxOptions};
+use resnext::export::{ExportError, ExportFormat};
+use resnext::weights::{save_weights_with, WeightsError, WeightsMetadata};
+use resnext::{ResNeXt, ResNeXtConfig, Stem};
+use serde_json::Value;
+use tch::nn::{self, ModuleT};
+use tch::{Device, Kind, Tensor};
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Largest accepted `max |engine − crate| / max |crate|` over all logits. The engines compute
+/// in fp32 like the crate, but sum in another order (their own convolution kernels, and with
+/// BN folded the scale is applied to the weights before the sum instead of after it), so the
+/// logits differ by a few ulps of accumulated rounding: about 1e-6 relative, far below 1e-4.
+/// A wrong layer (a missed stride, pad, group or BN) moves them by 1e-1 or more.
+const MAX_REL_DIFF: f64 = 1e-4;
+
+/// The PYTHONPATH of scripts/setup-onnx-deps.sh (installed into a cache when missing).
+fn onnx_python_path() -> &'static str {
+    static PATH: OnceLock<String> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let script = Path::new(REPO).join("scripts/setup-onnx-deps.sh");
+        let out = Command::new("bash").arg(&script).current_dir(REPO).output();
+        let out = out.unwrap_or_else(|e| panic!("cannot run bash {}: {e}", script.display()));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        match stdout
+            .lines()
+            .last()
+            .and_then(|l| l.strip_prefix("export PYTHONPATH="))
+        {
+            Some(p) if out.status.success() => p.to_string(),
+            _ => panic!(
+                "the ONNX tests need onnx 1.23.2 + onnxruntime 1.31.1, and {} failed ({}):\n{}\n\
+                 {stdout}\nRun scripts/setup-libtorch.sh, then scripts/setup-onnx-deps.sh.",
+                script.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    })
+}
+
+/// Gives every BN non-trivial parameters and running statistics (a fresh network has
+/// γ = 1, β = 0, μ = 0, σ² = 1, with which folding would be the identity and go unchecked).
+fn randomize_batch_norms(vs: &nn::VarStore) {
+    tch::no_grad(|| {
+        for (name, mut t) in vs.variables() {
+            let is_bn = t.dim() == 1 && !name.starts_with("fc.");
+            if !is_bn {
+                continue;
+            }
+            let n = t.size()[0];
+            let opts = (Kind::Float, Device::Cpu);
+            let value = if name.ends_with("running_var") || name.ends_with(".weight") {
+                Tensor::rand([n], opts) + 0.5
+            } else {
+                Tensor::randn([n], opts) * 0.2
+            };
+            t.copy_(&value);
+        }
+    });
+}
+
+/// Writes `t` as raw little-endian float32.
+fn write_f32(path: &Path, t: &Tensor) {
+    let values = Vec::<f32>::try_from(&t.reshape([-1])).unwrap();
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Reads raw little-endian float32 as a tensor of shape `shape`.
+fn read_f32(path: &Path, shape: &[i64]) -> Tensor {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let values: Vec<f32> = (bytes.chunks_exact(4))
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    Tensor::from_slice(&values).reshape(shape)
+}
+
+/// `max |got − want| / max |want|`.
+fn max_rel_diff(got: &Tensor, want: &Tensor) -> f64 {
+    let scale = want.abs().max().double_value(&[]);
+    assert!(scale > 0.0, "the reference logits are all zero");
+    (got - want).abs().max().double_value(&[]) / scale
+}
+
+/// One export to check: the network, the image side, BN kept or folded, from a weights file
+/// (through its metadata) or from the network in memory.
+struct Case {
+    config: ResNeXtConfig,
+    image: i64,
+    keep_batchnorm: bool,
+    from_file: bool,
+}
+
+/// Runs scripts/onnx/check.py on `model` with `images` [N, 3, H, W] (written into `dir`);
+/// returns its JSON report and the directory of the engines' logits.
+fn run_check(model: &Path, images: &Tensor, dir: &Path) -> Value {
+    let input = dir.join("images.f32");
+    write_f32(&input, images);
+    let size = images.size();
+    let dims: Vec<String> = [size[0], size[2], size[3]]
+        .iter()
+        .map(i64::to_string)
+        .collect();
+    let start = Instant::now();
+    let out = Command::new("python3")
+        .arg(Path::new(REPO).join("scripts/onnx/check.py"))
+        .args([model, &input])
+        .args(&dims)
+        .arg(dir)
+        .env("PYTHONPATH", onnx_python_path())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run python3: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "check.py failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    if let Some(line) = stderr.lines().find(|l| l.starts_with("SKIPPED")) {
+        common::skip("OpenVINO comparison", line);
+    }
+    eprintln!("[check.py {:.1} s]", start.elapsed().as_secs_f64());
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("check.py's JSON report")
+}
+
+/// Exports `case`, runs it in every engine and compares with the crate; returns the largest
+/// relative difference per engine.
+fn check_case(case: &Case) -> Vec<(String, f64)> {
+    let cfg = &case.config;
+    let dir = tempfile::tempdir().unwrap();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let (net, images) = common::seeded(|| {
+        tch::manual_seed(7);
+        let net = ResNeXt::new(&vs.root(), cfg);
+        randomize_batch_norms(&vs);
+        let images = Tensor::randn([3, 3, case.image, case.image], (Kind::Float, Device::Cpu));
+        (net, images)
+    });
+    let meta = WeightsMetadata {
+        model: cfg.clone(),
+        classes: (0..cfg.num_classes)
+            .map(|i| format!("class {i} \"é\""))
+            .collect(),
+        image_size: case.image,
+        normalization: Normalization {
+            mean: [0.5, 0.4, 0.3],
+            std: [0.2, 0.25, 0.3],
+        },
+    };
+    let model = dir.path().join("model.onnx");
+    let options = OnnxOptions {
+        keep_batchnorm: case.keep_batchnorm,
+    };
+    if case.from_file {
+        let weights = dir.path().join("weights.safetensors");
+        save_weights_with(&vs, &weights, 0, Some(&meta)).unwrap();
+        export_onnx_from_weights(&weights, None, &model, options).unwrap();
+    } else {
+        export_onnx(&net, Some(&meta), &model, options).unwrap();
+    }
+    let report = run_check(&model, &images, dir.path());
+    check_report(&report, &meta, case.keep_batchnorm);
+    let want3 = tch::no_grad(|| net.forward_t(&images, false));
+    let want1 = tch::no_grad(|| net.forward_t(&images.narrow(0, 0, 1), false));
+    let mut diffs = Vec::new();
+    for engine in report["engines"].as_array().unwrap() {
+        let engine = engine.as_str().unwrap();
+        let k = cfg.num_classes;
+        let got3 = read_f32(&dir.path().join(format!("{engine}.f32")), &[3, k]);
+        let got1 = read_f32(&dir.path().join(format!("{engine}-1.f32")), &[1, k]);
+        let diff = max_rel_diff(&got3, &want3).max(max_rel_diff(&got1, &want1));
+        assert!(
+            diff <= MAX_REL_DIFF,
+            "{engine}: max relative difference {diff:e} > {MAX_REL_DIFF:e}"
+        );
+        // The comparison tells logits apart: the same logits in another image order fail it.
+        let control = max_rel_diff(&got3, &want3.flip([0]));
+        assert!(
+            control > MAX_REL_DIFF,
+            "{engine}: images not told apart ({control:e})"
+        );
+        diffs.push((engine.to_string(), diff));
+    }
+    eprintln!(
+        "[onnx] {} {:?} image {} keep_bn={}: {diffs:?}",
+        cfg.name, cfg.stem, case.image, case.keep_batchnorm
+    );
+    diffs
+}
+
+/// The report's graph signature, opset, operators and metadata are those documented.
+fn check_report(report: &Value, meta: &WeightsMetadata, keep_bn: bool) {
+    let k = meta.model.num_classes;
+    assert_eq!(report["opset"], serde_json::json!([["", 17]]));
+    assert_eq!(
+        report["inputs"],
+        serde_json::json!([["images", ["N", 3, "H", "W"]]])
+    );
+    assert_eq!(report["outputs"], serde_json::json!([["logits", ["N", k]]]));
+    let ops: Vec<&str> = report["ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ops.contains(&"BatchNormalization"),
+        keep_bn,
+        "operators {ops:?}"
+    );
+    let props = &report["metadata"];
+    let classes: Vec<String> =
+        serde_json::from_str(props["resnext.classes"].as_str().unwrap()).unwrap();
+    assert_eq!(classes, meta.classes);
+    let norm: Normalization =
+        serde_json::from_str(props["resnext.normalization"].as_str().unwrap()).unwrap();
+    assert_eq!(norm, meta.normalization);
+    let model: ResNeXtConfig =
+        serde_json::from_str(props["resnext.model"].as_str().unwrap()).unwrap();
+    assert_eq!(model, meta.model);
+    assert_eq!(props["resnext.image_size"], meta.image_size.to_string());
+    assert_eq!(
+        props["resnext.batchnorm"],
+        if keep_bn { "kept" } else { "folded" }
+    );
+}
+
+#[test]
+fn tiny_cifar_stem_runs_in_onnxruntime_and_openvino() {
+    for (keep_batchnorm, from_file) in [(false, true), (true, false)] {
+        let config = ResNeXtConfig::tiny(10);
+        check_case(&Case {
+            config,
+            image: 32,
+            keep_batchnorm,
+            from_file,
+        });
+    }
+}
+
+#[test]
+fn tiny_imagenet_stem_runs_in_onnxruntime_and_openvino() {
+    for (keep_batchnorm, from_file) in [(false, false), (true, true)] {
+        let config = ResNeXtConfig::tiny(7).with_stem(Stem::ImageNet);
+        check_case(&Case {
+            config,
+            image: 64,
+            keep_batchnorm,
+            from_file,
+        });
+    }
+}
+
+/// A path to write into a folder that does not exist.
+fn unwritable(dir: &Path) -> PathBuf {
+    dir.join("missing-folder").join("model.onnx")
+}
+
+#[test]
+fn onnx_export_errors_are_typed_and_leave_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = common::seeded(|| ResNeXt::new(&vs.root(), &ResNeXtConfig::tiny(4)));
+    let options = OnnxOptions::default();
+    // An output that cannot be written: the error names it, nothing is left.
+    let out = unwritable(dir.path());
+    let err = export_onnx(&net, None, &out, options).unwrap_err();
+    assert!(matches!(err, ExportError::Io(_)), "{err:?}");
+    assert!(err.to_string().contains("model.onnx"), "{err}");
+    // Metadata of another model.
+    let meta = WeightsMetadata {
+        model: ResNeXtConfig::tiny(3),
+        classes: vec!["a".into(), "b".into(), "c".into()],
+        image_size: 32,
+        normalization: Normalization::default(),
+    };
+    let out = dir.path().join("model.onnx");
+    let err = export_onnx(&net, Some(&meta), &out, options).unwrap_err();
+    assert!(matches!(err, ExportError::Metadata { .. }), "{err:?}");
+    // A weights file whose tensors do not fit its metadata (4 classes stored, 3 claimed).
+    let weights = dir.path().join("w.safetensors");
+    save_weights_with(&vs, &weights, 0, Some(&meta)).unwrap();
+    let err = export_onnx_from_weights(&weights, None, &out, options).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ExportError::Weights(WeightsError::Metadata { .. } | WeightsError::Incompatible { .. })
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("w.safetensors"), "{err}");
+    // A file in no known format.
+    let junk = dir.path().join("junk.bin");
+    std::fs::write(&junk, b"not a weights file at all").unwrap();
+    let err = export_onnx_from_weights(&junk, None, &out, options).unwrap_err();
+    assert!(matches!(err, ExportError::Weights(_)), "{err:?}");
+    assert!(err.to_string().contains("junk.bin"), "{err}");
+    assert!(!out.exists() && std::fs::read_dir(dir.path()).unwrap().count() == 2);
+    // Formats.
+    let err = "tflite".parse::<ExportFormat>().unwrap_err();
+    assert!(err.to_string().contains("tflite"), "{err}");
+    let ts: ExportFormat = "torchscript".parse().unwrap();
+    assert!(matches!(
+        ts.check_supported(),
+        Err(ExportError::Unsupported { .. })
+    ));
+}
+
+#[test]
+fn onnx_export_of_unknown_architecture_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let mut config = ResNeXtConfig::tiny(4);
+    config.stem_channels += 8;
+    common::seeded(|| ResNeXt::new(&vs.root(), &config));
+    let weights = dir.path().join("custom.safetensors");
+    save_weights_with(&vs, &weights, 0, None).unwrap();
+    let out = dir.path().join("model.onnx");
+    let err = export_onnx_from_weights(&weights, None, &out, OnnxOptions::default()).unwrap_err();
+    assert!(
+        matches!(err, ExportError::UnknownArchitecture { .. }),
+        "{err:?}"
+    );
+    // Named explicitly, it exports.
+    export_onnx_from_weights(&weights, Some(&config), &out, OnnxOptions::default()).unwrap();
+    assert!(out.is_file());
+}
