@@ -344,3 +344,51 @@ fn onnx_export_of_unknown_architecture_is_refused() {
     export_onnx_from_weights(&weights, Some(&config), &out, OnnxOptions::default()).unwrap();
     assert!(out.is_file());
 }
+
+#[test]
+fn export_example_writes_onnx_and_refuses_torchscript() {
+    let exe = std::env::current_exe().unwrap();
+    let example = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("examples/export");
+    if !example.is_file() {
+        common::skip(
+            "export_example_writes_onnx_and_refuses_torchscript",
+            "the export example is not built (plain `cargo test` builds it; `cargo test --test onnx` does not)",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let vs = nn::VarStore::new(Device::Cpu);
+    common::seeded(|| ResNeXt::new(&vs.root(), &ResNeXtConfig::tiny(10)));
+    let weights = dir.path().join("w.safetensors");
+    save_weights_with(&vs, &weights, 0, None).unwrap();
+    let out = dir.path().join("m.onnx");
+    let run = |format: &str| {
+        Command::new(&example)
+            .arg("--weights")
+            .arg(&weights)
+            .args(["--format", format, "--keep-batchnorm", "--out"])
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    let ok = run("onnx");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("tiny (Cifar stem, 10 classes)"));
+    assert!(out.is_file());
+    std::fs::remove_file(&out).unwrap();
+    let refused = run("torchscript");
+    assert!(!refused.status.success() && !out.exists());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("torchscript format is not supported"),
+        "{stderr}"
+    );
+}

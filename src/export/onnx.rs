@@ -259,3 +259,76 @@ fn metadata_props(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeSet, HashSet};
+
+    use super::*;
+    use crate::resnext::Stem;
+
+    fn decoded(config: &ResNeXtConfig, keep_batchnorm: bool) -> (ModelProto, BTreeSet<String>) {
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let net = ResNeXt::new(&vs.root(), config);
+        let bytes = onnx_bytes(&net, None, OnnxOptions { keep_batchnorm }).unwrap();
+        let names = vs.variables().into_keys().collect();
+        (ModelProto::decode(bytes.as_slice()).unwrap(), names)
+    }
+
+    /// Every node reads only the input, initializers and outputs of earlier nodes.
+    fn assert_topological(model: &ModelProto) {
+        let graph = model.graph.as_ref().unwrap();
+        let mut known: HashSet<&str> = graph
+            .initializer
+            .iter()
+            .filter_map(|t| t.name.as_deref())
+            .collect();
+        known.insert(INPUT);
+        for node in &graph.node {
+            for input in &node.input {
+                assert!(
+                    known.contains(input.as_str()),
+                    "{input} read before it is defined"
+                );
+            }
+            known.extend(node.output.iter().map(String::as_str));
+        }
+        assert!(known.contains(OUTPUT));
+    }
+
+    #[test]
+    fn onnx_kept_batchnorm_has_torchvision_names() {
+        let config = ResNeXtConfig::tiny(5).with_stem(Stem::ImageNet);
+        let (model, vars) = decoded(&config, true);
+        let graph = model.graph.as_ref().unwrap();
+        let inits: BTreeSet<String> = graph
+            .initializer
+            .iter()
+            .filter_map(|t| t.name.clone())
+            .collect();
+        assert_eq!(inits, vars);
+        assert_topological(&model);
+        assert_eq!(model.opset_import[0].version, Some(OPSET));
+    }
+
+    #[test]
+    fn onnx_folded_batchnorm_leaves_no_bn() {
+        let (model, vars) = decoded(&ResNeXtConfig::tiny(3), false);
+        let graph = model.graph.as_ref().unwrap();
+        assert!(graph
+            .node
+            .iter()
+            .all(|n| n.op_type.as_deref() != Some("BatchNormalization")));
+        let convs = vars
+            .iter()
+            .filter(|n| n.contains("conv") || n.contains("downsample.0"))
+            .count();
+        let conv_nodes = graph
+            .node
+            .iter()
+            .filter(|n| n.op_type.as_deref() == Some("Conv"))
+            .count();
+        assert_eq!(conv_nodes, convs);
+        assert_topological(&model);
+    }
+}
