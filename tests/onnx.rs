@@ -270,6 +270,18 @@ fn tiny_imagenet_stem_runs_in_onnxruntime_and_openvino() {
     }
 }
 
+/// The full-size network (about 92 MB of parameters), once: BN folded, from memory.
+#[test]
+fn resnext50_32x4d_cifar_stem_runs_in_onnxruntime_and_openvino() {
+    let config = ResNeXtConfig::resnext50_32x4d(10);
+    check_case(&Case {
+        config,
+        image: 32,
+        keep_batchnorm: false,
+        from_file: false,
+    });
+}
+
 /// A path to write into a folder that does not exist.
 fn unwritable(dir: &Path) -> PathBuf {
     dir.join("missing-folder").join("model.onnx")
