@@ -26,6 +26,12 @@
 //! `--labels`, else the file, else CIFAR-10's names for 10 classes, else the class indices.
 //! Prints the top classes with their probabilities. A file that cannot be read or decoded is
 //! reported and skipped; the exit code is 0 when every image was classified, 1 otherwise.
+//!
+//! `--compare-onnx model.onnx` (a model the `export` example wrote from the same weights) also
+//! runs the prepared images through ONNX Runtime, and OpenVINO if it imports, with
+//! `scripts/onnx/check.py`, and prints each engine's max relative difference to the crate's
+//! logits; above 1e-4 the exit code is 1. It needs python3 with onnx and onnxruntime
+//! (`eval "$(bash scripts/setup-onnx-deps.sh)"`).
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -43,6 +49,8 @@ use resnext::weights::{
 };
 use resnext::{ResNeXt, ResNeXtConfig, Stem};
 use tch::{Device, Kind, Tensor};
+
+mod onnx_compare;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -75,6 +83,12 @@ struct Args {
     /// Device: auto (CUDA when available), cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// Also run the prepared images through this ONNX model (written by the `export` example)
+    /// in ONNX Runtime, and OpenVINO if it imports, and compare with the crate's logits (max
+    /// relative difference at most 1e-4, else exit code 1). Needs python3 with onnx and
+    /// onnxruntime: `eval "$(bash scripts/setup-onnx-deps.sh)"` sets PYTHONPATH for them.
+    #[arg(long, value_name = "FILE")]
+    compare_onnx: Option<PathBuf>,
     /// The images (PNG or JPEG, any size).
     #[arg(required = true, value_name = "IMAGE")]
     images: Vec<PathBuf>,
@@ -184,20 +198,27 @@ fn preprocess(img: &RgbImage, prep: &Prep) -> Result<Tensor> {
     Ok(Tensor::from_slice(&out).view([1, 3, side, side]))
 }
 
-/// Classifies one image: the `top` classes with their probabilities.
+/// One classified image: the `top` classes with their probabilities, and (on the CPU) the
+/// prepared input `[1, 3, S, S]` and the logits `[1, classes]`.
+struct Classified {
+    ranked: Vec<(usize, f64)>,
+    input: Tensor,
+    logits: Tensor,
+}
+
+/// Classifies one image.
 fn classify(
     net: &ResNeXt,
     prep: &Prep,
     device: Device,
     path: &Path,
     top: usize,
-) -> Result<Vec<(usize, f64)>> {
+) -> Result<Classified> {
     let img = read_image(path)?;
-    let x = preprocess(&img, prep)?.f_to_device(device)?;
-    let probs = tch::no_grad(|| net.try_forward_t(&x, false))?
-        .f_softmax(-1, Kind::Float)?
-        .f_to_device(Device::Cpu)?
-        .f_view([-1])?;
+    let input = preprocess(&img, prep)?;
+    let x = input.f_to_device(device)?;
+    let logits = tch::no_grad(|| net.try_forward_t(&x, false))?.f_to_device(Device::Cpu)?;
+    let probs = logits.f_softmax(-1, Kind::Float)?.f_view([-1])?;
     let probs = Vec::<f32>::try_from(&probs)?;
     let mut ranked: Vec<(usize, f64)> = probs
         .iter()
@@ -206,7 +227,33 @@ fn classify(
         .collect();
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
     ranked.truncate(top);
-    Ok(ranked)
+    Ok(Classified {
+        ranked,
+        input,
+        logits,
+    })
+}
+
+/// `--compare-onnx`: the classified images through `model`, compared with the crate's logits;
+/// false when an engine differs by more than [`onnx_compare::MAX_REL_DIFF`].
+fn compare_onnx(model: &Path, inputs: &[Tensor], logits: &[Tensor]) -> Result<bool> {
+    let diffs = onnx_compare::compare(
+        model,
+        &Tensor::f_cat(inputs, 0)?,
+        &Tensor::f_cat(logits, 0)?,
+    )?;
+    let mut ok = true;
+    for (engine, diff) in diffs {
+        let within = diff <= onnx_compare::MAX_REL_DIFF;
+        ok &= within;
+        eprintln!(
+            "{}: {engine} on {} image(s): max relative difference to the crate's logits {diff:.1e} ({})",
+            model.display(),
+            inputs.len(),
+            if within { "ok, within 1e-4" } else { "ABOVE 1e-4" }
+        );
+    }
+    Ok(ok)
 }
 
 /// The architecture of the weights: `--model` with the file's stem and classes, else the
@@ -272,9 +319,18 @@ fn run(args: Args) -> Result<ExitCode> {
     let width = names.iter().map(|n| n.len()).max().unwrap_or(1);
 
     let mut failed = 0;
+    let (mut inputs, mut logits) = (Vec::new(), Vec::new());
     for path in &args.images {
         match classify(&loaded.model, &prep, device, path, args.top) {
-            Ok(ranked) => {
+            Ok(Classified {
+                ranked,
+                input,
+                logits: out,
+            }) => {
+                if args.compare_onnx.is_some() {
+                    inputs.push(input);
+                    logits.push(out);
+                }
                 println!("{}:", path.display());
                 for (rank, (class, p)) in ranked.iter().enumerate() {
                     let name = names.get(*class).map_or("?", String::as_str);
@@ -289,6 +345,11 @@ fn run(args: Args) -> Result<ExitCode> {
                     resnext::error_report(e.as_ref())
                 );
             }
+        }
+    }
+    if let Some(model) = args.compare_onnx.as_deref().filter(|_| !inputs.is_empty()) {
+        if !compare_onnx(model, &inputs, &logits)? {
+            return Ok(ExitCode::FAILURE);
         }
     }
     if failed > 0 {

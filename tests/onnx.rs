@@ -359,19 +359,12 @@ fn onnx_export_of_unknown_architecture_is_refused() {
 
 #[test]
 fn export_example_writes_onnx_and_refuses_torchscript() {
-    let exe = std::env::current_exe().unwrap();
-    let example = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("examples/export");
-    if !example.is_file() {
-        common::skip(
-            "export_example_writes_onnx_and_refuses_torchscript",
-            "the export example is not built (plain `cargo test` builds it; `cargo test --test onnx` does not)",
-        );
+    let Some(example) = example_or_skip(
+        "export",
+        "export_example_writes_onnx_and_refuses_torchscript",
+    ) else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     let vs = nn::VarStore::new(Device::Cpu);
     common::seeded(|| ResNeXt::new(&vs.root(), &ResNeXtConfig::tiny(10)));
@@ -403,4 +396,89 @@ fn export_example_writes_onnx_and_refuses_torchscript() {
         stderr.contains("torchscript format is not supported"),
         "{stderr}"
     );
+}
+
+/// The example binary `name`, or `None` (with a SKIPPED line for `test`) when `cargo test
+/// --test onnx` did not build it (plain `cargo test` builds the examples).
+fn example_or_skip(name: &str, test: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().unwrap();
+    let example = exe
+        .parent()
+        .and_then(Path::parent)?
+        .join("examples")
+        .join(name);
+    if !example.is_file() {
+        common::skip(
+            test,
+            &format!("the {name} example is not built (plain `cargo test` builds it; `cargo test --test onnx` does not)"),
+        );
+        return None;
+    }
+    Some(example)
+}
+
+/// Tiny weights (10 classes, with metadata) saved as `name` in `dir`, exported to `name.onnx`.
+fn tiny_weights_and_onnx(dir: &Path, name: &str, seed: i64) -> (PathBuf, PathBuf) {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let config = ResNeXtConfig::tiny(10);
+    common::seeded(|| {
+        tch::manual_seed(seed);
+        ResNeXt::new(&vs.root(), &config);
+        randomize_batch_norms(&vs);
+    });
+    let meta = WeightsMetadata {
+        model: config,
+        classes: (0..10).map(|i| format!("c{i}")).collect(),
+        image_size: 32,
+        normalization: Normalization::default(),
+    };
+    let weights = dir.join(format!("{name}.safetensors"));
+    save_weights_with(&vs, &weights, 0, Some(&meta)).unwrap();
+    let model = dir.join(format!("{name}.onnx"));
+    export_onnx_from_weights(&weights, None, &model, OnnxOptions::default()).unwrap();
+    (weights, model)
+}
+
+#[test]
+fn predict_compare_onnx_agrees_with_its_export_and_not_with_another() {
+    let test = "predict_compare_onnx_agrees_with_its_export_and_not_with_another";
+    let Some(predict) = example_or_skip("predict", test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (weights, model) = tiny_weights_and_onnx(dir.path(), "a", 1);
+    let (_, other) = tiny_weights_and_onnx(dir.path(), "b", 2);
+    let images: Vec<PathBuf> = (0..2u8)
+        .map(|k| {
+            let path = dir.path().join(format!("img{k}.png"));
+            let img = image::RgbImage::from_fn(40, 36, |x, y| {
+                image::Rgb([(x * 6) as u8, (y * 7) as u8 ^ (k * 90), (x * y) as u8])
+            });
+            img.save(&path).unwrap();
+            path
+        })
+        .collect();
+    let run = |onnx: &Path| {
+        let out = Command::new(&predict)
+            .arg("--weights")
+            .arg(&weights)
+            .args(["--device", "cpu", "--compare-onnx"])
+            .arg(onnx)
+            .args(&images)
+            .env("PYTHONPATH", onnx_python_path())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, stderr) = run(&model);
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("onnxruntime on 2 image(s)") && stderr.contains("ok, within 1e-4"),
+        "{stderr}"
+    );
+    let (ok, stderr) = run(&other);
+    assert!(!ok && stderr.contains("ABOVE 1e-4"), "{stderr}");
 }
