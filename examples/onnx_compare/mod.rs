@@ -72,7 +72,7 @@ pub fn compare(model: &Path, images: &Tensor, logits: &Tensor) -> Result<Vec<(St
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        if got.len() as i64 != logits.numel() as i64 {
+        if got.len() != logits.numel() {
             bail!(
                 "{engine}: {} logits, expected {} (another model?)",
                 got.len(),
