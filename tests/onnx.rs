@@ -482,3 +482,59 @@ fn predict_compare_onnx_agrees_with_its_export_and_not_with_another() {
     let (ok, stderr) = run(&other);
     assert!(!ok && stderr.contains("ABOVE 1e-4"), "{stderr}");
 }
+
+/// torchvision's own ResNeXt-50 32x4d (ImageNet stem, 10 classes, random BN statistics), saved
+/// by `torch.save(state_dict)` as a `.pth`, exported from that file (architecture matched by
+/// its tensors), runs in the engines as it runs in PyTorch.
+#[test]
+fn torchvision_pth_exports_and_matches_pytorch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pth, input, want) = (
+        dir.path().join("m.pth"),
+        dir.path().join("x.f32"),
+        dir.path().join("y.f32"),
+    );
+    let code = r#"
+import sys, torch, torchvision
+torch.manual_seed(3)
+m = torchvision.models.resnext50_32x4d(num_classes=10)
+with torch.no_grad():
+    for b in m.modules():
+        if isinstance(b, torch.nn.BatchNorm2d):
+            b.running_mean.normal_(0, 0.2); b.running_var.uniform_(0.5, 1.5)
+            b.weight.uniform_(0.5, 1.5); b.bias.normal_(0, 0.2)
+m.eval()
+torch.save(m.state_dict(), sys.argv[1])
+x = torch.randn(3, 3, 64, 64)
+x.numpy().astype("<f4").tofile(sys.argv[2])
+with torch.no_grad():
+    m(x).numpy().astype("<f4").tofile(sys.argv[3])
+"#;
+    let out = Command::new("python3")
+        .args(["-c", code])
+        .args([&pth, &input, &want])
+        .env("PYTHONPATH", onnx_python_path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let model = dir.path().join("m.onnx");
+    let report = export_onnx_from_weights(&pth, None, &model, OnnxOptions::default()).unwrap();
+    assert_eq!(
+        (report.config.name.as_str(), report.config.stem),
+        ("resnext50_32x4d", Stem::ImageNet)
+    );
+    let images = read_f32(&input, &[3, 3, 64, 64]);
+    let want = read_f32(&want, &[3, 10]);
+    let checked = run_check(&model, &images, dir.path());
+    for engine in checked["engines"].as_array().unwrap() {
+        let engine = engine.as_str().unwrap();
+        let got = read_f32(&dir.path().join(format!("{engine}.f32")), &[3, 10]);
+        let diff = max_rel_diff(&got, &want);
+        assert!(diff <= MAX_REL_DIFF, "{engine} vs PyTorch: {diff:e}");
+        eprintln!("[onnx] torchvision resnext50_32x4d .pth, {engine} vs PyTorch: {diff:e}");
+    }
+}
