@@ -22,6 +22,12 @@
 //!   keeps its fresh initialisation; [`pretrained_architecture`] gives the file's stem and
 //!   number of classes.
 //!
+//! Files are not trusted: every loader reads a file's tensor names, shapes and element types
+//! first (the safetensors header, or the `.pth` pickle through the crate's own bounded reader:
+//! `pickle.rs`, `pth.rs`), compares them with the model, and only then reads the tensors the
+//! model has, each within its own size; model metadata is validated with bounds and against the
+//! file's tensors ([`read_weights_metadata`]).
+//!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use resnext::weights::{load_weights, save_weights};
@@ -593,8 +599,11 @@ pub struct LoadedModel {
 }
 
 /// Builds the network `config` describes on `device` and loads its weights from `path`, a
-/// safetensors file or a PyTorch `.pth` (read as [`read_state_dict`] does; checked and copied
-/// as [`load_weights_with`] does). With [`config_from_weights`] this turns a file into a model:
+/// safetensors file or a PyTorch `.pth` (the model found in it as [`read_state_dict`] finds
+/// it; checked and copied as [`load_weights_with`] does). The configuration is validated and
+/// the file's names and shapes are compared with it before the network is built, so a file
+/// that does not fit costs neither the network's memory nor a read of its tensors. With
+/// [`config_from_weights`] this turns a file into a model:
 ///
 /// ```no_run
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -607,8 +616,8 @@ pub struct LoadedModel {
 /// ```
 ///
 /// # Errors
-/// [`WeightsError::Model`] for an invalid configuration, else those of [`read_state_dict`] and
-/// [`load_weights_with`].
+/// [`WeightsError::Model`] for an invalid configuration, [`WeightsError::Incompatible`] for a
+/// file that does not fit it, else those of [`read_state_dict`] and [`load_weights_with`].
 pub fn load_model(
     config: &ResNeXtConfig,
     path: &Path,
