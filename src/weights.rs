@@ -521,6 +521,19 @@ fn check_tensors(
     })
 }
 
+/// Checks the tensors of `source` against the variables `config` describes (names, shapes;
+/// f32), without building the network, under the rules of [`load_weights_with`].
+pub(crate) fn check_fits_config(
+    config: &ResNeXtConfig,
+    source: &TensorSource,
+    options: LoadOptions,
+) -> Result<(), WeightsError> {
+    let expected: Expected = (expected_shapes(config).into_iter())
+        .map(|(n, shape)| (n, (shape, Kind::Float)))
+        .collect();
+    check_tensors(&expected, source, options).map(drop)
+}
+
 /// The stem (from the kernel of `conv1.weight`) and the number of classes (from the rows of
 /// `fc.weight`) of the tensors of the file `path`.
 pub(crate) fn stem_and_classes(path: &Path, shapes: &Shapes) -> Result<(Stem, i64), WeightsError> {
@@ -627,10 +640,7 @@ pub fn load_model(
     config.validate()?;
     let source = TensorSource::open(path)?;
     // The file must fit the configuration before a network of its size is built.
-    let expected: Expected = (expected_shapes(config).into_iter())
-        .map(|(n, shape)| (n, (shape, Kind::Float)))
-        .collect();
-    check_tensors(&expected, &source, options)?;
+    check_fits_config(config, &source, options)?;
     let mut vs = nn::VarStore::new(device);
     let model = ResNeXt::try_new(&vs.root(), config)?;
     let report = load_tensors(&mut vs, source, options)?;

@@ -740,13 +740,18 @@ fn a_run_directory_is_held_by_one_trainer_at_a_time() {
         msg.contains(&dir.path().display().to_string()) && msg.contains(&pid),
         "{msg}"
     );
-    let out = std::process::Command::new(common::example("train_cifar10"))
-        .arg("--resume")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    // `train_cifar10 --resume` in another process: refused; its standard error.
+    let refused_elsewhere = || {
+        let out = std::process::Command::new(common::example("train_cifar10"))
+            .arg("--resume")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success(), "{stderr}");
+        stderr
+    };
+    let stderr = refused_elsewhere();
     assert!(
         stderr.contains(&pid) && stderr.contains(&dir.path().display().to_string()),
         "{stderr}"
@@ -765,13 +770,7 @@ fn a_run_directory_is_held_by_one_trainer_at_a_time() {
         msg.contains(&dir.path().display().to_string()) && msg.contains("another process"),
         "{msg}"
     );
-    let out = std::process::Command::new(common::example("train_cifar10"))
-        .arg("--resume")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let stderr = refused_elsewhere();
     assert!(
         stderr.contains("in use by another process")
             && stderr.contains(&dir.path().display().to_string()),

@@ -8,9 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::source::is_safetensors;
-use super::{
-    describe_incompatible, expected_shapes, ShapeMismatch, Shapes, TensorSource, WeightsError,
-};
+use super::{check_fits_config, describe_incompatible, LoadOptions, TensorSource, WeightsError};
 use crate::data::Normalization;
 use crate::resnext::ResNeXtConfig;
 
@@ -168,41 +166,24 @@ pub fn read_weights_metadata(path: &Path) -> Result<Option<WeightsMetadata>, Wei
     let Some(meta) = WeightsMetadata::from_map(path, &source.metadata)? else {
         return Ok(None);
     };
-    let (expected, found) = (expected_shapes(&meta.model), source.shapes());
-    if expected != found {
-        return Err(WeightsError::Metadata {
+    let strict = LoadOptions { strict: true };
+    check_fits_config(&meta.model, &source, strict).map_err(|e| match e {
+        WeightsError::Incompatible {
+            missing,
+            mismatched,
+            wrong_kind,
+            unexpected,
+            ..
+        } => WeightsError::Metadata {
             path: path.to_path_buf(),
             key: MODEL_KEY,
             problem: format!(
                 "describes a `{}` whose tensors are not the file's: {}",
                 meta.model.name,
-                shape_differences(&expected, &found)
+                describe_incompatible(&missing, &mismatched, &wrong_kind, &unexpected)
             ),
-        });
-    }
+        },
+        other => other,
+    })?;
     Ok(Some(meta))
-}
-
-/// How the tensors `found` differ from `expected`, in the words of
-/// [`WeightsError::Incompatible`].
-fn shape_differences(expected: &Shapes, found: &Shapes) -> String {
-    let missing: Vec<String> = (expected.keys())
-        .filter(|n| !found.contains_key(*n))
-        .cloned()
-        .collect();
-    let unexpected: Vec<String> = (found.keys())
-        .filter(|n| !expected.contains_key(*n))
-        .cloned()
-        .collect();
-    let mismatched: Vec<ShapeMismatch> = (found.iter())
-        .filter_map(|(name, shape)| {
-            let in_model = expected.get(name).filter(|s| *s != shape)?;
-            Some(ShapeMismatch {
-                name: name.clone(),
-                in_file: shape.clone(),
-                in_model: in_model.clone(),
-            })
-        })
-        .collect();
-    describe_incompatible(&missing, &mismatched, &[], &unexpected)
 }

@@ -316,12 +316,7 @@ fn open_zip(path: &Path, file: File) -> Result<PthFile, WeightsError> {
         let entry = archive
             .by_name(&pkl)
             .map_err(|e| bad(path, format!("`{pkl}`: {e}")))?;
-        if entry.compression() != zip::CompressionMethod::Stored {
-            return Err(bad(
-                path,
-                format!("`{pkl}` is compressed; torch.save stores it uncompressed"),
-            ));
-        }
+        refuse_compressed(path, &format!("`{pkl}`"), entry.compression())?;
         let limits = Limits::DEFAULT;
         if entry.size() > limits.max_bytes {
             return Err(bad(
@@ -374,6 +369,22 @@ fn check_byte_order(
     Ok(())
 }
 
+/// Refuses a compressed zip entry (`what` names it): torch.save stores its entries
+/// uncompressed, and a compressed one could not be read in part or bounded before inflating.
+fn refuse_compressed(
+    path: &Path,
+    what: &str,
+    method: zip::CompressionMethod,
+) -> Result<(), WeightsError> {
+    if method == zip::CompressionMethod::Stored {
+        return Ok(());
+    }
+    Err(bad(
+        path,
+        format!("{what} is compressed; torch.save stores its entries uncompressed"),
+    ))
+}
+
 /// Refuses storages stored compressed (torch.save never compresses them; a compressed entry
 /// could not be read in part).
 fn check_stored(
@@ -389,12 +400,7 @@ fn check_stored(
         let entry = archive
             .by_name(&name)
             .map_err(|e| bad(path, format!("storage `{name}`: {e}")))?;
-        if entry.compression() != zip::CompressionMethod::Stored {
-            return Err(bad(
-                path,
-                format!("storage `{name}` is compressed; torch.save stores storages uncompressed"),
-            ));
-        }
+        refuse_compressed(path, &format!("storage `{name}`"), entry.compression())?;
     }
     Ok(())
 }
