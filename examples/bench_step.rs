@@ -3,8 +3,9 @@
 //!
 //! It reads commands on stdin, one a line, and answers each on stdout with one line:
 //!
-//! * `setup ID eval|train MODEL BATCH VARIANT`: builds the workload (random weights, a random
-//!   batch `[BATCH, 3, 32, 32]`, CIFAR stem), runs it once as a warm-up, answers `ok`.
+//! * `setup ID eval|train MODEL BATCH VARIANT [cifar|imagenet SIZE]`: builds the workload
+//!   (random weights, a random batch `[BATCH, 3, SIZE, SIZE]`; by default the CIFAR stem and
+//!   32x32), runs it once as a warm-up, answers `ok`.
 //!   Eval variants: `inference` ([`InferenceModel`]), `plain` (`ResNeXt::forward_t(xs, false)`
 //!   under `no_grad`, NCHW), `plain-cl` (the same with channels-last weights and input).
 //!   Train variants (forward, cross-entropy, backward, [`Sgd`] step with momentum 0.9 and
@@ -30,7 +31,7 @@ use clap::Parser;
 use resnext::inference::InferenceModel;
 use resnext::layout::{channels_last, vars_to_channels_last};
 use resnext::trainer::{Sgd, SgdConfig};
-use resnext::{ResNeXt, ResNeXtConfig};
+use resnext::{ResNeXt, ResNeXtConfig, Stem};
 use tch::nn;
 use tch::{Device, Kind, Tensor};
 
@@ -57,11 +58,12 @@ enum Workload {
 }
 
 impl Workload {
-    fn new(kind: &str, model: &str, batch: i64, variant: &str, device: Device) -> Result<Self> {
-        let cfg = ResNeXtConfig::from_name(model, 10)?;
+    fn new(kind: &str, model: &str, batch: i64, variant: &str, input: Input) -> Result<Self> {
+        let device = input.device;
+        let cfg = ResNeXtConfig::from_name(model, 10)?.with_stem(input.stem);
         let vs = nn::VarStore::new(device);
         let net = ResNeXt::try_new(&vs.root(), &cfg)?;
-        let xs = Tensor::randn([batch, 3, 32, 32], (Kind::Float, device));
+        let xs = Tensor::randn([batch, 3, input.size, input.size], (Kind::Float, device));
         Ok(match (kind, variant) {
             ("eval", "inference") => Workload::Inference(InferenceModel::new(&net)?, xs),
             ("eval", "plain") => Workload::Plain(net, xs),
@@ -112,6 +114,27 @@ impl Workload {
     }
 }
 
+/// The stem, image side and device of a workload.
+#[derive(Clone, Copy)]
+struct Input {
+    stem: Stem,
+    size: i64,
+    device: Device,
+}
+
+impl Input {
+    /// From the optional `cifar|imagenet SIZE` words of a `setup` line.
+    fn parse(words: &[&str], device: Device) -> Result<Self> {
+        let (stem, size) = match words {
+            [] => (Stem::Cifar, 32),
+            ["cifar", size] => (Stem::Cifar, size.parse().context("image size")?),
+            ["imagenet", size] => (Stem::ImageNet, size.parse().context("image size")?),
+            _ => bail!("expected `cifar SIZE` or `imagenet SIZE` after the variant"),
+        };
+        Ok(Input { stem, size, device })
+    }
+}
+
 /// Runs `w` `untimed` times, then `timed` times back to back; answers the mean seconds of the
 /// timed runs.
 fn time_runs(w: &mut Workload, device: Device, untimed: u32, timed: u32) -> Result<String> {
@@ -157,9 +180,10 @@ fn main() -> Result<()> {
         let line = line.context("reading stdin")?;
         let words: Vec<&str> = line.split_whitespace().collect();
         let answer = match words.as_slice() {
-            ["setup", id, kind, model, batch, variant] => (|| -> Result<String> {
+            ["setup", id, kind, model, batch, variant, rest @ ..] => (|| -> Result<String> {
                 let batch: i64 = batch.parse().context("batch size")?;
-                let mut w = Workload::new(kind, model, batch, variant, device)?;
+                let input = Input::parse(rest, device)?;
+                let mut w = Workload::new(kind, model, batch, variant, input)?;
                 w.run()?;
                 workloads.insert(id.to_string(), w);
                 Ok("ok".into())

@@ -8,6 +8,8 @@
 //! openvino 2026.4.1 (optional: a SKIPPED line when it is missing) into a cache.
 mod common;
 
+use common::tensors::{max_rel_diff, randomize_batch_norms, read_f32, write_f32};
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -54,50 +56,6 @@ fn onnx_python_path() -> &'static str {
             ),
         }
     })
-}
-
-/// Gives every BN non-trivial parameters and running statistics (a fresh network has
-/// γ = 1, β = 0, μ = 0, σ² = 1, with which folding would be the identity and go unchecked).
-fn randomize_batch_norms(vs: &nn::VarStore) {
-    tch::no_grad(|| {
-        for (name, mut t) in vs.variables() {
-            let is_bn = t.dim() == 1 && !name.starts_with("fc.");
-            if !is_bn {
-                continue;
-            }
-            let n = t.size()[0];
-            let opts = (Kind::Float, Device::Cpu);
-            let value = if name.ends_with("running_var") || name.ends_with(".weight") {
-                Tensor::rand([n], opts) + 0.5
-            } else {
-                Tensor::randn([n], opts) * 0.2
-            };
-            t.copy_(&value);
-        }
-    });
-}
-
-/// Writes `t` as raw little-endian float32.
-fn write_f32(path: &Path, t: &Tensor) {
-    let values = Vec::<f32>::try_from(&t.reshape([-1])).unwrap();
-    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    std::fs::write(path, bytes).unwrap();
-}
-
-/// Reads raw little-endian float32 as a tensor of shape `shape`.
-fn read_f32(path: &Path, shape: &[i64]) -> Tensor {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let values: Vec<f32> = (bytes.chunks_exact(4))
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
-    Tensor::from_slice(&values).reshape(shape)
-}
-
-/// `max |got − want| / max |want|`.
-fn max_rel_diff(got: &Tensor, want: &Tensor) -> f64 {
-    let scale = want.abs().max().double_value(&[]);
-    assert!(scale > 0.0, "the reference logits are all zero");
-    (got - want).abs().max().double_value(&[]) / scale
 }
 
 /// One export to check: the network, the image side, BN kept or folded, from a weights file
@@ -330,11 +288,11 @@ fn onnx_export_errors_are_typed_and_leave_no_file() {
     // Formats.
     let err = "tflite".parse::<ExportFormat>().unwrap_err();
     assert!(err.to_string().contains("tflite"), "{err}");
-    let ts: ExportFormat = "torchscript".parse().unwrap();
-    assert!(matches!(
-        ts.check_supported(),
-        Err(ExportError::Unsupported { .. })
-    ));
+    assert!(err.to_string().contains("onnx, torchscript"), "{err}");
+    assert_eq!(
+        "TorchScript".parse::<ExportFormat>().unwrap(),
+        ExportFormat::TorchScript
+    );
 }
 
 #[test]
@@ -358,11 +316,9 @@ fn onnx_export_of_unknown_architecture_is_refused() {
 }
 
 #[test]
-fn export_example_writes_onnx_and_refuses_torchscript() {
-    let Some(example) = example_or_skip(
-        "export",
-        "export_example_writes_onnx_and_refuses_torchscript",
-    ) else {
+fn export_example_writes_onnx_and_torchscript() {
+    let Some(example) = example_or_skip("export", "export_example_writes_onnx_and_torchscript")
+    else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -389,11 +345,21 @@ fn export_example_writes_onnx_and_refuses_torchscript() {
     assert!(String::from_utf8_lossy(&ok.stdout).contains("tiny (Cifar stem, 10 classes)"));
     assert!(out.is_file());
     std::fs::remove_file(&out).unwrap();
-    let refused = run("torchscript");
+    let ts = run("torchscript");
+    assert!(
+        ts.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ts.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ts.stdout).contains("TorchScript"));
+    // A TorchScript archive (a zip), not an ONNX protobuf.
+    assert_eq!(&std::fs::read(&out).unwrap()[..2], b"PK");
+    std::fs::remove_file(&out).unwrap();
+    let refused = run("tflite");
     assert!(!refused.status.success() && !out.exists());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        stderr.contains("torchscript format is not supported"),
+        stderr.contains("valid formats are: onnx, torchscript"),
         "{stderr}"
     );
 }

@@ -1,8 +1,9 @@
 //! Exporting a [`ResNeXt`](crate::ResNeXt) for deployment outside this crate.
 //!
 //! * [`onnx`]: an ONNX model (opset 17) that ONNX Runtime, OpenVINO and TensorRT run;
-//! * [`ExportFormat`]: the formats by name, for command-line tools (TorchScript is not
-//!   supported yet and is refused with [`ExportError::Unsupported`]).
+//! * [`torchscript`]: a traced TorchScript module that `torch.jit.load` (PyTorch, libtorch)
+//!   runs;
+//! * [`ExportFormat`]: the formats by name, for command-line tools.
 //!
 //! Imports run one way: this module reads the model, the weights and the BN folding of
 //! [`crate::inference`]; nothing else in the crate depends on it.
@@ -12,6 +13,7 @@ mod lower;
 pub mod onnx;
 #[allow(missing_docs, clippy::all, clippy::pedantic, rustdoc::all)]
 mod onnx_proto;
+pub mod torchscript;
 
 use std::str::FromStr;
 
@@ -28,26 +30,13 @@ pub use error::ExportError;
 pub enum ExportFormat {
     /// ONNX (see [`onnx`]).
     Onnx,
-    /// TorchScript: not supported yet ([`ExportFormat::check_supported`] refuses it).
+    /// TorchScript (see [`torchscript`]).
     TorchScript,
 }
 
 impl ExportFormat {
     /// Every format name, in the order of the variants.
     pub const NAMES: [&'static str; 2] = ["onnx", "torchscript"];
-
-    /// `Ok` for a format this crate can write.
-    ///
-    /// # Errors
-    /// [`ExportError::Unsupported`] for [`ExportFormat::TorchScript`].
-    pub fn check_supported(self) -> Result<(), ExportError> {
-        match self {
-            ExportFormat::Onnx => Ok(()),
-            ExportFormat::TorchScript => Err(ExportError::Unsupported {
-                what: "the torchscript format is not supported yet (only onnx is)".into(),
-            }),
-        }
-    }
 }
 
 impl FromStr for ExportFormat {

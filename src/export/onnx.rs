@@ -44,7 +44,8 @@ use super::onnx_proto::{ModelProto, OperatorSetIdProto, StringStringEntryProto};
 use super::ExportError;
 use crate::resnext::{ResNeXt, ResNeXtConfig};
 use crate::weights::{
-    load_model, preset_for_weights, read_weights_metadata, LoadOptions, WeightsMetadata, MODEL_KEY,
+    load_model, preset_for_weights, read_weights_metadata, LoadOptions, LoadedModel,
+    WeightsMetadata, MODEL_KEY,
 };
 
 /// The ONNX opset the models are written for (default domain).
@@ -184,6 +185,17 @@ pub fn export_onnx_from_weights(
     out: &Path,
     options: OnnxOptions,
 ) -> Result<OnnxReport, ExportError> {
+    let (loaded, meta) = model_from_weights(weights, config)?;
+    export_onnx(&loaded.model, meta.as_ref(), out, options)
+}
+
+/// The network of `weights` (on the CPU) and the file's metadata when it describes that
+/// network: the architecture is `config` when given, else the file's metadata, else the preset
+/// whose tensors the file has. Shared by every export format.
+pub(crate) fn model_from_weights(
+    weights: &Path,
+    config: Option<&ResNeXtConfig>,
+) -> Result<(LoadedModel, Option<WeightsMetadata>), ExportError> {
     let meta = read_weights_metadata(weights)?;
     let config = match (config, &meta) {
         (Some(c), _) => c.clone(),
@@ -196,11 +208,14 @@ pub fn export_onnx_from_weights(
     };
     let loaded = load_model(&config, weights, Device::Cpu, LoadOptions { strict: true })?;
     let meta = meta.filter(|m| m.model == config);
-    export_onnx(&loaded.model, meta.as_ref(), out, options)
+    Ok((loaded, meta))
 }
 
 /// Checks that the exporter covers `net` and that `meta` describes it.
-fn check_model(net: &ResNeXt, meta: Option<&WeightsMetadata>) -> Result<(), ExportError> {
+pub(crate) fn check_model(
+    net: &ResNeXt,
+    meta: Option<&WeightsMetadata>,
+) -> Result<(), ExportError> {
     let kind = net.classifier().ws.kind();
     if !matches!(
         kind,

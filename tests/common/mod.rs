@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 use std::io::Write;
 
+pub mod tensors;
+
 /// Reports that `test` did not check what it is for, and why, on the process's stderr itself
 /// (not through `eprintln!`, which the test harness captures and hides for passing tests), so
 /// the skip shows in every `cargo test` log, passing or not.
