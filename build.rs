@@ -14,7 +14,9 @@
 //! wheel lacks: `scripts/setup-gloo-headers.sh` installs them into a cache and reports the folder,
 //! found here through `RESNEXT_GLOO_INCLUDE` or that cache). With the `nccl` feature it compiles
 //! `csrc/c10d_shim_nccl.cpp` as well, against NCCL's and CUDA's headers from the wheel's
-//! `nvidia/` packages (or `RESNEXT_CUDA_INCLUDE`).
+//! `nvidia/` packages (or `RESNEXT_CUDA_INCLUDE`). Into the same library goes
+//! `csrc/inference_shim.cpp`, the C ABI over libtorch's fused oneDNN convolutions that
+//! `src/inference` calls (found through the dispatcher at run time).
 use std::path::{Path, PathBuf};
 
 fn main() {
@@ -81,7 +83,8 @@ fn cache_dir() -> Option<PathBuf> {
         .or_else(|| std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache/resnext")))
 }
 
-/// Compiles `csrc/c10d_shim.cpp` (and `csrc/c10d_shim_nccl.cpp` with the `nccl` feature) into a
+/// Compiles `csrc/c10d_shim.cpp` and `csrc/inference_shim.cpp` (and `csrc/c10d_shim_nccl.cpp`
+/// with the `nccl` feature) into a
 /// static library linked into this crate. `cc` runs once per change of these inputs (cargo reruns
 /// this script only then); the shim takes about 30 s to compile.
 fn build_c10d_shim(lib: &Path) {
@@ -90,6 +93,7 @@ fn build_c10d_shim(lib: &Path) {
         "csrc/c10d_shim.h",
         "csrc/c10d_shim_impl.hpp",
         "csrc/c10d_shim_nccl.cpp",
+        "csrc/inference_shim.cpp",
     ] {
         println!("cargo:rerun-if-changed={file}");
     }
@@ -109,7 +113,8 @@ fn build_c10d_shim(lib: &Path) {
         .define("USE_DISTRIBUTED", None)
         .flag_if_supported("-Wno-unused-parameter")
         .warnings(false)
-        .file("csrc/c10d_shim.cpp");
+        .file("csrc/c10d_shim.cpp")
+        .file("csrc/inference_shim.cpp");
     if std::env::var_os("CARGO_FEATURE_NCCL").is_some() {
         println!("cargo:rerun-if-env-changed=RESNEXT_CUDA_INCLUDE");
         if !lib.join("libtorch_cuda.so").exists() {

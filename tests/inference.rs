@@ -1,8 +1,9 @@
 //! The inference form (`resnext::inference`): same logits as the plain model in evaluation
 //! mode, with randomised BN statistics and affine parameters so that folding is exercised, for
 //! both stems, for every preset of the table and for a configuration outside it; errors
-//! instead of panics for bad inputs; channels-last helpers.
-use resnext::inference::InferenceModel;
+//! instead of panics for bad inputs; channels-last helpers. Every check runs both sets of
+//! kernels: oneDNN fused (the default on the CPU) and generic.
+use resnext::inference::{InferenceModel, Kernels};
 use resnext::layout::{channels_last, vars_to_channels_last};
 use resnext::resnext::PRESETS;
 use resnext::{ModelError, ResNeXt, ResNeXtConfig, Stem};
@@ -45,15 +46,24 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
     max_abs(&(a - b)) / max_abs(b).max(1e-12)
 }
 
-/// Builds `cfg` with random BN statistics and checks that its inference form gives the
-/// eval-mode logits for a random batch of two `size x size` images, and that they depend on the
-/// input. Returns the inference form, the batch and the reference logits.
-fn check_logits(cfg: &ResNeXtConfig, size: i64, seed: i64) -> (InferenceModel, Tensor, Tensor) {
+/// Both sets of kernels: the CPU default (oneDNN fused, with the torch 2.11 wheel) and generic.
+const KERNELS: [Kernels; 2] = [Kernels::OneDnnFused, Kernels::Generic];
+
+/// Builds `cfg` with random BN statistics and checks that its inference form on `kernels` gives
+/// the eval-mode logits for a random batch of two `size x size` images, and that they depend on
+/// the input. Returns the inference form, the batch and the reference logits.
+fn check_logits(
+    cfg: &ResNeXtConfig,
+    size: i64,
+    seed: i64,
+    kernels: Kernels,
+) -> (InferenceModel, Tensor, Tensor) {
     tch::manual_seed(seed);
     let vs = nn::VarStore::new(Device::Cpu);
     let net = ResNeXt::new(&vs.root(), cfg);
     randomise_bn(&vs);
-    let fast = InferenceModel::new(&net).expect("inference form");
+    let fast = InferenceModel::with_kernels(&net, kernels).expect("inference form");
+    assert_eq!(fast.kernels(), kernels);
     let xs = Tensor::randn([2, 3, size, size], (Kind::Float, Device::Cpu));
     let reference = tch::no_grad(|| net.forward_t(&xs, false));
     let logits = fast.try_forward(&xs).expect("forward");
@@ -61,7 +71,7 @@ fn check_logits(cfg: &ResNeXtConfig, size: i64, seed: i64) -> (InferenceModel, T
     let err = rel_err(&logits, &reference);
     assert!(
         err <= 1e-4,
-        "{} ({:?} stem): relative error {err:e}",
+        "{} ({:?} stem, {kernels:?}): relative error {err:e}",
         cfg.name,
         cfg.stem
     );
@@ -71,7 +81,13 @@ fn check_logits(cfg: &ResNeXtConfig, size: i64, seed: i64) -> (InferenceModel, T
 }
 
 fn check_equivalence(cfg: &ResNeXtConfig, size: i64, seed: i64) {
-    let (fast, xs, reference) = check_logits(cfg, size, seed);
+    for kernels in KERNELS {
+        check_equivalence_on(cfg, size, seed, kernels);
+    }
+}
+
+fn check_equivalence_on(cfg: &ResNeXtConfig, size: i64, seed: i64, kernels: Kernels) {
+    let (fast, xs, reference) = check_logits(cfg, size, seed, kernels);
     let logits = fast.forward(&xs);
     // A second call reuses the pooled buffers and must give the same values.
     let again = fast.forward(&xs);
@@ -79,9 +95,14 @@ fn check_equivalence(cfg: &ResNeXtConfig, size: i64, seed: i64) {
     // `ModuleT` ignores the training flag.
     let as_module = fast.forward_t(&xs, true);
     assert!(rel_err(&as_module, &logits) <= 1e-6);
-    // Another batch size after the first one.
+    // Another batch size after the first one, and an input that is already channels-last
+    // (which the fused kernels read in place: it must be left as it was).
     let one = fast.forward(&xs.narrow(0, 1, 1));
     assert!(rel_err(&one, &reference.narrow(0, 1, 1)) <= 1e-4);
+    let cl = channels_last(&xs).unwrap();
+    let kept = cl.copy();
+    assert!(rel_err(&fast.forward(&cl), &reference) <= 1e-4);
+    assert!(cl.equal(&kept), "the input was changed");
 }
 
 /// The inference form reads the geometry from the same specs as the network: every line of
@@ -91,8 +112,11 @@ fn check_equivalence(cfg: &ResNeXtConfig, size: i64, seed: i64) {
 fn every_preset_inference_form_matches_eval_mode() {
     for (i, preset) in PRESETS.iter().enumerate() {
         let seed = 100 + i as i64;
-        let _ = check_logits(&preset.config(10), 16, seed);
-        let _ = check_logits(&preset.config(10).with_stem(Stem::ImageNet), 64, seed);
+        for kernels in KERNELS {
+            let _ = check_logits(&preset.config(10), 16, seed, kernels);
+            let imagenet = preset.config(10).with_stem(Stem::ImageNet);
+            let _ = check_logits(&imagenet, 64, seed, kernels);
+        }
     }
 }
 
@@ -140,6 +164,7 @@ fn inference_form_is_a_snapshot_and_sees_the_bn_statistics() {
     let net = ResNeXt::new(&vs.root(), &ResNeXtConfig::tiny(10));
     randomise_bn(&vs);
     let before = InferenceModel::new(&net).unwrap();
+    assert_eq!(before.kernels(), Kernels::OneDnnFused, "the CPU default");
     let xs = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
     let old = before.forward(&xs);
     // Shift one running mean: the plain model changes, the old inference form does not, a
@@ -164,21 +189,41 @@ fn inference_form_is_a_snapshot_and_sees_the_bn_statistics() {
 fn bad_inputs_are_errors_not_panics() {
     let vs = nn::VarStore::new(Device::Cpu);
     let net = ResNeXt::new(&vs.root(), &ResNeXtConfig::tiny(10));
-    let fast = InferenceModel::new(&net).unwrap();
     let f = (Kind::Float, Device::Cpu);
-    for xs in [
-        Tensor::zeros([3, 32, 32], f),
-        Tensor::zeros([2, 1, 32, 32], f),
-        Tensor::zeros([2, 4, 32, 32], f),
-        Tensor::zeros([0, 3, 32, 32], f),
-        Tensor::zeros([2, 3, 32, 32], (Kind::Int64, Device::Cpu)),
-        Tensor::zeros([1, 2, 3, 32, 32], f),
-    ] {
-        match fast.try_forward(&xs) {
-            Err(ModelError::InputShape { shape, .. }) => assert_eq!(shape, xs.size()),
-            other => panic!("expected an input error for {:?}, got {other:?}", xs.size()),
+    for fast in KERNELS.map(|k| InferenceModel::with_kernels(&net, k).unwrap()) {
+        for xs in [
+            Tensor::zeros([3, 32, 32], f),
+            Tensor::zeros([2, 1, 32, 32], f),
+            Tensor::zeros([2, 4, 32, 32], f),
+            Tensor::zeros([0, 3, 32, 32], f),
+            Tensor::zeros([2, 3, 32, 32], (Kind::Int64, Device::Cpu)),
+            Tensor::zeros([1, 2, 3, 32, 32], f),
+        ] {
+            match fast.try_forward(&xs) {
+                Err(ModelError::InputShape { shape, .. }) => assert_eq!(shape, xs.size()),
+                other => panic!("expected an input error for {:?}, got {other:?}", xs.size()),
+            }
         }
+        // An image too small for the strides is an error too, on both kernels.
+        let tiny_image = Tensor::zeros([1, 3, 1, 1], f);
+        assert!(matches!(
+            fast.try_forward(&tiny_image),
+            Err(ModelError::Torch(_)) | Ok(_)
+        ));
     }
+    // The fused kernels refuse a network they cannot run; Auto falls back.
+    let vs64 = nn::VarStore::new(Device::Cpu);
+    let net64 = ResNeXt::new(&vs64.root(), &ResNeXtConfig::tiny(10));
+    let mut vs64 = vs64;
+    vs64.double();
+    match InferenceModel::with_kernels(&net64, Kernels::OneDnnFused) {
+        Err(ModelError::Unsupported { what }) => assert!(what.contains("Double"), "{what}"),
+        other => panic!("expected Unsupported, got {other:?}"),
+    }
+    let auto = InferenceModel::new(&net64).unwrap();
+    assert_eq!(auto.kernels(), Kernels::Generic);
+    let xs = Tensor::randn([2, 3, 32, 32], (Kind::Double, Device::Cpu));
+    assert!(rel_err(&auto.forward(&xs), &net64.forward_t(&xs, false)) <= 1e-10);
 }
 
 #[test]
@@ -212,7 +257,7 @@ fn channels_last_helpers_keep_values() {
 fn buffers_of_the_largest_batch_are_kept_and_serve_smaller_ones() {
     let vs = nn::VarStore::new(Device::Cpu);
     let net = ResNeXt::new(&vs.root(), &ResNeXtConfig::tiny(10));
-    let fast = InferenceModel::new(&net).unwrap();
+    let fast = InferenceModel::with_kernels(&net, Kernels::Generic).unwrap();
     let input = |n: i64| Tensor::randn([n, 3, 16, 16], (Kind::Float, Device::Cpu));
     let check = |xs: &Tensor| {
         let err = rel_err(&fast.forward(xs), &net.forward_t(xs, false));

@@ -41,6 +41,12 @@ pub enum ModelError {
         /// The weights' device.
         weights_device: tch::Device,
     },
+    /// Something asked of the model that this network or this libtorch cannot do.
+    #[error("unsupported: {what}")]
+    Unsupported {
+        /// What was asked, and why it cannot be done.
+        what: String,
+    },
     /// libtorch reported an error.
     #[error("libtorch error: {0}")]
     Torch(#[from] tch::TchError),

@@ -1,49 +1,14 @@
-//! A fast, evaluation-only form of a [`ResNeXt`].
-//!
-//! [`InferenceModel`] is built once from a trained network and computes the same logits as
-//! `net.forward_t(xs, false)` (up to float rounding), faster:
-//!
-//! * every batch normalisation is folded into the convolution before it
-//!   (`w' = w·γ/√(σ²+ε)`, `b' = β + (b − μ)·γ/√(σ²+ε)`), for the stem, the three convolutions
-//!   of each block and the projection shortcuts, so no BN pass is left;
-//! * activations are kept in channels-last (NHWC) order, which oneDNN's convolutions prefer on
-//!   CPU and cuDNN's on recent GPUs;
-//! * in that order a 1x1 convolution is a plain matrix product `[N·H·W, C_in] × [C_in, C_out]`,
-//!   so the first and the last convolution of every block and the shortcut projection are run
-//!   as `addmm` with the bias fused in, writing into buffers that are reused from one call to
-//!   the next (fresh multi-megabyte tensors cost a page fault per 4 KiB page on first touch,
-//!   which is a sizeable part of an eager forward pass on CPU);
-//! * the residual addition is fused into the last matrix product (`addmm` with the shortcut as
-//!   its `input`), and ReLUs run in place;
-//! * everything runs under [`tch::no_grad`].
-//!
-//! The grouped 3x3 convolution stays a libtorch convolution (oneDNN on CPU).
-//!
-//! The [`crate::trainer`] evaluates the test set with it (in fp32). For channels-last training
-//! with the plain [`ResNeXt`] module, see [`crate::layout`].
-//!
-//! ```
-//! use resnext::inference::InferenceModel;
-//! use resnext::{ResNeXt, ResNeXtConfig};
-//! use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
-//!
-//! let vs = nn::VarStore::new(Device::Cpu);
-//! let net = ResNeXt::new(&vs.root(), &ResNeXtConfig::tiny(10));
-//! let fast = InferenceModel::new(&net)?;
-//! let xs = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
-//! let reference = net.forward_t(&xs, false);
-//! let logits = fast.try_forward(&xs)?;
-//! let err = (&logits - &reference).abs().max().double_value(&[]);
-//! assert!(err <= 1e-4 * reference.abs().max().double_value(&[]).max(1.0));
-//! # Ok::<(), resnext::ModelError>(())
-//! ```
+//! The generic inference path: 1x1 convolutions as matrix products (`addmm`, the bias and the
+//! residual addition fused in) into buffers reused between calls, the grouped 3x3 convolution as
+//! a libtorch convolution, channels-last activations. Runs on every device and float kind.
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use tch::nn::{self, ModuleT};
+use tch::nn;
 use tch::{Device, Kind, TchError, Tensor};
 
+use super::fold::fold;
 use crate::layout::channels_last;
-use crate::resnext::{ConvSpec, ModelError, PoolSpec, ResNeXt, ResNeXtBlock, ResNeXtConfig};
+use crate::resnext::{ConvSpec, PoolSpec, ResNeXt, ResNeXtBlock};
 
 /// A convolution with its BN folded in: channels-last weight and a bias, and its geometry.
 #[derive(Debug)]
@@ -84,36 +49,6 @@ struct FoldedBlock {
     downsample: Option<(Tensor, i64)>,
     /// Bias added after the last matrix product: `expand.bias`, plus the shortcut's bias.
     out_bias: Tensor,
-}
-
-/// `conv` followed by `bn` (in evaluation mode) as one convolution: `(weight, bias)` in the
-/// kind of the convolution weight, computed in double precision. Also used by the ONNX export
-/// ([`crate::export`]).
-pub(crate) fn fold(conv: &nn::Conv2D, bn: &nn::BatchNorm) -> Result<(Tensor, Tensor), TchError> {
-    let kind = conv.ws.kind();
-    let w = conv.ws.f_detach()?.f_to_kind(Kind::Double)?;
-    let out = w.size()[0];
-    let dev = w.device();
-    let opts = (Kind::Double, dev);
-    let double = |t: &Tensor| t.f_detach()?.f_to_kind(Kind::Double);
-    let gamma = match &bn.ws {
-        Some(g) => double(g)?,
-        None => Tensor::f_ones([out], opts)?,
-    };
-    let beta = match &bn.bs {
-        Some(b) => double(b)?,
-        None => Tensor::f_zeros([out], opts)?,
-    };
-    let conv_bias = match &conv.bs {
-        Some(b) => double(b)?,
-        None => Tensor::f_zeros([out], opts)?,
-    };
-    let mean = double(&bn.running_mean)?;
-    let var = double(&bn.running_var)?;
-    let scale = gamma.f_div(&var.f_add_scalar(ResNeXt::BN_EPS)?.f_sqrt()?)?;
-    let weight = w.f_mul(&scale.f_reshape([out, 1, 1, 1])?)?;
-    let bias = conv_bias.f_sub(&mean)?.f_mul(&scale)?.f_add(&beta)?;
-    Ok((weight.f_to_kind(kind)?, bias.f_to_kind(kind)?))
 }
 
 fn folded_conv(
@@ -175,52 +110,21 @@ struct BufferPool {
     free: Vec<Tensor>,
 }
 
-/// An evaluation-only [`ResNeXt`]: BN folded into the convolutions, channels-last activations,
-/// 1x1 convolutions as fused matrix products into reused buffers (see the [module](self) docs).
-///
-/// It copies the parameters and running statistics at construction: later changes to the
-/// network are not seen (build a new one after training). It keeps the device and the float
-/// kind of the network; inputs are moved to them. Between calls it keeps the intermediate
-/// buffers of the largest batch seen so far (about the size of the activations of one forward
-/// pass); [`InferenceModel::release_buffers`] frees them. It can be shared between threads.
-///
-/// ```
-/// use resnext::inference::InferenceModel;
-/// use resnext::{ResNeXt, ResNeXtConfig};
-/// use tch::{nn, Device, Kind, Tensor};
-/// let vs = nn::VarStore::new(Device::Cpu);
-/// let net = ResNeXt::new(&vs.root(), &ResNeXtConfig::tiny(10));
-/// let fast = InferenceModel::new(&net)?;
-/// let logits = fast.forward(&Tensor::zeros([4, 3, 32, 32], (Kind::Float, Device::Cpu)));
-/// assert_eq!(logits.size(), vec![4, 10]);
-/// assert!(fast.try_forward(&Tensor::zeros([3, 32, 32], (Kind::Float, Device::Cpu))).is_err());
-/// # Ok::<(), resnext::ModelError>(())
-/// ```
+/// The generic path's network: folded convolutions, pointwise matrices and the buffer pool.
 #[derive(Debug)]
-pub struct InferenceModel {
-    config: ResNeXtConfig,
+pub(super) struct MatmulNet {
     device: Device,
     kind: Kind,
     stem: FoldedConv,
     /// The max-pool after the stem's ReLU, if any.
     stem_pool: Option<PoolSpec>,
     blocks: Vec<FoldedBlock>,
-    fc_weight: Tensor,
-    fc_bias: Option<Tensor>,
     buffers: Mutex<BufferPool>,
 }
 
-impl InferenceModel {
-    /// The inference form of `net`, with its current parameters and BN running statistics.
-    ///
-    /// # Errors
-    /// [`ModelError::Torch`] if libtorch fails (for example when out of memory).
-    pub fn new(net: &ResNeXt) -> Result<Self, ModelError> {
-        tch::no_grad(|| Self::build(net)).map_err(ModelError::from)
-    }
-
-    fn build(net: &ResNeXt) -> Result<Self, TchError> {
-        let config = net.config().clone();
+impl MatmulNet {
+    /// The generic form of `net` (call under [`tch::no_grad`]).
+    pub(super) fn build(net: &ResNeXt) -> Result<Self, TchError> {
         let (stem_spec, stem_conv, stem_bn) = net.stem_parts();
         let stem = folded_conv(stem_spec.conv, stem_conv, stem_bn)?;
         let blocks = net
@@ -229,56 +133,19 @@ impl InferenceModel {
             .flatten()
             .map(folded_block)
             .collect::<Result<Vec<_>, _>>()?;
-        let fc = net.classifier();
         Ok(Self {
             device: stem.weight.device(),
             kind: stem.weight.kind(),
-            config,
             stem,
             stem_pool: stem_spec.max_pool,
             blocks,
-            fc_weight: fc.ws.f_detach()?.f_contiguous()?,
-            fc_bias: fc.bs.as_ref().map(|b| b.f_detach()).transpose()?,
             buffers: Mutex::new(BufferPool::default()),
         })
     }
 
-    /// The configuration of the network this was built from.
-    pub fn config(&self) -> &ResNeXtConfig {
-        &self.config
-    }
-
-    /// The device the parameters live on (inputs are moved there).
-    pub fn device(&self) -> Device {
-        self.device
-    }
-
-    /// Logits `[N, num_classes]` for a batch `[N, 3, H, W]`, under [`tch::no_grad`].
-    ///
-    /// # Errors
-    /// [`ModelError::InputShape`] for an input that is not a float tensor `[N, 3, H, W]`
-    /// (checked as [`ResNeXt::check_input`]); [`ModelError::Torch`] if libtorch fails, for
-    /// example for an image too small for the network's strides.
-    pub fn try_forward(&self, xs: &Tensor) -> Result<Tensor, ModelError> {
-        ResNeXt::check_input(xs)?;
-        tch::no_grad(|| self.run(xs)).map_err(ModelError::from)
-    }
-
-    /// Logits `[N, num_classes]` for a batch `[N, 3, H, W]`.
-    ///
-    /// # Panics
-    /// With the message of the [`ModelError`] that [`InferenceModel::try_forward`] returns for
-    /// a bad input.
-    pub fn forward(&self, xs: &Tensor) -> Tensor {
-        match self.try_forward(xs) {
-            Ok(t) => t,
-            Err(e) => panic!("{e}"),
-        }
-    }
-
     /// Frees the intermediate buffers kept between calls (they are allocated again by the next
     /// call).
-    pub fn release_buffers(&self) {
+    pub(super) fn release_buffers(&self) {
         self.pool().free.clear();
     }
 
@@ -317,9 +184,8 @@ impl InferenceModel {
         }
     }
 
-    /// Elements held in reused buffers between calls (for tests of the buffer policy).
-    #[doc(hidden)]
-    pub fn buffered_elements(&self) -> usize {
+    /// Elements held in reused buffers between calls.
+    pub(super) fn buffered_elements(&self) -> usize {
         self.pool().free.iter().map(Tensor::numel).sum()
     }
 
@@ -406,7 +272,8 @@ impl InferenceModel {
         Ok((outm, (out, out_per_image), grid))
     }
 
-    fn run(&self, xs: &Tensor) -> Result<Tensor, TchError> {
+    /// The pooled features `[N, C]` of `xs` (call under [`tch::no_grad`]).
+    pub(super) fn features(&self, xs: &Tensor) -> Result<Tensor, TchError> {
         let (mut mat, mut grid) = self.stem_rows(xs)?;
         // `held` is the pooled buffer behind `mat`, returned to the pool once the next block
         // has read it.
@@ -427,7 +294,7 @@ impl InferenceModel {
         if let Some((buffer, per_image)) = held {
             self.give(buffer, per_image);
         }
-        features.f_linear(&self.fc_weight, self.fc_bias.as_ref())
+        Ok(features)
     }
 }
 
@@ -438,15 +305,4 @@ struct Grid {
     c: i64,
     h: i64,
     w: i64,
-}
-
-impl ModuleT for InferenceModel {
-    /// The evaluation-mode forward pass, whatever `train` says (an [`InferenceModel`] has no
-    /// training mode: its BN layers are folded with their running statistics).
-    ///
-    /// # Panics
-    /// As [`InferenceModel::forward`].
-    fn forward_t(&self, xs: &Tensor, _train: bool) -> Tensor {
-        self.forward(xs)
-    }
 }
