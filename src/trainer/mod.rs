@@ -30,6 +30,7 @@ mod accumulate;
 mod checkpoint;
 mod config;
 mod data_parallel;
+mod ema;
 mod error;
 mod evaluate;
 mod float_json;
@@ -42,7 +43,7 @@ mod precision;
 mod process;
 mod progress;
 mod run;
-mod sgd;
+mod optim;
 mod step;
 
 pub use accumulate::{EpochAccumulator, RunningMetrics};
@@ -63,5 +64,10 @@ pub use precision::{set_cuda_autocast_dtype, Execution, LossScale, Precision, PR
 pub use process::tune_process_for_training;
 pub use progress::ProgressMode;
 pub use run::{BatchControl, EvalForm, Outcome, Trainer};
-pub use sgd::{Sgd, SgdConfig};
+pub use ema::{ema_decay_for, Ema, EmaError, EmaSchedule};
+pub use optim::{
+    clip_grad_norm, gradient_clipper, is_bias, is_norm_parameter, total_grad_norm,
+    trainable_parameters, AdamW, AdamWConfig, GroupOverride, OptimError, Optimizer,
+    OptimizerConfig, ParamClass, ParamGroups, ParamSetting, Sgd, SgdConfig, OPTIMIZER_NAMES,
+};
 pub use step::{GradientHook, StepOutput, TrainStep};
