@@ -423,3 +423,343 @@ fn adamw_with_groups_and_clipping_matches_torch_optim_adamw() {
     let max = compare_with_torch(config);
     assert_eq!(max, 0.0, "largest difference {max:e}");
 }
+
+/// Which group torchvision's `set_weight_decay` (references/classification/utils.py, 0.26)
+/// puts each parameter of torchvision's `resnext50_32x4d` in: by module type (its norm
+/// classes) and by the custom key `bias`, which comes first. Prints `{name: group}` as JSON for
+/// argv[1] in {norm, bias, both}.
+const TORCHVISION_GROUPS: &str = r#"
+import json, sys
+import torch, torchvision
+mode = sys.argv[1]
+norm_types = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.LayerNorm, torch.nn.GroupNorm,
+              torch.nn.modules.instancenorm._InstanceNorm, torch.nn.LocalResponseNorm)
+model = torchvision.models.resnext50_32x4d(weights=None)
+groups = {}
+for module_name, module in model.named_modules():
+    for name, p in module.named_parameters(recurse=False):
+        full = f"{module_name}.{name}" if module_name else name
+        if mode in ("bias", "both") and name == "bias":
+            groups[full] = "bias"
+        elif mode in ("norm", "both") and isinstance(module, norm_types):
+            groups[full] = "norm"
+        else:
+            groups[full] = "other"
+print(json.dumps(groups))
+"#;
+
+#[test]
+fn groups_are_those_of_torchvisions_set_weight_decay_on_resnext50() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _net = ResNeXt::new(&vs.root(), &ResNeXtConfig::resnext50_32x4d(1000));
+    let no_decay = Some(GroupOverride::no_decay());
+    let modes = [
+        ("norm", ParamGroups { norm: no_decay, ..ParamGroups::default() }),
+        ("bias", ParamGroups { bias: no_decay, ..ParamGroups::default() }),
+        ("both", ParamGroups { norm: no_decay, bias: no_decay, ..ParamGroups::default() }),
+    ];
+    for (mode, groups) in modes {
+        let out = run_python(TORCHVISION_GROUPS, &[mode]);
+        let theirs: BTreeMap<String, String> = serde_json::from_str(out.trim()).unwrap();
+        let sgd = Sgd::with_groups(&vs, SgdConfig::default(), &groups).unwrap();
+        let ours: BTreeMap<String, String> = Optimizer::parameters(&sgd)
+            .iter()
+            .zip(Optimizer::settings(&sgd))
+            .map(|((n, _), s)| {
+                let g = match s.class {
+                    ParamClass::Other => "other",
+                    ParamClass::Norm => "norm",
+                    ParamClass::Bias | ParamClass::NormBias => "bias",
+                };
+                (n.clone(), g.to_string())
+            })
+            .collect();
+        assert_eq!(ours, theirs, "{mode}");
+        let decay_free = ours.values().filter(|g| *g != "other").count();
+        // 53 BN layers (106 parameters) and fc.bias.
+        let expected = match mode {
+            "norm" => 106,
+            "bias" => 54,
+            _ => 107,
+        };
+        assert_eq!(decay_free, expected, "{mode}");
+    }
+}
+
+/// torchvision's `ExponentialMovingAverage` (an `AveragedModel` with `use_buffers=True` and
+/// `decay * avg + (1 - decay) * param`) driven as its `train.py` drives it, over the model
+/// states of DIR/states.safetensors (`<k>/<name>`); writes `ema.state_dict()` to
+/// DIR/torch_ema.safetensors. The model is a flat module with the same parameters (trainable
+/// ones) and buffers (the others).
+const TORCHVISION_EMA: &str = r#"
+import json, sys
+import torch
+from safetensors.torch import load_file, save_file
+d = sys.argv[1]
+spec = json.load(open(d + "/ema_spec.json"))
+states = load_file(d + "/states.safetensors")
+
+class Flat(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        for n in spec["params"]:
+            self.register_parameter(n.replace(".", "__"), torch.nn.Parameter(states["0/" + n].clone()))
+        for n in spec["buffers"]:
+            self.register_buffer(n.replace(".", "__"), states["0/" + n].clone())
+
+class ExponentialMovingAverage(torch.optim.swa_utils.AveragedModel):
+    def __init__(self, model, decay, device="cpu"):
+        def ema_avg(avg_model_param, model_param, num_averaged):
+            return decay * avg_model_param + (1 - decay) * model_param
+        super().__init__(model, device, ema_avg, use_buffers=True)
+
+adjust = 1 * spec["batch_size"] * spec["every"] / spec["epochs"]
+alpha = min(1.0, (1.0 - spec["decay"]) * adjust)
+assert 1.0 - alpha == spec["adjusted"], (1.0 - alpha, spec["adjusted"])
+model = Flat()
+ema = ExponentialMovingAverage(model, device="cpu", decay=1.0 - alpha)
+k = 0
+for epoch, batches in enumerate(spec["batches"]):
+    for i in range(batches):
+        with torch.no_grad():
+            for n, t in list(model.named_parameters()) + list(model.named_buffers()):
+                t.copy_(states[f"{k}/{n.replace('__', '.')}"])
+        k += 1
+        if i % spec["every"] == 0:
+            ema.update_parameters(model)
+            if epoch < spec["warmup_epochs"]:
+                ema.n_averaged.fill_(0)
+out = {}
+for n, t in ema.state_dict().items():
+    out[n.replace("__", ".")] = t.clone()
+save_file(out, d + "/torch_ema.safetensors")
+print(f"n_averaged {int(ema.n_averaged)}, {len(out)} tensors")
+"#;
+
+/// Perturbs every variable of `vs` (state `k` of a training run): floats by noise, the integer
+/// counter by one.
+fn perturb(vs: &nn::VarStore, k: i64) {
+    seeded(|| {
+        tch::manual_seed(9000 + k);
+        tch::no_grad(|| {
+            let mut vars: Vec<_> = vs.variables().into_iter().collect();
+            vars.sort_by(|a, b| a.0.cmp(&b.0));
+            for (_, mut t) in vars {
+                if t.kind() == Kind::Int64 {
+                    let _ = t.g_add_scalar_(1);
+                } else {
+                    let _ = t.g_add_(&(t.randn_like() * 0.1));
+                }
+            }
+        })
+    })
+}
+
+#[test]
+fn ema_matches_torchvisions_exponential_moving_average() {
+    let (vs, _net) = tiny(5);
+    // An integer buffer as BatchNorm's num_batches_tracked in PyTorch (tch has none).
+    let _ = vs.root().add("num_batches_tracked", Tensor::from(0i64), false);
+    let (decay, batch_size, every, epochs) = (0.99, 16, 2, 3);
+    let adjusted = ema_decay_for(decay, 1, batch_size, every, epochs).unwrap();
+    let schedule = EmaSchedule { every, warmup_epochs: 1 };
+    let batches = [3usize, 5, 4];
+    let mut ema = Ema::new(&vs, adjusted).unwrap();
+    let mut states = Vec::new();
+    let mut k = 0;
+    for (epoch, &n) in batches.iter().enumerate() {
+        for i in 0..n {
+            perturb(&vs, k);
+            states.extend(vs.variables().into_iter().map(|(n, t)| (format!("{k}/{n}"), t.copy())));
+            schedule.after_step(&mut ema, &vs, epoch, i).unwrap();
+            k += 1;
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_safetensors(&dir.path().join("states.safetensors"), &states, None).unwrap();
+    let mut params: Vec<String> = Vec::new();
+    let mut buffers: Vec<String> = Vec::new();
+    for (n, t) in vs.variables() {
+        match t.requires_grad() {
+            true => params.push(n),
+            false => buffers.push(n),
+        }
+    }
+    let spec = serde_json::json!({
+        "params": params, "buffers": buffers, "decay": decay, "adjusted": adjusted,
+        "batch_size": batch_size, "every": every, "epochs": epochs,
+        "warmup_epochs": schedule.warmup_epochs, "batches": batches,
+    });
+    std::fs::write(dir.path().join("ema_spec.json"), spec.to_string()).unwrap();
+    run_python(TORCHVISION_EMA, &[dir.path().to_str().unwrap()]);
+    let theirs = read_safetensors(&dir.path().join("torch_ema.safetensors")).unwrap();
+    // Updates at batches 0, 2, 4 of epochs 1 and 2 (epoch 0's were reset by warm-up).
+    assert_eq!(ema.n_averaged(), 5);
+    let ours = ema.state_tensors();
+    assert_states_equal(&ours, &theirs.tensors, "EMA vs torchvision");
+    // The averages are averages: neither the first state nor the last.
+    let last = vs.variables();
+    let avg = &ema.averages()[0];
+    assert!(!avg.1.equal(&last[&avg.0]));
+}
+
+#[test]
+fn ema_state_round_trips_and_copies_into_a_second_model() {
+    let (vs, net) = tiny(6);
+    let mut ema = Ema::new(&vs, 0.9).unwrap();
+    let (vs2, _) = twin(&vs);
+    let mut ema2 = Ema::new(&vs2, 0.9).unwrap();
+    for k in 0..3 {
+        perturb(&vs, k);
+        ema.update(&vs).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ema.safetensors");
+    write_safetensors(&path, &ema.state_tensors(), None).unwrap();
+    ema2.load_state(read_safetensors(&path).unwrap().tensors).unwrap();
+    for k in 3..5 {
+        perturb(&vs, k);
+        ema.update(&vs).unwrap();
+        ema2.update(&vs).unwrap();
+    }
+    assert_states_equal(&ema.state_tensors(), &ema2.state_tensors(), "EMA resumed");
+    // Evaluate with the averages: a second model gets them.
+    let (eval_vs, eval_net) = tiny(99);
+    ema.copy_into(&eval_vs).unwrap();
+    for (name, avg) in ema.averages() {
+        assert!(avg.equal(&eval_vs.variables()[name]), "{name}");
+    }
+    let (images, _) = batch(0);
+    let a = eval_net.forward_t(&images, false);
+    let b = net.forward_t(&images, false);
+    assert!(!a.equal(&b), "the averaged model is another model");
+    // Another architecture does not fit.
+    let other = nn::VarStore::new(Device::Cpu);
+    let _m = ResNeXt::new(&other.root(), &ResNeXtConfig::tiny(7));
+    let err = ema.copy_into(&other).unwrap_err().to_string();
+    assert!(err.contains("fc.") && err.contains("shape"), "{err}");
+}
+
+/// Runs `config` for `STEPS` steps at once, and as 3 steps, a state saved to a file and loaded
+/// into a fresh model and optimiser, then 3 more: the same weights and state, bitwise.
+fn assert_resumes_exactly(config: OptimizerConfig) {
+    let groups = recipe_groups();
+    let (vs_a, _a) = tiny(21);
+    let mut a = config.build(&vs_a, &groups).unwrap();
+    run_steps(a.as_mut(), 0, STEPS, Some(MAX_NORM));
+
+    let (vs_b, _b) = tiny(21);
+    let mut b = config.build(&vs_b, &groups).unwrap();
+    run_steps(b.as_mut(), 0, 3, Some(MAX_NORM));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.safetensors");
+    let mut saved: Vec<(String, Tensor)> = vs_b
+        .variables()
+        .into_iter()
+        .map(|(n, t)| (format!("model/{n}"), t))
+        .collect();
+    saved.extend(b.state_tensors());
+    write_safetensors(&path, &saved, None).unwrap();
+    drop(b);
+
+    let (vs_c, _c) = tiny(77);
+    let mut c = config.build(&vs_c, &groups).unwrap();
+    let (mut model, mut state) = (HashMap::new(), Vec::new());
+    for (n, t) in read_safetensors(&path).unwrap().tensors {
+        match n.strip_prefix("model/") {
+            Some(v) => drop(model.insert(v.to_string(), t)),
+            None => state.push((n, t)),
+        }
+    }
+    tch::no_grad(|| {
+        for (n, mut v) in vs_c.variables() {
+            v.copy_(&model[&n]);
+        }
+    });
+    c.load_state(state).unwrap();
+    run_steps(c.as_mut(), 3, STEPS - 3, Some(MAX_NORM));
+    assert_vars_equal(&vs_a, &vs_c, config.name());
+    assert_states_equal(&a.state_tensors(), &c.state_tensors(), config.name());
+}
+
+#[test]
+fn sgd_and_adamw_state_round_trips_bitwise() {
+    assert_resumes_exactly(OptimizerConfig::Sgd(SgdConfig::default()));
+    assert_resumes_exactly(OptimizerConfig::AdamW(AdamWConfig::default()));
+}
+
+#[test]
+fn bad_names_values_and_states_are_typed_errors() {
+    // Names.
+    let err = "adam".parse::<OptimizerConfig>().unwrap_err();
+    assert!(matches!(&err, OptimError::UnknownOptimizer { name, .. } if name == "adam"));
+    assert!(err.to_string().contains("sgd, adamw"), "{err}");
+    let json = serde_json::from_str::<OptimizerConfig>(r#"{"name": "lamb"}"#).unwrap_err();
+    assert!(json.to_string().contains("sgd") && json.to_string().contains("adamw"), "{json}");
+    let parsed: OptimizerConfig = serde_json::from_str(r#"{"name": "adamw", "eps": 1e-6}"#).unwrap();
+    assert_eq!(parsed, OptimizerConfig::AdamW(AdamWConfig { eps: 1e-6, ..AdamWConfig::default() }));
+    assert!(serde_json::from_str::<OptimizerConfig>(r#"{"name": "sgd", "beta": 1}"#).is_err());
+    // Hyper-parameters.
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _w = (vs.root() / "layer").var("weight", &[3], nn::Init::Const(1.0));
+    let adamw = |betas, eps| OptimizerConfig::AdamW(AdamWConfig { betas, eps, weight_decay: 0.0 });
+    let bad = [
+        (adamw((1.0, 0.999), 1e-8), "betas[0]"),
+        (adamw((0.9, -0.1), 1e-8), "betas[1]"),
+        (adamw((0.9, 0.999), -1e-8), "eps"),
+        (adamw((0.9, 0.999), f64::NAN), "eps"),
+        (OptimizerConfig::Sgd(SgdConfig { momentum: 1.0, ..SgdConfig::default() }), "momentum"),
+        (OptimizerConfig::Sgd(SgdConfig { weight_decay: -1.0, ..SgdConfig::default() }), "weight_decay"),
+    ];
+    for (config, field) in bad {
+        let err = config.build(&vs, &ParamGroups::default()).err().unwrap();
+        assert!(matches!(&err, OptimError::InvalidHyperParameter { field: f, .. } if *f == field), "{err}");
+    }
+    let groups = ParamGroups { bias: Some(GroupOverride { weight_decay: None, lr_multiplier: 0.0 }), ..ParamGroups::default() };
+    assert!(OptimizerConfig::default().build(&vs, &groups).is_err());
+    let mut sgd = OptimizerConfig::default().build(&vs, &ParamGroups::default()).unwrap();
+    assert!(matches!(sgd.step(-0.1), Err(OptimError::InvalidHyperParameter { field: "lr", .. })));
+    assert!(matches!(sgd.step(f64::INFINITY), Err(OptimError::InvalidHyperParameter { field: "lr", .. })));
+    assert!(clip_grad_norm(sgd.parameters(), 0.0).is_err());
+    assert!(clip_grad_norm(sgd.parameters(), f64::NAN).is_err());
+    // EMA decays.
+    for decay in [1.0, 1.5, -0.1, f64::NAN] {
+        assert!(matches!(Ema::new(&vs, decay), Err(resnext::trainer::EmaError::InvalidDecay { .. })), "{decay}");
+        assert!(ema_decay_for(decay, 1, 128, 32, 10).is_err(), "{decay}");
+    }
+    assert!(ema_decay_for(0.0, 1, 128, 32, 10).is_err());
+    assert!(ema_decay_for(0.9, 1, 128, 32, 0).is_err());
+    // States.
+    let mut adam = adamw((0.9, 0.999), 1e-8).build(&vs, &ParamGroups::default()).unwrap();
+    let w = Tensor::zeros([3], (Kind::Float, Device::Cpu));
+    let unknown = vec![("momentum/other.weight".to_string(), w.copy())];
+    assert!(matches!(sgd.load_state(unknown), Err(OptimError::UnknownState { .. })));
+    let wrong_key = vec![("velocity/layer.weight".to_string(), w.copy())];
+    assert!(matches!(sgd.load_state(wrong_key), Err(OptimError::UnknownState { .. })));
+    let shape = vec![("momentum/layer.weight".to_string(), Tensor::zeros([4], (Kind::Float, Device::Cpu)))];
+    let err = sgd.load_state(shape).unwrap_err();
+    assert!(matches!(&err, OptimError::StateShape { shape, expected, .. } if shape == &[4] && expected == &[3]), "{err}");
+    let sgd_state = vec![("momentum/layer.weight".to_string(), w.copy())];
+    assert!(matches!(adam.load_state(sgd_state), Err(OptimError::UnknownState { optimizer: "adamw", .. })));
+    let partial = vec![
+        ("step/layer.weight".to_string(), Tensor::from(2i64)),
+        ("exp_avg/layer.weight".to_string(), w.copy()),
+    ];
+    assert!(matches!(adam.load_state(partial), Err(OptimError::IncompleteState { .. })));
+    let zero_step = vec![
+        ("step/layer.weight".to_string(), Tensor::from(0i64)),
+        ("exp_avg/layer.weight".to_string(), w.copy()),
+        ("exp_avg_sq/layer.weight".to_string(), w.copy()),
+    ];
+    assert!(matches!(adam.load_state(zero_step), Err(OptimError::InvalidState { .. })));
+    let mut ema = Ema::new(&vs, 0.5).unwrap();
+    let no_count = vec![("module.layer.weight".to_string(), w.copy())];
+    assert!(ema.load_state(no_count).is_err());
+    let extra = vec![
+        ("n_averaged".to_string(), Tensor::from(1i64)),
+        ("module.layer.weight".to_string(), w.copy()),
+        ("module.layer.bias".to_string(), w.copy()),
+    ];
+    let err = ema.load_state(extra).unwrap_err().to_string();
+    assert!(err.contains("layer.bias"), "{err}");
+}
