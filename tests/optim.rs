@@ -138,7 +138,11 @@ fn assert_states_equal(a: &[(String, Tensor)], b: &[(String, Tensor)], what: &st
         a.iter().map(|(n, t)| (n.clone(), t)).collect(),
         b.iter().map(|(n, t)| (n.clone(), t)).collect(),
     );
-    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "{what}");
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "{what}"
+    );
     for (name, t) in &a {
         assert!(t.equal(b[name]), "{what}: state `{name}` differs");
     }
@@ -230,7 +234,12 @@ struct Run {
 
 /// `steps` steps `from..from + steps` of `opt` with the gradients of [`gradients`] and the
 /// learning rates of [`lr_at`].
-fn run_steps(opt: &mut dyn Optimizer, from: usize, steps: usize, max_norm: Option<f64>) -> Vec<f64> {
+fn run_steps(
+    opt: &mut dyn Optimizer,
+    from: usize,
+    steps: usize,
+    max_norm: Option<f64>,
+) -> Vec<f64> {
     let params: Vec<(String, Tensor)> = opt
         .parameters()
         .iter()
@@ -376,7 +385,12 @@ fn compare_with_torch(config: OptimizerConfig) -> f64 {
     let groups = recipe_groups();
     let mut opt = config.build(&vs, &groups).unwrap();
     let classes: Vec<ParamClass> = opt.settings().iter().map(|s| s.class).collect();
-    for class in [ParamClass::Other, ParamClass::Norm, ParamClass::Bias, ParamClass::NormBias] {
+    for class in [
+        ParamClass::Other,
+        ParamClass::Norm,
+        ParamClass::Bias,
+        ParamClass::NormBias,
+    ] {
         assert!(classes.contains(&class), "no parameter of class {class:?}");
     }
     let dir = tempfile::tempdir().unwrap();
@@ -391,7 +405,11 @@ fn compare_with_torch(config: OptimizerConfig) -> f64 {
     }
     let run = Run { norms, opt };
     let max = max_difference(&run, &torch);
-    eprintln!("{}: largest difference from torch.optim {max:e} (norms {:?})", config.name(), run.norms);
+    eprintln!(
+        "{}: largest difference from torch.optim {max:e} (norms {:?})",
+        config.name(),
+        run.norms
+    );
     max
 }
 
@@ -454,9 +472,28 @@ fn groups_are_those_of_torchvisions_set_weight_decay_on_resnext50() {
     let _net = ResNeXt::new(&vs.root(), &ResNeXtConfig::resnext50_32x4d(1000));
     let no_decay = Some(GroupOverride::no_decay());
     let modes = [
-        ("norm", ParamGroups { norm: no_decay, ..ParamGroups::default() }),
-        ("bias", ParamGroups { bias: no_decay, ..ParamGroups::default() }),
-        ("both", ParamGroups { norm: no_decay, bias: no_decay, ..ParamGroups::default() }),
+        (
+            "norm",
+            ParamGroups {
+                norm: no_decay,
+                ..ParamGroups::default()
+            },
+        ),
+        (
+            "bias",
+            ParamGroups {
+                bias: no_decay,
+                ..ParamGroups::default()
+            },
+        ),
+        (
+            "both",
+            ParamGroups {
+                norm: no_decay,
+                bias: no_decay,
+                ..ParamGroups::default()
+            },
+        ),
     ];
     for (mode, groups) in modes {
         let out = run_python(TORCHVISION_GROUPS, &[mode]);
@@ -559,10 +596,15 @@ fn perturb(vs: &nn::VarStore, k: i64) {
 fn ema_matches_torchvisions_exponential_moving_average() {
     let (vs, _net) = tiny(5);
     // An integer buffer as BatchNorm's num_batches_tracked in PyTorch (tch has none).
-    let _ = vs.root().add("num_batches_tracked", Tensor::from(0i64), false);
+    let _ = vs
+        .root()
+        .add("num_batches_tracked", Tensor::from(0i64), false);
     let (decay, batch_size, every, epochs) = (0.99, 16, 2, 3);
     let adjusted = ema_decay_for(decay, 1, batch_size, every, epochs).unwrap();
-    let schedule = EmaSchedule { every, warmup_epochs: 1 };
+    let schedule = EmaSchedule {
+        every,
+        warmup_epochs: 1,
+    };
     let batches = [3usize, 5, 4];
     let mut ema = Ema::new(&vs, adjusted).unwrap();
     let mut states = Vec::new();
@@ -570,7 +612,11 @@ fn ema_matches_torchvisions_exponential_moving_average() {
     for (epoch, &n) in batches.iter().enumerate() {
         for i in 0..n {
             perturb(&vs, k);
-            states.extend(vs.variables().into_iter().map(|(n, t)| (format!("{k}/{n}"), t.copy())));
+            states.extend(
+                vs.variables()
+                    .into_iter()
+                    .map(|(n, t)| (format!("{k}/{n}"), t.copy())),
+            );
             schedule.after_step(&mut ema, &vs, epoch, i).unwrap();
             k += 1;
         }
@@ -616,7 +662,8 @@ fn ema_state_round_trips_and_copies_into_a_second_model() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ema.safetensors");
     write_safetensors(&path, &ema.state_tensors(), None).unwrap();
-    ema2.load_state(read_safetensors(&path).unwrap().tensors).unwrap();
+    ema2.load_state(read_safetensors(&path).unwrap().tensors)
+        .unwrap();
     for k in 3..5 {
         perturb(&vs, k);
         ema.update(&vs).unwrap();
@@ -689,69 +736,162 @@ fn sgd_and_adamw_state_round_trips_bitwise() {
 }
 
 #[test]
-fn bad_names_values_and_states_are_typed_errors() {
+fn bad_names_and_hyper_parameters_are_typed_errors() {
     // Names.
     let err = "adam".parse::<OptimizerConfig>().unwrap_err();
     assert!(matches!(&err, OptimError::UnknownOptimizer { name, .. } if name == "adam"));
     assert!(err.to_string().contains("sgd, adamw"), "{err}");
     let json = serde_json::from_str::<OptimizerConfig>(r#"{"name": "lamb"}"#).unwrap_err();
-    assert!(json.to_string().contains("sgd") && json.to_string().contains("adamw"), "{json}");
-    let parsed: OptimizerConfig = serde_json::from_str(r#"{"name": "adamw", "eps": 1e-6}"#).unwrap();
-    assert_eq!(parsed, OptimizerConfig::AdamW(AdamWConfig { eps: 1e-6, ..AdamWConfig::default() }));
+    assert!(
+        json.to_string().contains("sgd") && json.to_string().contains("adamw"),
+        "{json}"
+    );
+    let parsed: OptimizerConfig =
+        serde_json::from_str(r#"{"name": "adamw", "eps": 1e-6}"#).unwrap();
+    assert_eq!(
+        parsed,
+        OptimizerConfig::AdamW(AdamWConfig {
+            eps: 1e-6,
+            ..AdamWConfig::default()
+        })
+    );
     assert!(serde_json::from_str::<OptimizerConfig>(r#"{"name": "sgd", "beta": 1}"#).is_err());
     // Hyper-parameters.
     let vs = nn::VarStore::new(Device::Cpu);
     let _w = (vs.root() / "layer").var("weight", &[3], nn::Init::Const(1.0));
-    let adamw = |betas, eps| OptimizerConfig::AdamW(AdamWConfig { betas, eps, weight_decay: 0.0 });
+    let adamw = |betas, eps| {
+        OptimizerConfig::AdamW(AdamWConfig {
+            betas,
+            eps,
+            weight_decay: 0.0,
+        })
+    };
     let bad = [
         (adamw((1.0, 0.999), 1e-8), "betas[0]"),
         (adamw((0.9, -0.1), 1e-8), "betas[1]"),
         (adamw((0.9, 0.999), -1e-8), "eps"),
         (adamw((0.9, 0.999), f64::NAN), "eps"),
-        (OptimizerConfig::Sgd(SgdConfig { momentum: 1.0, ..SgdConfig::default() }), "momentum"),
-        (OptimizerConfig::Sgd(SgdConfig { weight_decay: -1.0, ..SgdConfig::default() }), "weight_decay"),
+        (
+            OptimizerConfig::Sgd(SgdConfig {
+                momentum: 1.0,
+                ..SgdConfig::default()
+            }),
+            "momentum",
+        ),
+        (
+            OptimizerConfig::Sgd(SgdConfig {
+                weight_decay: -1.0,
+                ..SgdConfig::default()
+            }),
+            "weight_decay",
+        ),
     ];
     for (config, field) in bad {
         let err = config.build(&vs, &ParamGroups::default()).err().unwrap();
-        assert!(matches!(&err, OptimError::InvalidHyperParameter { field: f, .. } if *f == field), "{err}");
+        assert!(
+            matches!(&err, OptimError::InvalidHyperParameter { field: f, .. } if *f == field),
+            "{err}"
+        );
     }
-    let groups = ParamGroups { bias: Some(GroupOverride { weight_decay: None, lr_multiplier: 0.0 }), ..ParamGroups::default() };
+    let groups = ParamGroups {
+        bias: Some(GroupOverride {
+            weight_decay: None,
+            lr_multiplier: 0.0,
+        }),
+        ..ParamGroups::default()
+    };
     assert!(OptimizerConfig::default().build(&vs, &groups).is_err());
-    let mut sgd = OptimizerConfig::default().build(&vs, &ParamGroups::default()).unwrap();
-    assert!(matches!(sgd.step(-0.1), Err(OptimError::InvalidHyperParameter { field: "lr", .. })));
-    assert!(matches!(sgd.step(f64::INFINITY), Err(OptimError::InvalidHyperParameter { field: "lr", .. })));
+    let mut sgd = OptimizerConfig::default()
+        .build(&vs, &ParamGroups::default())
+        .unwrap();
+    assert!(matches!(
+        sgd.step(-0.1),
+        Err(OptimError::InvalidHyperParameter { field: "lr", .. })
+    ));
+    assert!(matches!(
+        sgd.step(f64::INFINITY),
+        Err(OptimError::InvalidHyperParameter { field: "lr", .. })
+    ));
     assert!(clip_grad_norm(sgd.parameters(), 0.0).is_err());
     assert!(clip_grad_norm(sgd.parameters(), f64::NAN).is_err());
+}
+
+#[test]
+fn bad_decays_and_states_are_typed_errors() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _w = (vs.root() / "layer").var("weight", &[3], nn::Init::Const(1.0));
+    let adamw = |betas, eps| {
+        OptimizerConfig::AdamW(AdamWConfig {
+            betas,
+            eps,
+            weight_decay: 0.0,
+        })
+    };
+    let mut sgd = OptimizerConfig::default()
+        .build(&vs, &ParamGroups::default())
+        .unwrap();
     // EMA decays.
     for decay in [1.0, 1.5, -0.1, f64::NAN] {
-        assert!(matches!(Ema::new(&vs, decay), Err(resnext::trainer::EmaError::InvalidDecay { .. })), "{decay}");
+        assert!(
+            matches!(
+                Ema::new(&vs, decay),
+                Err(resnext::trainer::EmaError::InvalidDecay { .. })
+            ),
+            "{decay}"
+        );
         assert!(ema_decay_for(decay, 1, 128, 32, 10).is_err(), "{decay}");
     }
     assert!(ema_decay_for(0.0, 1, 128, 32, 10).is_err());
     assert!(ema_decay_for(0.9, 1, 128, 32, 0).is_err());
     // States.
-    let mut adam = adamw((0.9, 0.999), 1e-8).build(&vs, &ParamGroups::default()).unwrap();
+    let mut adam = adamw((0.9, 0.999), 1e-8)
+        .build(&vs, &ParamGroups::default())
+        .unwrap();
     let w = Tensor::zeros([3], (Kind::Float, Device::Cpu));
     let unknown = vec![("momentum/other.weight".to_string(), w.copy())];
-    assert!(matches!(sgd.load_state(unknown), Err(OptimError::UnknownState { .. })));
+    assert!(matches!(
+        sgd.load_state(unknown),
+        Err(OptimError::UnknownState { .. })
+    ));
     let wrong_key = vec![("velocity/layer.weight".to_string(), w.copy())];
-    assert!(matches!(sgd.load_state(wrong_key), Err(OptimError::UnknownState { .. })));
-    let shape = vec![("momentum/layer.weight".to_string(), Tensor::zeros([4], (Kind::Float, Device::Cpu)))];
+    assert!(matches!(
+        sgd.load_state(wrong_key),
+        Err(OptimError::UnknownState { .. })
+    ));
+    let shape = vec![(
+        "momentum/layer.weight".to_string(),
+        Tensor::zeros([4], (Kind::Float, Device::Cpu)),
+    )];
     let err = sgd.load_state(shape).unwrap_err();
-    assert!(matches!(&err, OptimError::StateShape { shape, expected, .. } if shape == &[4] && expected == &[3]), "{err}");
+    assert!(
+        matches!(&err, OptimError::StateShape { shape, expected, .. } if shape == &[4] && expected == &[3]),
+        "{err}"
+    );
     let sgd_state = vec![("momentum/layer.weight".to_string(), w.copy())];
-    assert!(matches!(adam.load_state(sgd_state), Err(OptimError::UnknownState { optimizer: "adamw", .. })));
+    assert!(matches!(
+        adam.load_state(sgd_state),
+        Err(OptimError::UnknownState {
+            optimizer: "adamw",
+            ..
+        })
+    ));
     let partial = vec![
         ("step/layer.weight".to_string(), Tensor::from(2i64)),
         ("exp_avg/layer.weight".to_string(), w.copy()),
     ];
-    assert!(matches!(adam.load_state(partial), Err(OptimError::IncompleteState { .. })));
+    assert!(matches!(
+        adam.load_state(partial),
+        Err(OptimError::IncompleteState { .. })
+    ));
     let zero_step = vec![
         ("step/layer.weight".to_string(), Tensor::from(0i64)),
         ("exp_avg/layer.weight".to_string(), w.copy()),
         ("exp_avg_sq/layer.weight".to_string(), w.copy()),
     ];
-    assert!(matches!(adam.load_state(zero_step), Err(OptimError::InvalidState { .. })));
+    assert!(matches!(
+        adam.load_state(zero_step),
+        Err(OptimError::InvalidState { .. })
+    ));
     let mut ema = Ema::new(&vs, 0.5).unwrap();
     let no_count = vec![("module.layer.weight".to_string(), w.copy())];
     assert!(ema.load_state(no_count).is_err());

@@ -6,8 +6,8 @@
 //! decay adjustment ([`ema_decay_for`]).
 use std::collections::HashMap;
 
-use thiserror::Error;
 use tch::{nn, Tensor};
+use thiserror::Error;
 
 /// The name of the update count among the state tensors (torchvision's).
 const N_AVERAGED: &str = "n_averaged";
@@ -141,7 +141,7 @@ impl EmaSchedule {
                 value: 0,
             });
         }
-        if batch % self.every != 0 {
+        if !batch.is_multiple_of(self.every) {
             return Ok(false);
         }
         ema.update(vs)?;
@@ -198,7 +198,7 @@ impl Ema {
     /// # Errors
     /// [`EmaError::InvalidDecay`]; [`EmaError::Torch`] when copying fails.
     pub fn new(vs: &nn::VarStore, decay: f64) -> Result<Self, EmaError> {
-        if !(decay >= 0.0 && decay < 1.0) {
+        if !(0.0..1.0).contains(&decay) {
             return Err(EmaError::InvalidDecay {
                 decay,
                 expected: "a number in [0, 1)",
@@ -298,7 +298,7 @@ impl Ema {
                         .f_mul_scalar(decay)?
                         .f_add(&var.f_mul_scalar(1.0 - decay)?)?,
                 };
-                let _ = avg.shallow_clone().f_copy_(&new)?;
+                avg.shallow_clone().f_copy_(&new)?;
             }
             Ok::<_, EmaError>(())
         })?;
@@ -317,7 +317,7 @@ impl Ema {
         let pairs = self.pair(&vars, "the model")?;
         tch::no_grad(|| {
             for (avg, var) in pairs {
-                let _ = var.shallow_clone().f_copy_(avg)?;
+                var.shallow_clone().f_copy_(avg)?;
             }
             Ok(())
         })
@@ -373,7 +373,7 @@ impl Ema {
         let pairs = self.pair(&module, "the saved state")?;
         tch::no_grad(|| {
             for (avg, saved) in pairs {
-                let _ = avg.shallow_clone().f_copy_(saved)?;
+                avg.shallow_clone().f_copy_(saved)?;
             }
             Ok::<_, EmaError>(())
         })?;

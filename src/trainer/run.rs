@@ -827,9 +827,14 @@ impl<M: ModuleT> Trainer<M> {
                 true => &mut self.state.loss_scale,
                 false => &mut unscaled,
             };
-            let out = self
-                .step
-                .run(&self.model, self.optimizer.as_mut(), scale, &images, &labels, lr)?;
+            let out = self.step.run(
+                &self.model,
+                self.optimizer.as_mut(),
+                scale,
+                &images,
+                &labels,
+                lr,
+            )?;
             sums.add(&out);
             self.state.steps += 1;
             self.state.batch = batch.index + 1;

@@ -179,7 +179,8 @@ impl AdamW {
                 },
             };
             let s = self.settings[i];
-            let result = self.update_one(&mut p, &grad, &mut m, lr * s.lr_multiplier, s.weight_decay);
+            let result =
+                self.update_one(&mut p, &grad, &mut m, lr * s.lr_multiplier, s.weight_decay);
             self.state[i] = Some(m);
             result?;
         }
@@ -188,24 +189,23 @@ impl AdamW {
 
     /// Checks one state tensor; the index of its parameter and of its key in `KEYS`.
     fn check_one(&self, name: &str, t: &Tensor) -> Result<(usize, usize), OptimError> {
-        let Some((key, i)) = state_slot(&self.params, name) else {
+        let slot = state_slot(&self.params, name)
+            .and_then(|(key, i)| Some((i, KEYS.iter().position(|k| *k == key)?)));
+        let Some((i, k)) = slot else {
             return Err(self.unknown(name));
         };
-        match key {
-            STEP => {
-                check_shape(name, t, &[])?;
-                let step = t.f_double_value(&[])?;
-                if !(step >= 1.0 && step.fract() == 0.0) {
-                    return Err(OptimError::InvalidState {
-                        name: name.to_string(),
-                        problem: format!("is {step}, expected a whole number of steps >= 1"),
-                    });
-                }
+        if KEYS[k] == STEP {
+            check_shape(name, t, &[])?;
+            let step = t.f_double_value(&[])?;
+            if !(step >= 1.0 && step.fract() == 0.0) {
+                return Err(OptimError::InvalidState {
+                    name: name.to_string(),
+                    problem: format!("is {step}, expected a whole number of steps >= 1"),
+                });
             }
-            EXP_AVG | EXP_AVG_SQ => check_shape(name, t, &self.params[i].1.size())?,
-            _ => return Err(self.unknown(name)),
+        } else {
+            check_shape(name, t, &self.params[i].1.size())?;
         }
-        let k = KEYS.iter().position(|s| *s == key).unwrap_or_default();
         Ok((i, k))
     }
 

@@ -26,7 +26,9 @@ mod sgd;
 pub use adamw::{AdamW, AdamWConfig};
 pub use clip::{clip_grad_norm, gradient_clipper, total_grad_norm};
 pub use error::OptimError;
-pub use groups::{is_bias, is_norm_parameter, GroupOverride, ParamClass, ParamGroups, ParamSetting};
+pub use groups::{
+    is_bias, is_norm_parameter, GroupOverride, ParamClass, ParamGroups, ParamSetting,
+};
 pub use sgd::{Sgd, SgdConfig};
 
 /// An optimiser over the trainable parameters of a [`nn::VarStore`], whose gradients are in
@@ -119,12 +121,11 @@ fn scale_grads(params: &[(String, Tensor)], factor: f64) -> bool {
 }
 
 /// Splits a state tensor's name `<key>/<parameter>` and finds the parameter's index.
-fn state_slot<'a>(
-    params: &[(String, Tensor)],
-    name: &'a str,
-) -> Option<(&'a str, usize)> {
+fn state_slot<'a>(params: &[(String, Tensor)], name: &'a str) -> Option<(&'a str, usize)> {
     let (key, param) = name.split_once('/')?;
-    let i = params.binary_search_by(|(n, _)| n.as_str().cmp(param)).ok()?;
+    let i = params
+        .binary_search_by(|(n, _)| n.as_str().cmp(param))
+        .ok()?;
     Some((key, i))
 }
 

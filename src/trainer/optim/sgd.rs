@@ -5,8 +5,8 @@ use tch::{nn, TchError, Tensor};
 
 use super::error::{check_lr, check_weight_decay, invalid};
 use super::{
-    check_shape, own_copy, state_slot, trainable_parameters, OptimError, Optimizer, OptimizerConfig,
-    ParamGroups, ParamSetting,
+    check_shape, own_copy, state_slot, trainable_parameters, OptimError, Optimizer,
+    OptimizerConfig, ParamGroups, ParamSetting,
 };
 
 /// The key of SGD's state tensors, `momentum/<parameter>` (the names checkpoints have used
