@@ -2,7 +2,9 @@
 //! atomically so that a kill at any instant leaves the last complete checkpoint readable.
 //!
 //! Layout: tensors `model/<variable>` (every variable of the var store, BN statistics
-//! included) and `momentum/<parameter>`; the metadata key `resnext.trainer_state` holds a
+//! included) and the optimiser's state tensors, `<key>/<parameter>` (SGD's
+//! `momentum/<parameter>`, the names of every earlier version; see
+//! [`Optimizer::state_tensors`]); the metadata key `resnext.trainer_state` holds a
 //! [`TrainState`] as JSON.
 //!
 //! Later versions read earlier checkpoints: the state carries its [`CHECKPOINT_FORMAT`], an
@@ -17,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tch::{nn, Tensor};
 
-use super::{EpochMetrics, Evaluation, LossScale, Sgd, TrainConfig, TrainError};
+use super::{EpochMetrics, Evaluation, LossScale, Optimizer, TrainConfig, TrainError};
 use crate::io::{read_safetensors, write_safetensors, TensorFile};
 use crate::weights::{
     describe_incompatible, load_tensors, LoadOptions, TensorSource, WeightsError,
@@ -28,7 +30,6 @@ use crate::weights::{
 pub const CHECKPOINT_FORMAT: u32 = 1;
 const STATE_KEY: &str = "resnext.trainer_state";
 const MODEL_PREFIX: &str = "model/";
-const MOMENTUM_PREFIX: &str = "momentum/";
 
 /// Running sums of an epoch in progress (kept so that a run resumed mid-epoch reports the
 /// same epoch metrics).
@@ -106,15 +107,15 @@ impl TrainState {
     }
 }
 
-/// Writes a checkpoint of `vs`, the optimiser's momentum buffers and `state` to `path`,
-/// atomically.
+/// Writes a checkpoint of `vs`, the optimiser's state (an [`Sgd`](super::Sgd)'s momentum
+/// buffers) and `state` to `path`, atomically.
 ///
 /// # Errors
 /// [`TrainError::TensorFile`] naming the file; an existing checkpoint is then unchanged.
 pub fn save_checkpoint(
     path: &Path,
     vs: &nn::VarStore,
-    sgd: &Sgd,
+    optimizer: &dyn Optimizer,
     state: &TrainState,
 ) -> Result<(), TrainError> {
     let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
@@ -122,11 +123,7 @@ pub fn save_checkpoint(
         .into_iter()
         .map(|(n, t)| (format!("{MODEL_PREFIX}{n}"), t.detach()))
         .collect();
-    tensors.extend(
-        sgd.momentum_buffers()
-            .into_iter()
-            .map(|(n, t)| (format!("{MOMENTUM_PREFIX}{n}"), t)),
-    );
+    tensors.extend(optimizer.state_tensors());
     let json = serde_json::to_string(state).map_err(|e| TrainError::Checkpoint {
         path: path.to_path_buf(),
         problem: format!("cannot encode the trainer state: {e}"),
@@ -201,31 +198,31 @@ fn retain_known(value: &mut Value, known: &Value) {
 }
 
 /// The tensors of a checkpoint file, split into the model's (without their prefix) and the
-/// momentum buffers. Tensors under neither prefix stay in the model part under their full
-/// name, where strict loading reports them.
+/// optimiser's state (names `<key>/<parameter>`, kept whole). Tensors under neither stay in the
+/// model part under their full name, where strict loading reports them.
 fn split_tensors(file: TensorFile) -> (TensorFile, Vec<(String, Tensor)>) {
     let mut model = Vec::new();
-    let mut momentum = Vec::new();
+    let mut optimizer = Vec::new();
     for (name, t) in file.tensors {
-        if let Some(n) = name.strip_prefix(MOMENTUM_PREFIX) {
-            momentum.push((n.to_string(), t));
+        if let Some(n) = name.strip_prefix(MODEL_PREFIX) {
+            model.push((n.to_string(), t));
+        } else if name.contains('/') {
+            optimizer.push((name, t));
         } else {
-            let n = name
-                .strip_prefix(MODEL_PREFIX)
-                .map_or(name.clone(), str::to_string);
-            model.push((n, t));
+            model.push((name, t));
         }
     }
     let model = TensorFile {
         tensors: model,
         metadata: HashMap::new(),
     };
-    (model, momentum)
+    (model, optimizer)
 }
 
-/// Loads a checkpoint into `vs` and `sgd` and returns its trainer state. Everything is checked
-/// before anything is changed: every variable of `vs` must be present with the same shape, and
-/// the file must hold nothing else; otherwise `vs` and `sgd` are left as they were.
+/// Loads a checkpoint into `vs` and `optimizer` and returns its trainer state. Everything is
+/// checked before anything is changed: every variable of `vs` must be present with the same
+/// shape, the optimiser's state must fit it ([`Optimizer::check_state`]), and the file must
+/// hold nothing else; otherwise `vs` and `optimizer` are left as they were.
 ///
 /// # Errors
 /// [`TrainError::Checkpoint`] naming the file and the first problem (missing, extra or
@@ -234,7 +231,7 @@ fn split_tensors(file: TensorFile) -> (TensorFile, Vec<(String, Tensor)>) {
 pub fn load_checkpoint(
     path: &Path,
     vs: &mut nn::VarStore,
-    sgd: &mut Sgd,
+    optimizer: &mut dyn Optimizer,
 ) -> Result<TrainState, TrainError> {
     let file = read_safetensors(path)?;
     let state = parse_state(path, &file.metadata)?;
@@ -242,18 +239,12 @@ pub fn load_checkpoint(
         path: path.to_path_buf(),
         problem,
     };
-    let (model, momentum) = split_tensors(file);
-    // Check the momentum buffers against a scratch optimiser first, so nothing is touched on
-    // error; then the model's tensors are checked and copied by the crate's one loader.
-    let mut check = Sgd::new(vs, sgd.config());
-    check
-        .set_momentum_buffers(
-            momentum
-                .iter()
-                .map(|(n, t)| (n.clone(), t.shallow_clone()))
-                .collect(),
-        )
-        .map_err(bad)?;
+    let (model, optimizer_state) = split_tensors(file);
+    // Check the optimiser's state first, so nothing is touched on error; then the model's
+    // tensors are checked and copied by the crate's one loader.
+    optimizer
+        .check_state(&optimizer_state)
+        .map_err(|e| bad(e.to_string()))?;
     load_tensors(
         vs,
         TensorSource::from_file(path, model),
@@ -274,6 +265,8 @@ pub fn load_checkpoint(
         WeightsError::Io(e) => TrainError::TensorFile(e),
         other => bad(other.to_string()),
     })?;
-    sgd.set_momentum_buffers(momentum).map_err(bad)?;
+    optimizer
+        .load_state(optimizer_state)
+        .map_err(|e| bad(e.to_string()))?;
     Ok(state)
 }

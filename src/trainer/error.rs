@@ -115,6 +115,12 @@ pub enum TrainError {
     /// libtorch reported an error.
     #[error("libtorch error: {0}")]
     Torch(#[from] tch::TchError),
+    /// An optimiser, its state or gradient clipping failed.
+    #[error(transparent)]
+    Optim(#[from] super::OptimError),
+    /// The moving average of the weights failed.
+    #[error(transparent)]
+    Ema(#[from] super::EmaError),
     /// A collective of data-parallel training failed (a peer gone, a timeout, ...).
     #[error(transparent)]
     Distributed(#[from] DistError),

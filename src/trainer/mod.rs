@@ -30,19 +30,20 @@ mod accumulate;
 mod checkpoint;
 mod config;
 mod data_parallel;
+mod ema;
 mod error;
 mod evaluate;
 mod float_json;
 mod guard;
 mod lr_schedule;
 mod metrics;
+mod optim;
 mod outputs;
 mod plot;
 mod precision;
 mod process;
 mod progress;
 mod run;
-mod sgd;
 mod step;
 
 pub use accumulate::{EpochAccumulator, RunningMetrics};
@@ -51,10 +52,16 @@ pub use checkpoint::{
     CHECKPOINT_FORMAT,
 };
 pub use config::{DataLocation, TrainConfig};
+pub use ema::{ema_decay_for, Ema, EmaError, EmaSchedule};
 pub use error::TrainError;
 pub use evaluate::evaluate;
 pub use lr_schedule::{Schedule, SCHEDULE_NAMES};
 pub use metrics::{ClassAccuracy, EpochMetrics, Evaluation, Summary};
+pub use optim::{
+    clip_grad_norm, gradient_clipper, is_bias, is_norm_parameter, total_grad_norm,
+    trainable_parameters, AdamW, AdamWConfig, GroupOverride, OptimError, Optimizer,
+    OptimizerConfig, ParamClass, ParamGroups, ParamSetting, Sgd, SgdConfig, OPTIMIZER_NAMES,
+};
 pub use outputs::{epoch_line, files};
 pub use plot::curves_svg;
 #[doc(hidden)]
@@ -63,5 +70,4 @@ pub use precision::{set_cuda_autocast_dtype, Execution, LossScale, Precision, PR
 pub use process::tune_process_for_training;
 pub use progress::ProgressMode;
 pub use run::{BatchControl, EvalForm, Outcome, Trainer};
-pub use sgd::{Sgd, SgdConfig};
 pub use step::{GradientHook, StepOutput, TrainStep};

@@ -15,8 +15,9 @@ use super::outputs::{self, files};
 use super::progress::bar_message;
 use super::{
     evaluate::evaluate_until, guard::torch_guard, tune_process_for_training, EpochAccumulator,
-    EpochMetrics, Evaluation, Execution, LossScale, Precision, ProgressMode, RunningMetrics, Sgd,
-    SgdConfig, Summary, TrainConfig, TrainError, TrainState, TrainStep,
+    EpochMetrics, Evaluation, Execution, LossScale, Optimizer, OptimizerConfig, Precision,
+    ProgressMode, RunningMetrics, Sgd, SgdConfig, Summary, TrainConfig, TrainError, TrainState,
+    TrainStep,
 };
 use crate::data::{epoch_batches, BatchConfig, BatchRequest, DataSplits, Dataset, Subset};
 use crate::distributed::ProcessGroup;
@@ -83,7 +84,8 @@ pub struct Trainer<M: ModuleT> {
     model: M,
     device: Device,
     step: TrainStep,
-    sgd: Sgd,
+    /// The optimiser: SGD from the configuration's `momentum`, `weight_decay`, `nesterov`.
+    optimizer: Box<dyn Optimizer>,
     state: TrainState,
     run_dir: Option<PathBuf>,
     lock: Option<DirLock>,
@@ -308,20 +310,13 @@ impl<M: ModuleT> Trainer<M> {
         if exec.precision == Precision::Fp16 {
             state.loss_scale = Some(LossScale::default());
         }
-        let sgd = Sgd::new(
-            &vs,
-            SgdConfig {
-                momentum: config.momentum,
-                weight_decay: config.weight_decay,
-                nesterov: config.nesterov,
-            },
-        );
+        let optimizer = Box::new(Sgd::new(&vs, sgd_config(&config)));
         Ok(Trainer {
             device: vs.device(),
             step: TrainStep::new(exec, config.label_smoothing),
             vs,
             model,
-            sgd,
+            optimizer,
             state,
             run_dir: None,
             lock: None,
@@ -388,7 +383,7 @@ impl<M: ModuleT> Trainer<M> {
         self.state.config.world_size = dp.world_size();
         dp.check_config(&self.state.config)?;
         dp.broadcast_model(&self.vs)?;
-        let reducer = dp.gradient_reducer(self.sgd.parameters())?;
+        let reducer = dp.gradient_reducer(self.optimizer.parameters())?;
         self.step.set_gradient_reducer(reducer);
         self.dist = Some(dp);
         Ok(self)
@@ -510,7 +505,7 @@ impl<M: ModuleT> Trainer<M> {
         };
         let path = dir.join(files::CHECKPOINT);
         // The trainer is dropped on error: what loading changed in it does not matter.
-        let state = load_checkpoint(&path, &mut self.vs, &mut self.sgd)?;
+        let state = load_checkpoint(&path, &mut self.vs, self.optimizer.as_mut())?;
         if state.config.world_size != self.world_size() {
             return Err(TrainError::WorldSizeChanged {
                 path,
@@ -519,17 +514,16 @@ impl<M: ModuleT> Trainer<M> {
             });
         }
         self.use_execution_of(&state.config)?;
-        let sgd_config = SgdConfig {
-            momentum: state.config.momentum,
-            weight_decay: state.config.weight_decay,
-            nesterov: state.config.nesterov,
-        };
-        if sgd_config != self.sgd.config() {
-            let buffers = self.sgd.momentum_buffers();
-            self.sgd = Sgd::new(&self.vs, sgd_config);
-            self.sgd
-                .set_momentum_buffers(buffers)
-                .map_err(|problem| TrainError::Checkpoint { path, problem })?;
+        let saved = sgd_config(&state.config);
+        if OptimizerConfig::Sgd(saved) != self.optimizer.optimizer_config() {
+            let buffers = self.optimizer.state_tensors();
+            self.optimizer = Box::new(Sgd::new(&self.vs, saved));
+            self.optimizer
+                .load_state(buffers)
+                .map_err(|e| TrainError::Checkpoint {
+                    path,
+                    problem: e.to_string(),
+                })?;
         }
         self.state = state;
         if self.step.execution().precision == Precision::Fp16 && self.state.loss_scale.is_none() {
@@ -833,9 +827,14 @@ impl<M: ModuleT> Trainer<M> {
                 true => &mut self.state.loss_scale,
                 false => &mut unscaled,
             };
-            let out = self
-                .step
-                .run(&self.model, &mut self.sgd, scale, &images, &labels, lr)?;
+            let out = self.step.run(
+                &self.model,
+                self.optimizer.as_mut(),
+                scale,
+                &images,
+                &labels,
+                lr,
+            )?;
             sums.add(&out);
             self.state.steps += 1;
             self.state.batch = batch.index + 1;
@@ -1082,11 +1081,20 @@ impl<M: ModuleT> Trainer<M> {
             Some(dir) => save_checkpoint(
                 &dir.join(files::CHECKPOINT),
                 &self.vs,
-                &self.sgd,
+                self.optimizer.as_ref(),
                 &self.state,
             ),
             None => Ok(()),
         }
+    }
+}
+
+/// The SGD hyper-parameters of `config`.
+fn sgd_config(config: &TrainConfig) -> SgdConfig {
+    SgdConfig {
+        momentum: config.momentum,
+        weight_decay: config.weight_decay,
+        nesterov: config.nesterov,
     }
 }
 

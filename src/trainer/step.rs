@@ -1,10 +1,10 @@
 //! One training step: forward and loss under the run's precision, backward, the gradient hook,
-//! and the SGD update (with fp16 loss scaling when the run has it).
+//! and the optimiser's update (with fp16 loss scaling when the run has it).
 use tch::nn::ModuleT;
 use tch::{Kind, Reduction, Tensor};
 
 use super::guard::torch_guard;
-use super::{Execution, LossScale, Sgd, TrainError};
+use super::{Execution, LossScale, Optimizer, TrainError};
 
 /// Code run by [`TrainStep::run`] between backward and the optimiser update, with every
 /// trainable parameter `(name, tensor)` of the optimiser; the gradients are in `tensor.grad()`,
@@ -103,18 +103,20 @@ impl TrainStep {
 
     /// Trains `model` on one batch with learning rate `lr`: zero the gradients, forward and
     /// loss (under autocast for bf16 / fp16), backward, the reducer (see
-    /// [`set_gradient_reducer`](Self::set_gradient_reducer)), the hook, then the update. With a
+    /// [`set_gradient_reducer`](Self::set_gradient_reducer)), the hook, then the update by
+    /// `optimizer` (any [`Optimizer`]: an [`Sgd`](super::Sgd), an [`AdamW`](super::AdamW)). With a
     /// `loss_scale` (fp16) the loss is scaled before backward and the gradients unscaled
     /// after; a step whose gradients are not finite is skipped and the scale lowered.
     ///
     /// # Errors
     /// [`TrainError::OutOfMemory`] when the batch does not fit in memory,
     /// [`TrainError::Torch`] when libtorch fails otherwise (also inside the model's forward
-    /// pass, where tch would panic), or the hook's error.
+    /// pass, where tch would panic), the hook's error, or [`TrainError::Optim`] for an `lr` the
+    /// optimiser refuses (not finite, below 0).
     pub fn run<M: ModuleT + ?Sized>(
         &mut self,
         model: &M,
-        sgd: &mut Sgd,
+        optimizer: &mut dyn Optimizer,
         loss_scale: &mut Option<LossScale>,
         images: &Tensor,
         labels: &Tensor,
@@ -122,20 +124,20 @@ impl TrainStep {
     ) -> Result<StepOutput, TrainError> {
         let batch = labels.size().first().map_or(0, |&n| n as usize);
         torch_guard(batch, self.exec.device, || {
-            self.run_unguarded(model, sgd, loss_scale, images, labels, lr)
+            self.run_unguarded(model, optimizer, loss_scale, images, labels, lr)
         })
     }
 
     fn run_unguarded<M: ModuleT + ?Sized>(
         &mut self,
         model: &M,
-        sgd: &mut Sgd,
+        optimizer: &mut dyn Optimizer,
         loss_scale: &mut Option<LossScale>,
         images: &Tensor,
         labels: &Tensor,
         lr: f64,
     ) -> Result<StepOutput, TrainError> {
-        sgd.zero_grad();
+        optimizer.zero_grad();
         let input = self.exec.input(images)?;
         let smoothing = self.label_smoothing;
         let (logits, loss) = self.exec.run(|| -> Result<_, TrainError> {
@@ -154,21 +156,21 @@ impl TrainStep {
             None => loss.f_backward()?,
         }
         if let Some(reducer) = &mut self.reducer {
-            reducer(sgd.parameters())?;
+            reducer(optimizer.parameters())?;
         }
         let applied = match loss_scale {
             Some(scale) => {
-                let finite = sgd.scale_grads(1.0 / scale.scale);
+                let finite = optimizer.scale_grads(1.0 / scale.scale);
                 scale.update(finite);
                 finite
             }
             None => true,
         };
         if let Some(hook) = &mut self.hook {
-            hook(sgd.parameters())?;
+            hook(optimizer.parameters())?;
         }
         if applied {
-            sgd.step(lr);
+            optimizer.step(lr)?;
         }
         let correct = tch::no_grad(|| logits.argmax(-1, false).eq_tensor(labels).sum(Kind::Int64));
         Ok(StepOutput {
