@@ -137,12 +137,18 @@ const CIFAR10_POLICY: [SubPolicy; 25] = [
     [(Op::AutoContrast, 0.5, None), (Op::Equalize, 0.9, None)],
     [(Op::ShearY, 0.2, Some(7)), (Op::Posterize, 0.3, Some(7))],
     [(Op::Color, 0.4, Some(3)), (Op::Brightness, 0.6, Some(7))],
-    [(Op::Sharpness, 0.3, Some(9)), (Op::Brightness, 0.7, Some(9))],
+    [
+        (Op::Sharpness, 0.3, Some(9)),
+        (Op::Brightness, 0.7, Some(9)),
+    ],
     [(Op::Equalize, 0.6, None), (Op::Equalize, 0.5, None)],
     [(Op::Contrast, 0.6, Some(7)), (Op::Sharpness, 0.6, Some(5))],
     [(Op::Color, 0.7, Some(7)), (Op::TranslateX, 0.5, Some(8))],
     [(Op::Equalize, 0.3, None), (Op::AutoContrast, 0.4, None)],
-    [(Op::TranslateY, 0.4, Some(3)), (Op::Sharpness, 0.2, Some(6))],
+    [
+        (Op::TranslateY, 0.4, Some(3)),
+        (Op::Sharpness, 0.2, Some(6)),
+    ],
     [(Op::Brightness, 0.9, Some(6)), (Op::Color, 0.2, Some(8))],
     [(Op::Solarize, 0.5, Some(2)), (Op::Invert, 0.0, None)],
     [(Op::Equalize, 0.2, None), (Op::AutoContrast, 0.6, None)],
@@ -151,10 +157,16 @@ const CIFAR10_POLICY: [SubPolicy; 25] = [
     [(Op::AutoContrast, 0.8, None), (Op::Solarize, 0.2, Some(8))],
     [(Op::Brightness, 0.1, Some(3)), (Op::Color, 0.7, Some(0))],
     [(Op::Solarize, 0.4, Some(5)), (Op::AutoContrast, 0.9, None)],
-    [(Op::TranslateY, 0.9, Some(9)), (Op::TranslateY, 0.7, Some(9))],
+    [
+        (Op::TranslateY, 0.9, Some(9)),
+        (Op::TranslateY, 0.7, Some(9)),
+    ],
     [(Op::AutoContrast, 0.9, None), (Op::Solarize, 0.8, Some(3))],
     [(Op::Equalize, 0.8, None), (Op::Invert, 0.1, None)],
-    [(Op::TranslateY, 0.7, Some(9)), (Op::AutoContrast, 0.9, None)],
+    [
+        (Op::TranslateY, 0.7, Some(9)),
+        (Op::AutoContrast, 0.9, None),
+    ],
 ];
 
 /// torchvision's `AutoAugmentPolicy.SVHN` sub-policies.

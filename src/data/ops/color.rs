@@ -34,11 +34,9 @@ pub fn adjust_brightness(image: &RgbPlanes, factor: f64) -> RgbPlanes {
 /// The floored grey plane of `image` in `f32`: `floor(0.2989 R + 0.587 G + 0.114 B)`, as
 /// `_rgb_to_grayscale_image(preserve_dtype=False)` then `floor_()`.
 fn grey_plane(image: &RgbPlanes) -> Vec<f32> {
-    let planes = image.as_slice().chunks_exact(image.plane_len());
-    let [r, g, b]: [&[u8]; 3] = planes
-        .collect::<Vec<_>>()
-        .try_into()
-        .expect("an RgbPlanes has three planes");
+    let n = image.plane_len();
+    let (r, gb) = image.as_slice().split_at(n);
+    let (g, b) = gb.split_at(n);
     r.iter()
         .zip(g)
         .zip(b)

@@ -63,7 +63,11 @@ impl RandomErasing {
             expected: expected.to_string(),
         };
         if !(0.0..=1.0).contains(&self.p) {
-            return Err(bad("random erasing p", self.p.to_string(), "a probability in [0, 1]"));
+            return Err(bad(
+                "random erasing p",
+                self.p.to_string(),
+                "a probability in [0, 1]",
+            ));
         }
         let (s0, s1) = self.scale;
         if !(0.0 <= s0 && s0 <= s1 && s1 <= 1.0) {
@@ -82,7 +86,11 @@ impl RandomErasing {
             ));
         }
         if !self.value.is_finite() {
-            return Err(bad("random erasing value", self.value.to_string(), "a finite number"));
+            return Err(bad(
+                "random erasing value",
+                self.value.to_string(),
+                "a finite number",
+            ));
         }
         Ok(())
     }
@@ -90,7 +98,12 @@ impl RandomErasing {
     /// Draws the rectangle to erase from an image of `height` x `width` pixels: `None` when the
     /// image is left alone (probability `1 - p`, or no attempt fits). The parameters must be
     /// valid ([`RandomErasing::validate`]).
-    pub fn draw<R: Rng + ?Sized>(&self, rng: &mut R, height: usize, width: usize) -> Option<EraseBox> {
+    pub fn draw<R: Rng + ?Sized>(
+        &self,
+        rng: &mut R,
+        height: usize,
+        width: usize,
+    ) -> Option<EraseBox> {
         if rng.gen::<f64>() >= self.p {
             return None;
         }
@@ -145,7 +158,9 @@ fn uniform<R: Rng + ?Sized>(rng: &mut R, lo: f64, hi: f64) -> f64 {
 
 /// Checks that `len` is `channels * height * width`.
 fn check_len(len: usize, channels: usize, height: usize, width: usize) -> Result<(), DataError> {
-    let expected = channels.checked_mul(height).and_then(|v| v.checked_mul(width));
+    let expected = channels
+        .checked_mul(height)
+        .and_then(|v| v.checked_mul(width));
     if expected != Some(len) {
         return Err(DataError::InvalidTensor {
             what: "image to erase",

@@ -103,7 +103,10 @@ fn unnormalize(g: f32, size: usize) -> Option<usize> {
 /// ShearX / ShearY use it.
 pub fn shear(image: &RgbPlanes, shear_x: f64, shear_y: f64, fill: [u8; 3]) -> RgbPlanes {
     // center=[0, 0] in pixels is (-w/2, -h/2) relative to the image centre.
-    let center = [-(image.width() as f64) * 0.5, -(image.height() as f64) * 0.5];
+    let center = [
+        -(image.width() as f64) * 0.5,
+        -(image.height() as f64) * 0.5,
+    ];
     let m = inverse_affine_matrix(center, 0.0, [0.0, 0.0], 1.0, [shear_x, shear_y]);
     warp_nearest(image, &m, fill)
 }

@@ -118,5 +118,4 @@ impl RgbPlanes {
             data: self.data.iter().map(|&v| f(v)).collect(),
         }
     }
-
 }

@@ -49,7 +49,11 @@ impl CutMixBox {
 
 /// Checks the batch and returns `(N, H, W)`: `images` floating `[N, C, H, W]`, `labels` `int64`
 /// `[N]` with every label in `0..classes`, `N >= 2`.
-fn check_batch(images: &Tensor, labels: &Tensor, classes: i64) -> Result<(i64, i64, i64), DataError> {
+fn check_batch(
+    images: &Tensor,
+    labels: &Tensor,
+    classes: i64,
+) -> Result<(i64, i64, i64), DataError> {
     let bad = |what: &'static str, expected: String, actual: String| DataError::InvalidTensor {
         what,
         expected,
@@ -92,7 +96,10 @@ fn check_batch(images: &Tensor, labels: &Tensor, classes: i64) -> Result<(i64, i
             expected: "at least 1".to_string(),
         });
     }
-    let (lo, hi) = (labels.f_min()?.int64_value(&[]), labels.f_max()?.int64_value(&[]));
+    let (lo, hi) = (
+        labels.f_min()?.int64_value(&[]),
+        labels.f_max()?.int64_value(&[]),
+    );
     if lo < 0 || hi >= classes {
         return Err(bad(
             "labels to mix",
@@ -267,7 +274,12 @@ impl CutMix {
 
     /// Draws the box for `height` x `width` images: λ, then the centre column, then the
     /// centre row (torchvision's order).
-    pub fn draw_box<R: Rng + ?Sized>(&self, rng: &mut R, height: i64, width: i64) -> Result<CutMixBox, DataError> {
+    pub fn draw_box<R: Rng + ?Sized>(
+        &self,
+        rng: &mut R,
+        height: i64,
+        width: i64,
+    ) -> Result<CutMixBox, DataError> {
         let lam = beta(rng, self.alpha, self.alpha);
         let r_x = rng.gen_range(0..width.max(1));
         let r_y = rng.gen_range(0..height.max(1));

@@ -96,10 +96,7 @@ impl Op {
             .ok_or_else(|| DataError::InvalidConfig {
                 field: "augmentation op",
                 value: format!("{name:?}"),
-                expected: format!(
-                    "one of {}",
-                    Op::ALL.map(Op::name).join(", ")
-                ),
+                expected: format!("one of {}", Op::ALL.map(Op::name).join(", ")),
             })
     }
 
@@ -147,15 +144,15 @@ impl Op {
             return Err(bad("a finite number"));
         }
         match self {
-            Op::Brightness | Op::Color | Op::Contrast | Op::Sharpness if magnitude < -1.0 => {
-                Err(bad("at least -1 (the factor 1 + magnitude must not be negative)"))
-            }
+            Op::Brightness | Op::Color | Op::Contrast | Op::Sharpness if magnitude < -1.0 => Err(
+                bad("at least -1 (the factor 1 + magnitude must not be negative)"),
+            ),
             Op::Posterize if magnitude <= -1.0 || magnitude >= 9.0 => {
                 Err(bad("a magnitude in (-1, 9): int(magnitude) bits, 0..=8"))
             }
-            Op::Solarize if magnitude > 1.0 => {
-                Err(bad("at most 1 (the threshold 255 * magnitude must not exceed 255)"))
-            }
+            Op::Solarize if magnitude > 1.0 => Err(bad(
+                "at most 1 (the threshold 255 * magnitude must not exceed 255)",
+            )),
             _ => Ok(()),
         }
     }

@@ -114,8 +114,14 @@ impl TrivialAugmentWide {
         let space = AugmentationSpace::TrivialWide;
         let ops = space.ops();
         let op = ops[rng.gen_range(0..ops.len())];
-        let magnitude =
-            signed_magnitude(rng, space, op, self.bins, BinChoice::Uniform, (height, width));
+        let magnitude = signed_magnitude(
+            rng,
+            space,
+            op,
+            self.bins,
+            BinChoice::Uniform,
+            (height, width),
+        );
         OpDraw { op, magnitude }
     }
 }

@@ -71,7 +71,10 @@ mod tests {
             let se_mean = (want_var / n as f64).sqrt();
             assert!((mean - 0.5).abs() < 6.0 * se_mean, "a {a}: mean {mean}");
             // The variance of a [0, 1] variable's squared deviation is at most 1/16.
-            assert!((var - want_var).abs() < 6.0 * (0.0625 / n as f64).sqrt(), "a {a}: var {var}");
+            assert!(
+                (var - want_var).abs() < 6.0 * (0.0625 / n as f64).sqrt(),
+                "a {a}: var {var}"
+            );
             assert!(xs.iter().all(|x| (0.0..=1.0).contains(x)));
         }
     }

@@ -94,9 +94,7 @@ impl AugmentationSpace {
             Op::TranslateX => linspace(0.0, translate_x, bins),
             Op::TranslateY => linspace(0.0, translate_y, bins),
             Op::Rotate => linspace(0.0, rotate, bins),
-            Op::Brightness | Op::Color | Op::Contrast | Op::Sharpness => {
-                linspace(0.0, blend, bins)
-            }
+            Op::Brightness | Op::Color | Op::Contrast | Op::Sharpness => linspace(0.0, blend, bins),
             Op::Posterize => posterize_bits(bins, posterize_span),
             Op::Solarize => linspace(1.0, 0.0, bins),
             Op::Identity | Op::AutoContrast | Op::Equalize | Op::Invert => return None,
