@@ -83,18 +83,22 @@ pub fn adjust_sharpness(image: &RgbPlanes, factor: f64) -> RgbPlanes {
     image.map_planes(|_, src, dst| {
         dst.copy_from_slice(src);
         for y in 1..h - 1 {
+            let rows = [
+                &src[(y - 1) * w..y * w],
+                &src[y * w..(y + 1) * w],
+                &src[(y + 1) * w..(y + 2) * w],
+            ];
             for x in 1..w - 1 {
-                let at = |dy: usize, dx: usize| u32::from(src[(y + dy - 1) * w + x + dx - 1]);
-                let ring: u32 = (0..3)
-                    .flat_map(|dy| (0..3).map(move |dx| (dy, dx)))
-                    .filter(|&p| p != (1, 1))
-                    .map(|(dy, dx)| at(dy, dx))
+                let window: u32 = rows
+                    .iter()
+                    .map(|r| u32::from(r[x - 1]) + u32::from(r[x]) + u32::from(r[x + 1]))
                     .sum();
-                // (ring + 5 centre) / 13 is never a half-integer, so rounding it exactly is
-                // what libtorch's f32 convolution then round() gives.
-                let total = ring + 5 * at(1, 1);
+                let centre = u32::from(rows[1][x]);
+                // (8 neighbours + 5 centre) / 13 is never a half-integer, so rounding it
+                // exactly is what libtorch's f32 convolution then round() gives.
+                let total = window + 4 * centre;
                 let blurred = ((total as f64) / 13.0).round() as f32;
-                let v = f32::from(src[y * w + x]);
+                let v = centre as f32;
                 dst[y * w + x] = (blurred - v).mul_add(one_minus, v).clamp(0.0, 255.0) as u8;
             }
         }
