@@ -46,6 +46,7 @@ mod error;
 mod extract;
 mod folder;
 mod image_folder;
+pub mod ops;
 mod random;
 mod source;
 mod transform;
