@@ -6,8 +6,8 @@
 //! * `setup ID eval|train MODEL BATCH VARIANT [cifar|imagenet SIZE]`: builds the workload
 //!   (random weights, a random batch `[BATCH, 3, SIZE, SIZE]`; by default the CIFAR stem and
 //!   32x32), runs it once as a warm-up, answers `ok`.
-//!   Eval variants: `inference` ([`InferenceModel`], its default kernels: oneDNN fused on the
-//!   CPU), `inference-generic` (the same with [`Kernels::Generic`]), `plain` (`ResNeXt::forward_t(xs, false)`
+//!   Eval variants: `inference-fused` ([`InferenceModel`] with [`Kernels::OneDnnFused`]),
+//!   `inference-generic` (with [`Kernels::Generic`]), `inference` (its default kernels), `plain` (`ResNeXt::forward_t(xs, false)`
 //!   under `no_grad`, NCHW), `plain-cl` (the same with channels-last weights and input).
 //!   Train variants (forward, cross-entropy, backward, [`Sgd`] step with momentum 0.9 and
 //!   weight decay 5e-4): `nchw`, `cl` (channels-last weights and input).

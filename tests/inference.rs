@@ -46,7 +46,7 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
     max_abs(&(a - b)) / max_abs(b).max(1e-12)
 }
 
-/// Both sets of kernels: the CPU default (oneDNN fused, with the torch 2.11 wheel) and generic.
+/// Both sets of kernels: oneDNN fused (the torch 2.11 wheel registers its operators) and generic.
 const KERNELS: [Kernels; 2] = [Kernels::OneDnnFused, Kernels::Generic];
 
 /// Builds `cfg` with random BN statistics and checks that its inference form on `kernels` gives
@@ -164,7 +164,7 @@ fn inference_form_is_a_snapshot_and_sees_the_bn_statistics() {
     let net = ResNeXt::new(&vs.root(), &ResNeXtConfig::tiny(10));
     randomise_bn(&vs);
     let before = InferenceModel::new(&net).unwrap();
-    assert_eq!(before.kernels(), Kernels::OneDnnFused, "the CPU default");
+    assert_eq!(before.kernels(), Kernels::Generic, "the default");
     let xs = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
     let old = before.forward(&xs);
     // Shift one running mean: the plain model changes, the old inference form does not, a
@@ -211,7 +211,7 @@ fn bad_inputs_are_errors_not_panics() {
             Err(ModelError::Torch(_)) | Ok(_)
         ));
     }
-    // The fused kernels refuse a network they cannot run; Auto falls back.
+    // The fused kernels refuse a network they cannot run; the default runs it.
     let vs64 = nn::VarStore::new(Device::Cpu);
     let net64 = ResNeXt::new(&vs64.root(), &ResNeXtConfig::tiny(10));
     let mut vs64 = vs64;

@@ -9,7 +9,7 @@
 //! * activations channels-last (NHWC) throughout, as oneDNN's kernels read and write them.
 //!
 //! Only for float32 on the CPU, with a libtorch that registers the operators
-//! ([`super::ffi::fused_available`]); [`super::InferenceModel`] falls back to the generic path
+//! ([`super::ffi::fused_available`]); [`super::InferenceModel::with_kernels`] refuses it
 //! otherwise.
 use tch::nn;
 use tch::{Device, Kind, TchError, Tensor};

@@ -7,19 +7,22 @@
 //! pass is left; activations stay channels-last (NHWC); everything runs under
 //! [`tch::no_grad`]. Two sets of kernels do the rest ([`Kernels`]):
 //!
-//! * **oneDNN fused** (float32 on the CPU, the default there): each convolution is one call of
+//! * **generic** (the default; every device and float kind): in channels-last order a 1x1
+//!   convolution is a matrix product `[N·H·W, C_in] × [C_in, C_out]`, so the first and last
+//!   convolutions of every block and the shortcut projection run as `addmm` with the bias and
+//!   the residual addition fused in, writing into buffers reused from one call to the next
+//!   (fresh multi-megabyte tensors cost a page fault per 4 KiB page on first touch); the
+//!   grouped 3x3 convolution is a libtorch convolution; ReLUs run in place.
+//! * **oneDNN fused** (float32 on the CPU, on request): each convolution is one call of
 //!   libtorch's oneDNN convolution with its ReLU fused in, on weights reordered once into
 //!   oneDNN's blocked layout, and the last 1x1 convolution of every block accumulates into the
 //!   shortcut in place, so neither the ReLUs nor the residual additions cost a pass over memory
 //!   of their own (see `fused.rs`). The operators (`mkldnn::_convolution_pointwise`, which
 //!   torch.compile's CPU backend emits) are looked up in libtorch's dispatcher when the model is
-//!   built; a libtorch without them gets the generic kernels.
-//! * **generic** (every device and float kind): in channels-last order a 1x1 convolution is a
-//!   matrix product `[N·H·W, C_in] × [C_in, C_out]`, so the first and last convolutions of every
-//!   block and the shortcut projection run as `addmm` with the bias and the residual addition
-//!   fused in, writing into buffers reused from one call to the next (fresh multi-megabyte
-//!   tensors cost a page fault per 4 KiB page on first touch); the grouped 3x3 convolution is a
-//!   libtorch convolution; ReLUs run in place.
+//!   built. On a 2-core Intel Xeon (AVX-512) it measured as fast as the generic kernels at
+//!   batch 1 and on CIFAR images, and 17% slower at 224x224 batch 32 (MKL's matrix products beat
+//!   oneDNN's 1x1 convolutions there), so it is not the default; it is there for CPUs where
+//!   oneDNN's kernels are the better ones (see docs/deploy.md for the figures).
 //!
 //! The [`crate::trainer`] evaluates the test set with it (in fp32). For channels-last training
 //! with the plain [`ResNeXt`] module, see [`crate::layout`].
@@ -56,8 +59,8 @@ use crate::resnext::{ModelError, ResNeXt, ResNeXtConfig};
 /// Which kernels an [`InferenceModel`] runs (see the [module](self) docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kernels {
-    /// [`Kernels::OneDnnFused`] where it can run (float32 on the CPU, a libtorch with the fused
-    /// operators), else [`Kernels::Generic`].
+    /// The kernels measured fastest for the network's device and kind: [`Kernels::Generic`]
+    /// everywhere at present (see the [module](self) docs).
     Auto,
     /// oneDNN convolutions with fused post-operations on prepacked weights (CPU, float32).
     OneDnnFused,
@@ -107,7 +110,7 @@ pub struct InferenceModel {
 
 impl InferenceModel {
     /// The inference form of `net`, with its current parameters and BN running statistics,
-    /// on the best kernels for its device and kind ([`Kernels::Auto`]).
+    /// on the kernels of [`Kernels::Auto`].
     ///
     /// # Errors
     /// [`ModelError::Torch`] if libtorch fails (for example when out of memory).
@@ -123,7 +126,7 @@ impl InferenceModel {
     /// fails.
     pub fn with_kernels(net: &ResNeXt, kernels: Kernels) -> Result<Self, ModelError> {
         let fused = match kernels {
-            Kernels::Auto => FusedNet::supports(net),
+            Kernels::Auto => false,
             Kernels::Generic => false,
             Kernels::OneDnnFused if FusedNet::supports(net) => true,
             Kernels::OneDnnFused => {
