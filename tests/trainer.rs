@@ -224,6 +224,78 @@ fn resume_after_a_stop_request_is_bitwise_exact() {
     assert_eq!(again.fit(&cpu(&data)).unwrap(), Outcome::AlreadyComplete);
 }
 
+/// AdamW with no weight decay on BN parameters and biases, and clipping to a total norm of 1.
+fn adamw_config(epochs: usize) -> TrainConfig {
+    TrainConfig {
+        opt: "adamw".into(),
+        lr: 2e-3,
+        weight_decay: 0.05,
+        norm_weight_decay: Some(0.0),
+        bias_weight_decay: Some(0.0),
+        clip_grad_norm: Some(1.0),
+        ..config(epochs)
+    }
+}
+
+#[test]
+fn an_adamw_run_with_groups_and_clipping_resumes_bitwise_and_each_option_acts() {
+    let data = dataset(200, 64);
+    let run = |cfg: TrainConfig| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = trainer(cfg, dir.path());
+        assert!(matches!(t.fit(&cpu(&data)).unwrap(), Outcome::Completed(_)));
+        variables(&t)
+    };
+    let a = run(adamw_config(2));
+    // Stopped in the middle of epoch 2 and resumed: the same weights, bit for bit, and the
+    // checkpoint holds AdamW's state.
+    let b_dir = tempfile::tempdir().unwrap();
+    let mut b = trainer(adamw_config(2), b_dir.path());
+    b.on_batch(|epoch, batch| match (epoch, batch) {
+        (2, 2) => BatchControl::Stop,
+        _ => BatchControl::Continue,
+    });
+    assert!(matches!(
+        b.fit(&cpu(&data)).unwrap(),
+        Outcome::Stopped { saved: true, .. }
+    ));
+    drop(b);
+    let checkpoint = b_dir.path().join(files::CHECKPOINT);
+    let names: Vec<String> = resnext::io::read_safetensors(&checkpoint)
+        .unwrap()
+        .tensors
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(
+        names.iter().any(|n| n.starts_with("exp_avg_sq/")),
+        "{names:?}"
+    );
+    assert!(!names.iter().any(|n| n.starts_with("momentum/")));
+    let mut b = resume(b_dir.path());
+    assert_eq!(b.state().config.opt, "adamw");
+    assert!(matches!(b.fit(&cpu(&data)).unwrap(), Outcome::Completed(_)));
+    assert_bitwise_equal(&a, &variables(&b));
+    // Every option changes the weights: another optimiser, decay on BN and biases, no clipping.
+    let differs =
+        |other: &BTreeMap<String, Tensor>| a.iter().any(|(name, t)| !t.equal(&other[name]));
+    assert!(differs(&run(config(2))), "sgd");
+    let decayed = TrainConfig {
+        norm_weight_decay: None,
+        bias_weight_decay: None,
+        ..adamw_config(2)
+    };
+    let decayed = run(decayed);
+    assert!(differs(&decayed), "norm/bias weight decay");
+    // BN parameters are in the decay-free group: the stem's BN bias moves otherwise.
+    assert!(!a["bn1.bias"].equal(&decayed["bn1.bias"]));
+    let unclipped = run(TrainConfig {
+        clip_grad_norm: None,
+        ..adamw_config(2)
+    });
+    assert!(differs(&unclipped), "clipping");
+}
+
 #[test]
 fn resume_after_a_kill_mid_epoch_is_bitwise_exact() {
     let data = dataset(200, 64);
@@ -444,6 +516,11 @@ fn config_json_round_trips_and_bad_values_are_named() {
         (r#"{"device": "tpu"}"#, "device"),
         (r#"{"label_smoothing": 1.0}"#, "label_smoothing"),
         (r#"{"warmup_epochs": 300}"#, "warmup_epochs"),
+        (r#"{"opt": "adam"}"#, "opt"),
+        (r#"{"opt": "adamw", "nesterov": true}"#, "nesterov"),
+        (r#"{"clip_grad_norm": 0}"#, "clip_grad_norm"),
+        (r#"{"norm_weight_decay": -1}"#, "norm_weight_decay"),
+        (r#"{"bias_weight_decay": -0.5}"#, "bias_weight_decay"),
     ] {
         let msg = TrainConfig::from_json(json).unwrap_err().to_string();
         assert!(msg.contains(field), "{json}: {msg}");
@@ -455,6 +532,10 @@ fn config_json_round_trips_and_bad_values_are_named() {
         msg.contains("resnext50_32x4d") && msg.contains("tiny"),
         "lists valid names: {msg}"
     );
+    let msg = TrainConfig::from_json(r#"{"opt": "adam"}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("sgd, adamw"), "lists valid optimisers: {msg}");
     let msg = TrainConfig::from_json(r#"{"epoch": 3}"#)
         .unwrap_err()
         .to_string();
@@ -480,6 +561,13 @@ fn cli_rejects_bad_values_with_exit_code_2() {
         (vec![], vec!["--schedule", "linear"], "cosine"),
         (vec![], vec!["--epochs", "0"], "epochs"),
         (vec![], vec!["--lr", "-1"], "lr"),
+        (vec![], vec!["--opt", "adam"], "adamw"),
+        (vec![], vec!["--clip-grad-norm", "-1"], "clip_grad_norm"),
+        (
+            vec![],
+            vec!["--opt", "adamw", "--nesterov"],
+            "only with opt = sgd",
+        ),
         (vec![], vec!["--device", "tpu"], "cpu, cuda or cuda:N"),
         (vec![], vec!["--device", "cuda:7"], "not available"),
         (vec![], vec!["--batch-size", "many"], "batch-size"),

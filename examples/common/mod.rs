@@ -14,7 +14,8 @@ use resnext::data::DataSplits;
 use resnext::distributed::{DistEnv, EnvError, ProcessGroup};
 use resnext::resnext::MODEL_NAMES;
 use resnext::trainer::{
-    Outcome, ProgressMode, TrainConfig, TrainError, Trainer, PRECISION_NAMES, SCHEDULE_NAMES,
+    Outcome, ProgressMode, TrainConfig, TrainError, Trainer, OPTIMIZER_NAMES, PRECISION_NAMES,
+    SCHEDULE_NAMES,
 };
 use resnext::ResNeXt;
 
@@ -33,12 +34,24 @@ pub struct TrainFlags {
     /// Base learning rate [default: 0.1].
     #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f64>,
+    /// Optimiser: sgd or adamw (torch.optim.AdamW, betas 0.9/0.999, eps 1e-8) [default: sgd].
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(OPTIMIZER_NAMES))]
+    pub opt: Option<String>,
     /// SGD momentum [default: 0.9].
     #[arg(long, allow_negative_numbers = true)]
     pub momentum: Option<f64>,
-    /// Weight decay [default: 5e-4].
+    /// Weight decay (SGD: L2 on the gradient; AdamW: decoupled) [default: 5e-4].
     #[arg(long, allow_negative_numbers = true)]
     pub weight_decay: Option<f64>,
+    /// Weight decay of BatchNorm parameters instead of --weight-decay (torchvision's recipe: 0).
+    #[arg(long, allow_negative_numbers = true)]
+    pub norm_weight_decay: Option<f64>,
+    /// Weight decay of biases instead of --weight-decay (before --norm-weight-decay).
+    #[arg(long, allow_negative_numbers = true)]
+    pub bias_weight_decay: Option<f64>,
+    /// Clip the gradients to this total 2-norm before each update [default: no clipping].
+    #[arg(long, allow_negative_numbers = true)]
+    pub clip_grad_norm: Option<f64>,
     /// Nesterov momentum.
     #[arg(long)]
     pub nesterov: bool,
@@ -68,7 +81,8 @@ pub struct TrainFlags {
     pub out: Option<PathBuf>,
     /// Continue the run in this directory with the configuration saved there.
     #[arg(long, value_name = "RUN_DIR", conflicts_with_all = [
-        "model", "epochs", "batch_size", "lr", "momentum", "weight_decay", "nesterov",
+        "model", "epochs", "batch_size", "lr", "opt", "momentum", "weight_decay", "nesterov",
+        "norm_weight_decay", "bias_weight_decay", "clip_grad_norm",
         "schedule", "warmup_epochs", "label_smoothing", "seed", "out", "limit_train",
         "limit_test", "eval_every", "config", "precision", "channels_last",
     ])]
@@ -148,7 +162,16 @@ impl TrainFlags {
         macro_rules! set {
             ($($field:ident),*) => { $( if let Some(v) = &self.$field { cfg.$field = v.clone(); } )* };
         }
-        set!(model, epochs, batch_size, lr, momentum, weight_decay);
+        set!(model, epochs, batch_size, lr, opt, momentum, weight_decay);
+        if let Some(v) = self.norm_weight_decay {
+            cfg.norm_weight_decay = Some(v);
+        }
+        if let Some(v) = self.bias_weight_decay {
+            cfg.bias_weight_decay = Some(v);
+        }
+        if let Some(v) = self.clip_grad_norm {
+            cfg.clip_grad_norm = Some(v);
+        }
         set!(warmup_epochs, label_smoothing, seed, device, eval_every);
         if let Some(s) = &self.schedule {
             cfg.schedule = s.parse()?;

@@ -219,8 +219,9 @@ fn split_tensors(file: TensorFile) -> (TensorFile, Vec<(String, Tensor)>) {
     (model, optimizer)
 }
 
-/// Loads a checkpoint into `vs` and `optimizer` and returns its trainer state. Everything is
-/// checked before anything is changed: every variable of `vs` must be present with the same
+/// Loads a checkpoint into `vs` and `optimizer` (replaced by the optimiser that the
+/// checkpoint's configuration names, holding the saved state) and returns its trainer state.
+/// Everything is checked before anything is changed: every variable of `vs` must be present with the same
 /// shape, the optimiser's state must fit it ([`Optimizer::check_state`]), and the file must
 /// hold nothing else; otherwise `vs` and `optimizer` are left as they were.
 ///
@@ -231,10 +232,19 @@ fn split_tensors(file: TensorFile) -> (TensorFile, Vec<(String, Tensor)>) {
 pub fn load_checkpoint(
     path: &Path,
     vs: &mut nn::VarStore,
-    optimizer: &mut dyn Optimizer,
+    optimizer: &mut Box<dyn Optimizer>,
 ) -> Result<TrainState, TrainError> {
     let file = read_safetensors(path)?;
     let state = parse_state(path, &file.metadata)?;
+    // The optimiser the checkpoint was written by (its kind, hyper-parameters and groups, from
+    // the saved configuration), so that its state is read by the optimiser that wrote it.
+    let rebuilt = state
+        .config
+        .build_optimizer(vs)
+        .map_err(|e| TrainError::Checkpoint {
+            path: path.to_path_buf(),
+            problem: format!("its configuration names an optimiser that cannot be built: {e}"),
+        })?;
     let bad = |problem: String| TrainError::Checkpoint {
         path: path.to_path_buf(),
         problem,
@@ -242,7 +252,7 @@ pub fn load_checkpoint(
     let (model, optimizer_state) = split_tensors(file);
     // Check the optimiser's state first, so nothing is touched on error; then the model's
     // tensors are checked and copied by the crate's one loader.
-    optimizer
+    rebuilt
         .check_state(&optimizer_state)
         .map_err(|e| bad(e.to_string()))?;
     load_tensors(
@@ -265,6 +275,7 @@ pub fn load_checkpoint(
         WeightsError::Io(e) => TrainError::TensorFile(e),
         other => bad(other.to_string()),
     })?;
+    *optimizer = rebuilt;
     optimizer
         .load_state(optimizer_state)
         .map_err(|e| bad(e.to_string()))?;

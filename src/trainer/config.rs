@@ -2,9 +2,12 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tch::Device;
+use tch::{nn, Device};
 
-use super::{Precision, Schedule, TrainError};
+use super::{
+    AdamWConfig, GroupOverride, Optimizer, OptimizerConfig, ParamGroups, Precision, Schedule,
+    SgdConfig, TrainError, OPTIMIZER_NAMES,
+};
 use crate::data::Normalization;
 use crate::resnext::{ResNeXtConfig, Stem, MODEL_NAMES};
 
@@ -50,12 +53,27 @@ pub struct TrainConfig {
     pub batch_size: usize,
     /// Base learning rate.
     pub lr: f64,
-    /// SGD momentum.
+    /// The optimiser, by torchvision's `--opt` name: `sgd` (`torch.optim.SGD` with `momentum`,
+    /// `weight_decay`, `nesterov`) or `adamw` (`torch.optim.AdamW` with its default betas
+    /// (0.9, 0.999) and eps 1e-8, and `weight_decay` as its decoupled decay).
+    pub opt: String,
+    /// SGD momentum (not read by AdamW).
     pub momentum: f64,
-    /// L2 weight decay (added to the gradient, as PyTorch's SGD), on every parameter.
+    /// Weight decay: SGD's L2 penalty added to the gradient, AdamW's decoupled decay; on every
+    /// parameter unless `norm_weight_decay` / `bias_weight_decay` say otherwise.
     pub weight_decay: f64,
-    /// Nesterov momentum.
+    /// Weight decay of the normalisation layers' parameters instead of `weight_decay`
+    /// (torchvision's `--norm-weight-decay`; its recipe uses 0); `null`: `weight_decay`.
+    pub norm_weight_decay: Option<f64>,
+    /// Weight decay of every bias instead of `weight_decay`, before `norm_weight_decay`
+    /// (torchvision's `--bias-weight-decay`); `null`: as the other parameters.
+    pub bias_weight_decay: Option<f64>,
+    /// Nesterov momentum (SGD only).
     pub nesterov: bool,
+    /// Clips the gradients to this total 2-norm before every update
+    /// (`torch.nn.utils.clip_grad_norm_`; after unscaling under fp16 and after the ranks'
+    /// average); `null`: no clipping.
+    pub clip_grad_norm: Option<f64>,
     /// Learning-rate schedule.
     pub schedule: Schedule,
     /// Epochs of linear warm-up before the schedule (0 for none).
@@ -122,9 +140,13 @@ impl Default for TrainConfig {
             epochs: 200,
             batch_size: 128,
             lr: 0.1,
+            opt: "sgd".into(),
             momentum: 0.9,
             weight_decay: 5e-4,
+            norm_weight_decay: None,
+            bias_weight_decay: None,
             nesterov: false,
+            clip_grad_norm: None,
             schedule: Schedule::Cosine,
             warmup_epochs: 0,
             label_smoothing: 0.0,
@@ -286,10 +308,31 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// SGD and the loss.
+    /// The optimiser, its groups, clipping and the loss.
     fn validate_optimiser(&self) -> Result<(), TrainError> {
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return Err(invalid("lr", self.lr, "a finite number above 0"));
+        }
+        let opt = self.optimizer_config()?;
+        if self.nesterov && !matches!(opt, OptimizerConfig::Sgd(_)) {
+            return Err(invalid("nesterov", true, "only with opt = sgd"));
+        }
+        for (field, value) in [
+            ("norm_weight_decay", self.norm_weight_decay),
+            ("bias_weight_decay", self.bias_weight_decay),
+        ] {
+            if value.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
+                return Err(invalid(
+                    field,
+                    value.unwrap_or_default(),
+                    "a finite number >= 0",
+                ));
+            }
+        }
+        if let Some(c) = self.clip_grad_norm {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(invalid("clip_grad_norm", c, "a finite number above 0"));
+            }
         }
         if !(0.0..1.0).contains(&self.momentum) {
             return Err(invalid("momentum", self.momentum, "in [0, 1)"));
@@ -343,5 +386,55 @@ impl TrainConfig {
             s => return Err(invalid("device", s, "auto, cpu, cuda or cuda:N")),
         }
         Ok(())
+    }
+}
+
+impl TrainConfig {
+    /// The optimiser's configuration: `opt` with this configuration's hyper-parameters.
+    ///
+    /// # Errors
+    /// [`TrainError::InvalidConfig`] for an `opt` that names no optimiser (listing the valid
+    /// names).
+    pub fn optimizer_config(&self) -> Result<OptimizerConfig, TrainError> {
+        let named: OptimizerConfig = self.opt.parse().map_err(|_| TrainError::InvalidConfig {
+            field: "opt",
+            value: self.opt.clone(),
+            expected: format!("one of {}", OPTIMIZER_NAMES.join(", ")),
+        })?;
+        Ok(match named {
+            OptimizerConfig::Sgd(_) => OptimizerConfig::Sgd(SgdConfig {
+                momentum: self.momentum,
+                weight_decay: self.weight_decay,
+                nesterov: self.nesterov,
+            }),
+            OptimizerConfig::AdamW(adamw) => OptimizerConfig::AdamW(AdamWConfig {
+                weight_decay: self.weight_decay,
+                ..adamw
+            }),
+        })
+    }
+
+    /// The parameter groups of `norm_weight_decay` and `bias_weight_decay`.
+    pub fn param_groups(&self) -> ParamGroups {
+        let decay = |wd: Option<f64>| {
+            wd.map(|w| GroupOverride {
+                weight_decay: Some(w),
+                lr_multiplier: 1.0,
+            })
+        };
+        ParamGroups {
+            norm: decay(self.norm_weight_decay),
+            bias: decay(self.bias_weight_decay),
+            norm_bias: None,
+        }
+    }
+
+    /// The optimiser of this configuration over the trainable variables of `vs`.
+    ///
+    /// # Errors
+    /// [`TrainError::InvalidConfig`] for an unknown `opt`, [`TrainError::Optim`] for
+    /// hyper-parameters the optimiser refuses.
+    pub fn build_optimizer(&self, vs: &nn::VarStore) -> Result<Box<dyn Optimizer>, TrainError> {
+        Ok(self.optimizer_config()?.build(vs, &self.param_groups())?)
     }
 }

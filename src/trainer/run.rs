@@ -15,9 +15,8 @@ use super::outputs::{self, files};
 use super::progress::bar_message;
 use super::{
     evaluate::evaluate_until, guard::torch_guard, tune_process_for_training, EpochAccumulator,
-    EpochMetrics, Evaluation, Execution, LossScale, Optimizer, OptimizerConfig, Precision,
-    ProgressMode, RunningMetrics, Sgd, SgdConfig, Summary, TrainConfig, TrainError, TrainState,
-    TrainStep,
+    EpochMetrics, Evaluation, Execution, LossScale, Optimizer, Precision, ProgressMode,
+    RunningMetrics, Summary, TrainConfig, TrainError, TrainState, TrainStep,
 };
 use crate::data::{epoch_batches, BatchConfig, BatchRequest, DataSplits, Dataset, Subset};
 use crate::distributed::ProcessGroup;
@@ -84,7 +83,7 @@ pub struct Trainer<M: ModuleT> {
     model: M,
     device: Device,
     step: TrainStep,
-    /// The optimiser: SGD from the configuration's `momentum`, `weight_decay`, `nesterov`.
+    /// The optimiser of the configuration ([`TrainConfig::build_optimizer`]).
     optimizer: Box<dyn Optimizer>,
     state: TrainState,
     run_dir: Option<PathBuf>,
@@ -310,10 +309,11 @@ impl<M: ModuleT> Trainer<M> {
         if exec.precision == Precision::Fp16 {
             state.loss_scale = Some(LossScale::default());
         }
-        let optimizer = Box::new(Sgd::new(&vs, sgd_config(&config)));
+        let optimizer = config.build_optimizer(&vs)?;
         Ok(Trainer {
             device: vs.device(),
-            step: TrainStep::new(exec, config.label_smoothing),
+            step: TrainStep::new(exec, config.label_smoothing)
+                .with_clip_grad_norm(config.clip_grad_norm),
             vs,
             model,
             optimizer,
@@ -505,7 +505,7 @@ impl<M: ModuleT> Trainer<M> {
         };
         let path = dir.join(files::CHECKPOINT);
         // The trainer is dropped on error: what loading changed in it does not matter.
-        let state = load_checkpoint(&path, &mut self.vs, self.optimizer.as_mut())?;
+        let state = load_checkpoint(&path, &mut self.vs, &mut self.optimizer)?;
         if state.config.world_size != self.world_size() {
             return Err(TrainError::WorldSizeChanged {
                 path,
@@ -514,17 +514,6 @@ impl<M: ModuleT> Trainer<M> {
             });
         }
         self.use_execution_of(&state.config)?;
-        let saved = sgd_config(&state.config);
-        if OptimizerConfig::Sgd(saved) != self.optimizer.optimizer_config() {
-            let buffers = self.optimizer.state_tensors();
-            self.optimizer = Box::new(Sgd::new(&self.vs, saved));
-            self.optimizer
-                .load_state(buffers)
-                .map_err(|e| TrainError::Checkpoint {
-                    path,
-                    problem: e.to_string(),
-                })?;
-        }
         self.state = state;
         if self.step.execution().precision == Precision::Fp16 && self.state.loss_scale.is_none() {
             self.state.loss_scale = Some(LossScale::default());
@@ -541,6 +530,7 @@ impl<M: ModuleT> Trainer<M> {
             vars_to_contiguous(&self.vs)?;
         }
         self.step.reconfigure(exec, config.label_smoothing);
+        self.step.set_clip_grad_norm(config.clip_grad_norm);
         Ok(())
     }
 
@@ -1086,15 +1076,6 @@ impl<M: ModuleT> Trainer<M> {
             ),
             None => Ok(()),
         }
-    }
-}
-
-/// The SGD hyper-parameters of `config`.
-fn sgd_config(config: &TrainConfig) -> SgdConfig {
-    SgdConfig {
-        momentum: config.momentum,
-        weight_decay: config.weight_decay,
-        nesterov: config.nesterov,
     }
 }
 

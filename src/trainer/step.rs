@@ -4,7 +4,7 @@ use tch::nn::ModuleT;
 use tch::{Kind, Reduction, Tensor};
 
 use super::guard::torch_guard;
-use super::{Execution, LossScale, Optimizer, TrainError};
+use super::{clip_grad_norm, Execution, LossScale, Optimizer, TrainError};
 
 /// Code run by [`TrainStep::run`] between backward and the optimiser update, with every
 /// trainable parameter `(name, tensor)` of the optimiser; the gradients are in `tensor.grad()`,
@@ -51,6 +51,8 @@ pub struct TrainStep {
     label_smoothing: f64,
     reducer: Option<GradientHook>,
     hook: Option<GradientHook>,
+    /// Total gradient 2-norm to clip to before the update, if any.
+    clip_grad_norm: Option<f64>,
 }
 
 impl std::fmt::Debug for TrainStep {
@@ -60,6 +62,7 @@ impl std::fmt::Debug for TrainStep {
             .field("label_smoothing", &self.label_smoothing)
             .field("reducer", &self.reducer.is_some())
             .field("hook", &self.hook.is_some())
+            .field("clip_grad_norm", &self.clip_grad_norm)
             .finish()
     }
 }
@@ -73,7 +76,23 @@ impl TrainStep {
             label_smoothing,
             reducer: None,
             hook: None,
+            clip_grad_norm: None,
         }
+    }
+
+    /// The same step, clipping the gradients to a total 2-norm of `max_norm` before each
+    /// update (see [`set_clip_grad_norm`](Self::set_clip_grad_norm)).
+    pub fn with_clip_grad_norm(mut self, max_norm: Option<f64>) -> Self {
+        self.clip_grad_norm = max_norm;
+        self
+    }
+
+    /// Clips the gradients to a total 2-norm of `max_norm` before every update
+    /// (`torch.nn.utils.clip_grad_norm_`), after the reducer and after unscaling under fp16, as
+    /// PyTorch's `scaler.unscale_` then `clip_grad_norm_`, and before the hook; `None`: no
+    /// clipping.
+    pub fn set_clip_grad_norm(&mut self, max_norm: Option<f64>) {
+        self.clip_grad_norm = max_norm;
     }
 
     /// Runs from now on as `exec` says, with `label_smoothing` (the hook stays).
@@ -166,6 +185,9 @@ impl TrainStep {
             }
             None => true,
         };
+        if let (Some(max_norm), true) = (self.clip_grad_norm, applied) {
+            let _total_norm = clip_grad_norm(optimizer.parameters(), max_norm)?;
+        }
         if let Some(hook) = &mut self.hook {
             hook(optimizer.parameters())?;
         }
