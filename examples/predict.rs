@@ -42,6 +42,7 @@ use resnext::data::{
     decode_rgb8, prepare, Draw, Normalization, Recipe, CLASS_NAMES, IMAGENET_NORMALIZATION,
     MAX_PIXELS,
 };
+use resnext::inference::Tta;
 use resnext::resnext::MODEL_NAMES;
 use resnext::weights::{
     config_from_weights, expected_shapes, load_model, preset_for_weights, read_weights_metadata,
@@ -87,8 +88,12 @@ struct Args {
     /// in ONNX Runtime, and OpenVINO if it imports, and compare with the crate's logits (max
     /// relative difference at most 1e-4, else exit code 1). Needs python3 with onnx and
     /// onnxruntime: `eval "$(bash scripts/setup-onnx-deps.sh)"` sets PYTHONPATH for them.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "tta")]
     compare_onnx: Option<PathBuf>,
+    /// Test-time augmentation: none, flip (average with the mirror image), flip-translate (also
+    /// one-pixel shifts: 6 passes).
+    #[arg(long, default_value = "none", value_parser = clap::builder::PossibleValuesParser::new(Tta::NAMES))]
+    tta: String,
     /// The images (PNG or JPEG, any size).
     #[arg(required = true, value_name = "IMAGE")]
     images: Vec<PathBuf>,
@@ -213,11 +218,16 @@ fn classify(
     device: Device,
     path: &Path,
     top: usize,
+    tta: Tta,
 ) -> Result<Classified> {
     let img = read_image(path)?;
     let input = preprocess(&img, prep)?;
     let x = input.f_to_device(device)?;
-    let logits = tch::no_grad(|| net.try_forward_t(&x, false))?.f_to_device(Device::Cpu)?;
+    let forward = |y: &Tensor| {
+        net.try_forward_t(y, false)
+            .map_err(|e| tch::TchError::Kind(e.to_string()))
+    };
+    let logits = tch::no_grad(|| tta.logits(&x, &forward))?.f_to_device(Device::Cpu)?;
     let probs = logits.f_softmax(-1, Kind::Float)?.f_view([-1])?;
     let probs = Vec::<f32>::try_from(&probs)?;
     let mut ranked: Vec<(usize, f64)> = probs
@@ -318,10 +328,12 @@ fn run(args: Args) -> Result<ExitCode> {
     let names = class_names(args.labels.as_deref(), meta.as_ref(), config.num_classes)?;
     let width = names.iter().map(|n| n.len()).max().unwrap_or(1);
 
+    // The parser accepts only Tta::NAMES.
+    let tta: Tta = args.tta.parse().map_err(anyhow::Error::msg)?;
     let mut failed = 0;
     let (mut inputs, mut logits) = (Vec::new(), Vec::new());
     for path in &args.images {
-        match classify(&loaded.model, &prep, device, path, args.top) {
+        match classify(&loaded.model, &prep, device, path, args.top, tta) {
             Ok(Classified {
                 ranked,
                 input,

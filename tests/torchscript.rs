@@ -180,6 +180,75 @@ fn torchscript_export_runs_in_pytorch_with_the_crates_logits() {
     );
 }
 
+/// airbench's `infer` (tta_level 1 and 2), written in PyTorch on the exported module: writes
+/// the logits of both levels for the images.
+const AIRBENCH_TTA: &str = r#"
+import sys, torch
+import torch.nn.functional as F
+torch.set_num_threads(2)
+model_path, images_path, n, h, w, out1, out2 = sys.argv[1:]
+n, h, w = int(n), int(h), int(w)
+net = torch.jit.load(model_path, map_location="cpu").eval()
+data = open(images_path, "rb").read()
+inputs = torch.frombuffer(bytearray(data), dtype=torch.float32).reshape(n, 3, h, w)
+def infer_mirror(inputs, net):
+    return 0.5 * net(inputs) + 0.5 * net(inputs.flip(-1))
+def infer_mirror_translate(inputs, net):
+    logits = infer_mirror(inputs, net)
+    pad = 1
+    padded_inputs = F.pad(inputs, (pad,) * 4, "reflect")
+    inputs_translate_list = [padded_inputs[:, :, 0:h, 0:w], padded_inputs[:, :, 2:h + 2, 2:w + 2]]
+    logits_translate_list = [infer_mirror(x, net) for x in inputs_translate_list]
+    logits_translate = torch.stack(logits_translate_list).mean(0)
+    return 0.5 * logits + 0.5 * logits_translate
+with torch.no_grad():
+    for out, f in [(out1, infer_mirror), (out2, infer_mirror_translate)]:
+        open(out, "wb").write(f(inputs, net).contiguous().numpy().tobytes())
+print("ok")
+"#;
+
+#[test]
+fn tta_logits_equal_airbenchs_average_computed_in_pytorch() {
+    use resnext::inference::Tta;
+    let dir = tempfile::tempdir().unwrap();
+    tch::manual_seed(11);
+    let config = ResNeXtConfig::tiny(10);
+    let (_vs, net) = network(&config);
+    let model = dir.path().join("m.pt");
+    export_torchscript(&net, None, &model).unwrap();
+    let (n, h, w) = (3, 32, 28);
+    let images = Tensor::randn([n, 3, h, w], (Kind::Float, Device::Cpu));
+    let input = dir.path().join("images.f32");
+    write_f32(&input, &images);
+    let outs = [
+        dir.path().join("flip.f32"),
+        dir.path().join("translate.f32"),
+    ];
+    let dims = [n, h, w].map(|d| d.to_string());
+    let mut args: Vec<&str> = vec![model.to_str().unwrap(), input.to_str().unwrap()];
+    args.extend(dims.iter().map(String::as_str));
+    args.extend(outs.iter().map(|p| p.to_str().unwrap()));
+    python::run_python(AIRBENCH_TTA, &args);
+    let plain = tch::no_grad(|| Tta::None.apply(&net, &images)).unwrap();
+    for (level, out) in [Tta::Flip, Tta::FlipTranslate].into_iter().zip(&outs) {
+        let want = read_f32(out, &[n, config.num_classes]);
+        let got = tch::no_grad(|| level.apply(&net, &images)).unwrap();
+        let diff = max_rel_diff(&got, &want);
+        eprintln!("{level:?}: max rel diff {diff:.2e}");
+        // The same operators on the same libtorch; only the order of the averaging's additions
+        // may differ (0.5a + 0.5b against (a + b) * 0.5), a few ulps.
+        assert!(diff <= MAX_REL_DIFF, "{level:?}: {diff:e}");
+        assert!(
+            max_rel_diff(&plain, &want) > 1e-4,
+            "{level:?} must change the logits"
+        );
+    }
+    assert_eq!(Tta::FlipTranslate.passes(), 6);
+    assert_eq!("2".parse::<Tta>(), Ok(Tta::FlipTranslate));
+    let err = "mirror".parse::<Tta>().unwrap_err();
+    assert!(err.contains("none, flip, flip-translate"), "{err}");
+}
+
 #[test]
 fn torchscript_export_loads_back_in_rust_and_leaves_the_network_untouched() {
     tch::manual_seed(3);

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use resnext::data::{BatchConfig, Cifar10, DataSplits, CLASS_NAMES};
+use resnext::inference::Tta;
 use resnext::trainer::{
     files, read_checkpoint_state, BatchControl, Outcome, ProgressMode, Schedule, TrainConfig,
     TrainError, Trainer,
@@ -297,6 +298,24 @@ fn an_adamw_run_with_groups_and_clipping_resumes_bitwise_and_each_option_acts() 
 }
 
 #[test]
+fn test_time_augmentation_changes_the_evaluation_only() {
+    let data = dataset(96, 64);
+    let run = |tta: Tta| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = trainer(TrainConfig { tta, ..config(1) }, dir.path());
+        assert!(matches!(t.fit(&cpu(&data)).unwrap(), Outcome::Completed(_)));
+        (variables(&t), t.state().metrics[0].test_loss.unwrap())
+    };
+    let (plain, plain_loss) = run(Tta::None);
+    let (augmented, augmented_loss) = run(Tta::FlipTranslate);
+    // The same training, bit for bit; another test loss (six views averaged).
+    assert_bitwise_equal(&plain, &augmented);
+    assert_ne!(plain_loss, augmented_loss);
+    let cfg = TrainConfig::from_json(r#"{"tta": "flip_translate"}"#).unwrap();
+    assert_eq!(cfg.tta, Tta::FlipTranslate);
+}
+
+#[test]
 fn resume_after_a_kill_mid_epoch_is_bitwise_exact() {
     let data = dataset(200, 64);
     let a_dir = tempfile::tempdir().unwrap();
@@ -517,6 +536,7 @@ fn config_json_round_trips_and_bad_values_are_named() {
         (r#"{"label_smoothing": 1.0}"#, "label_smoothing"),
         (r#"{"warmup_epochs": 300}"#, "warmup_epochs"),
         (r#"{"opt": "adam"}"#, "opt"),
+        (r#"{"tta": "mirror"}"#, "flip_translate"),
         (r#"{"opt": "adamw", "nesterov": true}"#, "nesterov"),
         (r#"{"clip_grad_norm": 0}"#, "clip_grad_norm"),
         (r#"{"norm_weight_decay": -1}"#, "norm_weight_decay"),
@@ -562,6 +582,7 @@ fn cli_rejects_bad_values_with_exit_code_2() {
         (vec![], vec!["--epochs", "0"], "epochs"),
         (vec![], vec!["--lr", "-1"], "lr"),
         (vec![], vec!["--opt", "adam"], "adamw"),
+        (vec![], vec!["--tta", "mirror"], "flip-translate"),
         (vec![], vec!["--clip-grad-norm", "-1"], "clip_grad_norm"),
         (
             vec![],

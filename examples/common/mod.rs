@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use resnext::data::DataSplits;
 use resnext::distributed::{DistEnv, EnvError, ProcessGroup};
+use resnext::inference::Tta;
 use resnext::resnext::MODEL_NAMES;
 use resnext::trainer::{
     Outcome, ProgressMode, TrainConfig, TrainError, Trainer, OPTIMIZER_NAMES, PRECISION_NAMES,
@@ -84,7 +85,7 @@ pub struct TrainFlags {
         "model", "epochs", "batch_size", "lr", "opt", "momentum", "weight_decay", "nesterov",
         "norm_weight_decay", "bias_weight_decay", "clip_grad_norm",
         "schedule", "warmup_epochs", "label_smoothing", "seed", "out", "limit_train",
-        "limit_test", "eval_every", "config", "precision", "channels_last",
+        "limit_test", "eval_every", "config", "precision", "channels_last", "tta",
     ])]
     pub resume: Option<PathBuf>,
     /// Train on N training images only.
@@ -96,6 +97,10 @@ pub struct TrainFlags {
     /// Evaluate every N epochs (and after the last) [default: 1].
     #[arg(long, value_name = "N")]
     pub eval_every: Option<usize>,
+    /// Test-time augmentation of the evaluation: none, flip (the mirror too), flip-translate
+    /// (also one-pixel shifts; airbench's levels) [default: none].
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(Tta::NAMES))]
+    pub tta: Option<String>,
     /// JSON configuration file (a TrainConfig; flags override it).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -175,6 +180,13 @@ impl TrainFlags {
         set!(warmup_epochs, label_smoothing, seed, device, eval_every);
         if let Some(s) = &self.schedule {
             cfg.schedule = s.parse()?;
+        }
+        if let Some(t) = &self.tta {
+            cfg.tta = t.parse().map_err(|expected| TrainError::InvalidConfig {
+                field: "tta",
+                value: t.clone(),
+                expected,
+            })?;
         }
         if let Some(p) = &self.precision {
             cfg.precision = p.parse().map_err(|expected| TrainError::InvalidConfig {

@@ -24,6 +24,9 @@
 //!   oneDNN's 1x1 convolutions there), so it is not the default; it is there for CPUs where
 //!   oneDNN's kernels are the better ones (see docs/deploy.md for the figures).
 //!
+//! [`Tta`] averages the logits over mirrored and shifted copies of the images
+//! (test-time augmentation at airbench's levels), around this model or any other.
+//!
 //! The [`crate::trainer`] evaluates the test set with it (in fp32). For channels-last training
 //! with the plain [`ResNeXt`] module, see [`crate::layout`].
 //!
@@ -46,6 +49,7 @@ mod ffi;
 mod fold;
 mod fused;
 mod matmul;
+mod tta;
 
 use tch::nn::ModuleT;
 use tch::{Device, TchError, Tensor};
@@ -53,6 +57,7 @@ use tch::{Device, TchError, Tensor};
 pub(crate) use fold::fold;
 use fused::FusedNet;
 use matmul::MatmulNet;
+pub use tta::Tta;
 
 use crate::resnext::{ModelError, ResNeXt, ResNeXtConfig};
 

@@ -9,6 +9,7 @@ use super::{
     SgdConfig, TrainError, OPTIMIZER_NAMES,
 };
 use crate::data::Normalization;
+use crate::inference::Tta;
 use crate::resnext::{ResNeXtConfig, Stem, MODEL_NAMES};
 
 /// Everything that defines a training run. Saved as `config.json` in the run directory and
@@ -90,6 +91,9 @@ pub struct TrainConfig {
     pub limit_test: Option<usize>,
     /// Evaluate on the test set every N epochs (and always after the last one).
     pub eval_every: usize,
+    /// Test-time augmentation of the evaluation (`none`, `flip`, `flip_translate`: see
+    /// [`Tta`]); the test loss and accuracy, and so `best`, are those of the averaged logits.
+    pub tta: Tta,
     /// Random crop + flip augmentation of training images.
     pub augment: bool,
     /// Precision of forward and backward: `auto` (bf16 autocast on CUDA, fp32 on the CPU),
@@ -155,6 +159,7 @@ impl Default for TrainConfig {
             limit_train: None,
             limit_test: None,
             eval_every: 1,
+            tta: Tta::None,
             augment: true,
             precision: Precision::Auto,
             channels_last: None,

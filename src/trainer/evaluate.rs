@@ -8,6 +8,7 @@ use tch::{Kind, Reduction, Tensor};
 use super::guard::torch_guard;
 use super::{Evaluation, Execution, TrainError};
 use crate::data::{epoch_batches, BatchConfig, Dataset};
+use crate::inference::Tta;
 
 /// Evaluates `model` in eval mode without gradients on the first `batches.limit` images of
 /// `data` (all with `None`), in batches of `batches.batch_size` normalised with
@@ -27,7 +28,12 @@ pub fn evaluate<M: ModuleT + ?Sized>(
     exec: &Execution,
 ) -> Result<Evaluation, TrainError> {
     let never = AtomicBool::new(false);
-    let eval = evaluate_until(model, data, batches, num_classes, exec, &never, None)?;
+    let control = EvalControl {
+        stop: &never,
+        reduce: None,
+        tta: Tta::None,
+    };
+    let eval = evaluate_until(model, data, batches, num_classes, exec, control)?;
     eval.ok_or_else(|| TrainError::InvalidConfig {
         field: "stop",
         value: "set".into(),
@@ -38,18 +44,28 @@ pub fn evaluate<M: ModuleT + ?Sized>(
 /// Sums a tensor over the processes of a data-parallel evaluation, in place.
 pub(crate) type Reduce<'a> = &'a dyn Fn(&mut Tensor) -> Result<(), TrainError>;
 
-/// As [`evaluate`], checking `stop` after every batch: `None` when it was set. With `reduce`,
-/// the loss sum, image count and confusion counts are summed by it before they are read (each
-/// process of a data-parallel run evaluated its part of the data).
+/// What an evaluation checks and does beyond [`evaluate`].
+#[derive(Clone, Copy)]
+pub(crate) struct EvalControl<'a> {
+    /// Checked after every batch: the evaluation stops when it is set.
+    pub(crate) stop: &'a AtomicBool,
+    /// Sums the loss sum, image count and confusion counts before they are read (each process
+    /// of a data-parallel run evaluated its part of the data).
+    pub(crate) reduce: Option<Reduce<'a>>,
+    /// Test-time augmentation of every batch.
+    pub(crate) tta: Tta,
+}
+
+/// As [`evaluate`], with `control`: `None` when its stop flag was set.
 pub(crate) fn evaluate_until<M: ModuleT + ?Sized>(
     model: &M,
     data: &Arc<dyn Dataset>,
     batches: &BatchConfig,
     num_classes: i64,
     exec: &Execution,
-    stop: &AtomicBool,
-    reduce: Option<Reduce<'_>>,
+    control: EvalControl<'_>,
 ) -> Result<Option<Evaluation>, TrainError> {
+    let EvalControl { stop, reduce, tta } = control;
     if num_classes < 1 {
         return Err(TrainError::InvalidConfig {
             field: "num_classes",
@@ -70,7 +86,8 @@ pub(crate) fn evaluate_until<M: ModuleT + ?Sized>(
             let input = exec.input(&batch.images.f_to_device(device)?)?;
             let labels = batch.labels.f_to_device(device)?;
             let logits = torch_guard(batch.indices.len(), device, || {
-                Ok(exec.run(|| model.forward_t(&input, false)))
+                exec.run(|| tta.logits(&input, &|x| Ok(model.forward_t(x, false))))
+                    .map_err(TrainError::from)
             })?;
             sums.add(&logits.f_to_kind(Kind::Float)?, &labels)?;
             if stop.load(Ordering::SeqCst) {

@@ -14,9 +14,11 @@ use super::data_parallel::DataParallel;
 use super::outputs::{self, files};
 use super::progress::bar_message;
 use super::{
-    evaluate::evaluate_until, guard::torch_guard, tune_process_for_training, EpochAccumulator,
-    EpochMetrics, Evaluation, Execution, LossScale, Optimizer, Precision, ProgressMode,
-    RunningMetrics, Summary, TrainConfig, TrainError, TrainState, TrainStep,
+    evaluate::{evaluate_until, EvalControl},
+    guard::torch_guard,
+    tune_process_for_training, EpochAccumulator, EpochMetrics, Evaluation, Execution, LossScale,
+    Optimizer, Precision, ProgressMode, RunningMetrics, Summary, TrainConfig, TrainError,
+    TrainState, TrainStep,
 };
 use crate::data::{epoch_batches, BatchConfig, BatchRequest, DataSplits, Dataset, Subset};
 use crate::distributed::ProcessGroup;
@@ -983,6 +985,7 @@ impl<M: ModuleT> Trainer<M> {
             Some(m) => m.as_ref(),
             None => &self.model,
         };
+
         let mut batches = BatchConfig {
             limit: cfg.limit_test,
             normalization: cfg.normalization,
@@ -991,7 +994,12 @@ impl<M: ModuleT> Trainer<M> {
         let classes = test.classes().len() as i64;
         let exec = self.step.execution();
         let Some(dp) = &self.dist else {
-            return evaluate_until(model, test, &batches, classes, exec, &self.stop, None);
+            let control = EvalControl {
+                stop: &self.stop,
+                reduce: None,
+                tta: cfg.tta,
+            };
+            return evaluate_until(model, test, &batches, classes, exec, control);
         };
         // Rank r evaluates the images r, r + world_size, ... (none twice, unlike the padded
         // training shards); the sums are added up over the ranks. A stop waits for the
@@ -1002,7 +1010,12 @@ impl<M: ModuleT> Trainer<M> {
         batches.limit = None;
         let never = AtomicBool::new(false);
         let reduce = |t: &mut Tensor| dp.sum_tensor(t);
-        evaluate_until(model, &part, &batches, classes, exec, &never, Some(&reduce))
+        let control = EvalControl {
+            stop: &never,
+            reduce: Some(&reduce),
+            tta: cfg.tta,
+        };
+        evaluate_until(model, &part, &batches, classes, exec, control)
     }
 
     /// Evaluates (when due), records the epoch's metrics, moves to the next epoch and writes
