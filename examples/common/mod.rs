@@ -168,15 +168,11 @@ impl TrainFlags {
             ($($field:ident),*) => { $( if let Some(v) = &self.$field { cfg.$field = v.clone(); } )* };
         }
         set!(model, epochs, batch_size, lr, opt, momentum, weight_decay);
-        if let Some(v) = self.norm_weight_decay {
-            cfg.norm_weight_decay = Some(v);
+        // Optional in the configuration too: a flag given replaces the file's value.
+        macro_rules! set_optional {
+            ($($field:ident),*) => { $( if self.$field.is_some() { cfg.$field = self.$field; } )* };
         }
-        if let Some(v) = self.bias_weight_decay {
-            cfg.bias_weight_decay = Some(v);
-        }
-        if let Some(v) = self.clip_grad_norm {
-            cfg.clip_grad_norm = Some(v);
-        }
+        set_optional!(norm_weight_decay, bias_weight_decay, clip_grad_norm);
         set!(warmup_epochs, label_smoothing, seed, device, eval_every);
         if let Some(s) = &self.schedule {
             cfg.schedule = s.parse()?;

@@ -64,6 +64,10 @@ pub struct TorchScriptReport {
 /// # Ok::<(), resnext::export::ExportError>(())
 /// ```
 ///
+/// The network is copied to trace it (`net` itself is not changed); building the copy draws
+/// from libtorch's global random generator, so seed again afterwards if a later draw must not
+/// depend on the export.
+///
 /// # Errors
 /// [`ExportError::Metadata`] when `meta` describes another model or class count,
 /// [`ExportError::Unsupported`] for parameters that are not floating point, and
@@ -124,7 +128,8 @@ pub fn export_torchscript_from_weights(
 }
 
 /// A CPU copy of `net` whose tensors do not require gradients, in the variable store that owns
-/// them.
+/// them. Building it draws initial values (overwritten at once) from libtorch's global
+/// generator, as building any network does.
 fn frozen_copy(net: &ResNeXt) -> Result<(nn::VarStore, ResNeXt), TchError> {
     let mut vs = nn::VarStore::new(Device::Cpu);
     let copy = ResNeXt::try_new(&vs.root(), net.config())
