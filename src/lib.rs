@@ -2,12 +2,14 @@
 //! on libtorch through [`tch`].
 //!
 //! * [`resnext`]: the model family, with torchvision's parameter names;
-//! * [`data`]: CIFAR-10 loading, download and augmentation;
+//! * [`data`]: CIFAR-10 and image folders, download, augmentation (and torchvision's
+//!   augmentation policies and MixUp/CutMix in [`data::ops`]);
 //! * [`distributed`]: process groups and collectives on libtorch's c10d (Gloo, NCCL);
-//! * [`trainer`]: SGD training with schedules, exact resume, metrics and plots;
+//! * [`trainer`]: training with SGD or AdamW, schedules, exact resume, metrics and plots;
 //! * [`weights`]: safetensors weights that PyTorch loads;
-//! * [`inference`]: a faster evaluation-only form of the network;
-//! * [`export`]: ONNX export for deployment (ONNX Runtime, OpenVINO, TensorRT);
+//! * [`inference`]: a faster evaluation-only form of the network, test-time augmentation;
+//! * [`export`]: ONNX and TorchScript export for deployment (ONNX Runtime, OpenVINO, TensorRT,
+//!   `torch.jit.load`);
 //! * [`layout`]: channels-last tensors and variables;
 //! * [`memory`]: keeping freed memory in the process (faster CPU training);
 //! * [`io`]: atomic writes and safetensors files with metadata;
