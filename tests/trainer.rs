@@ -225,6 +225,34 @@ fn resume_after_a_stop_request_is_bitwise_exact() {
     assert_eq!(again.fit(&cpu(&data)).unwrap(), Outcome::AlreadyComplete);
 }
 
+/// Trains `cfg` in `dir` until a stop request after batch `batch` (0-based) of `epoch`
+/// (1-based); returns the names of the tensors in the checkpoint it saved.
+fn stop_at(
+    cfg: TrainConfig,
+    dir: &Path,
+    data: &Cifar10,
+    epoch: usize,
+    batch: usize,
+) -> Vec<String> {
+    let mut t = trainer(cfg, dir);
+    t.on_batch(move |e, b| match (e, b) == (epoch, batch) {
+        true => BatchControl::Stop,
+        false => BatchControl::Continue,
+    });
+    assert!(matches!(
+        t.fit(&cpu(data)).unwrap(),
+        Outcome::Stopped { saved: true, .. }
+    ));
+    drop(t);
+    let checkpoint = dir.join(files::CHECKPOINT);
+    resnext::io::read_safetensors(&checkpoint)
+        .unwrap()
+        .tensors
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect()
+}
+
 /// AdamW with no weight decay on BN parameters and biases, and clipping to a total norm of 1.
 fn adamw_config(epochs: usize) -> TrainConfig {
     TrainConfig {
@@ -251,23 +279,7 @@ fn an_adamw_run_with_groups_and_clipping_resumes_bitwise_and_each_option_acts() 
     // Stopped in the middle of epoch 2 and resumed: the same weights, bit for bit, and the
     // checkpoint holds AdamW's state.
     let b_dir = tempfile::tempdir().unwrap();
-    let mut b = trainer(adamw_config(2), b_dir.path());
-    b.on_batch(|epoch, batch| match (epoch, batch) {
-        (2, 2) => BatchControl::Stop,
-        _ => BatchControl::Continue,
-    });
-    assert!(matches!(
-        b.fit(&cpu(&data)).unwrap(),
-        Outcome::Stopped { saved: true, .. }
-    ));
-    drop(b);
-    let checkpoint = b_dir.path().join(files::CHECKPOINT);
-    let names: Vec<String> = resnext::io::read_safetensors(&checkpoint)
-        .unwrap()
-        .tensors
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
+    let names = stop_at(adamw_config(2), b_dir.path(), &data, 2, 2);
     assert!(
         names.iter().any(|n| n.starts_with("exp_avg_sq/")),
         "{names:?}"
@@ -295,6 +307,63 @@ fn an_adamw_run_with_groups_and_clipping_resumes_bitwise_and_each_option_acts() 
         ..adamw_config(2)
     });
     assert!(differs(&unclipped), "clipping");
+}
+
+#[test]
+fn an_ema_run_resumes_bitwise_and_reports_the_averages_accuracy() {
+    let data = dataset(200, 64);
+    let cfg = TrainConfig {
+        model_ema: true,
+        // Adjusted as torchvision does (x world 1 x batch 32 x every 2 / 3 epochs): 0.9787.
+        model_ema_decay: 0.999,
+        model_ema_steps: 2,
+        warmup_epochs: 1,
+        ..config(3)
+    };
+    let a_dir = tempfile::tempdir().unwrap();
+    let mut a = trainer(cfg.clone(), a_dir.path());
+    assert!(matches!(a.fit(&cpu(&data)).unwrap(), Outcome::Completed(_)));
+    // Stopped in the middle of epoch 2, resumed: the same weights and the same EMA metrics.
+    let b_dir = tempfile::tempdir().unwrap();
+    let names = stop_at(cfg.clone(), b_dir.path(), &data, 2, 3);
+    assert!(names.contains(&"ema/n_averaged".to_string()), "{names:?}");
+    assert!(names.contains(&"ema/module.bn1.running_mean".to_string()));
+    let mut b = resume(b_dir.path());
+    assert!(matches!(b.fit(&cpu(&data)).unwrap(), Outcome::Completed(_)));
+    assert_bitwise_equal(&variables(&a), &variables(&b));
+    for (x, y) in a.state().metrics.iter().zip(&b.state().metrics) {
+        assert!(x.ema_test_acc.is_some() && x.ema_test_loss.is_some());
+        assert_eq!(
+            (x.ema_test_acc, x.ema_test_loss),
+            (y.ema_test_acc, y.ema_test_loss),
+            "epoch {}",
+            x.epoch
+        );
+    }
+    // After warm-up the average is not the weights: another test loss.
+    let m = &a.state().metrics;
+    assert_ne!(m[2].ema_test_loss, m[2].test_loss);
+    let lines = std::fs::read_to_string(a_dir.path().join(files::METRICS)).unwrap();
+    assert!(lines.contains("\"ema_test_acc\""), "{lines}");
+    // The EMA changes nothing else: the same run without it has the same weights and raw
+    // test results (the raw weights are back in place after each EMA evaluation).
+    let p_dir = tempfile::tempdir().unwrap();
+    let mut plain = trainer(
+        TrainConfig {
+            model_ema: false,
+            ..cfg
+        },
+        p_dir.path(),
+    );
+    assert!(matches!(
+        plain.fit(&cpu(&data)).unwrap(),
+        Outcome::Completed(_)
+    ));
+    assert_bitwise_equal(&variables(&plain), &variables(&a));
+    for (x, y) in plain.state().metrics.iter().zip(m) {
+        assert_eq!((x.test_loss, x.test_acc), (y.test_loss, y.test_acc));
+        assert_eq!(x.ema_test_acc, None);
+    }
 }
 
 #[test]
@@ -537,6 +606,8 @@ fn config_json_round_trips_and_bad_values_are_named() {
         (r#"{"warmup_epochs": 300}"#, "warmup_epochs"),
         (r#"{"opt": "adam"}"#, "opt"),
         (r#"{"tta": "mirror"}"#, "flip_translate"),
+        (r#"{"model_ema_decay": 1.0}"#, "model_ema_decay"),
+        (r#"{"model_ema_steps": 0}"#, "model_ema_steps"),
         (r#"{"opt": "adamw", "nesterov": true}"#, "nesterov"),
         (r#"{"clip_grad_norm": 0}"#, "clip_grad_norm"),
         (r#"{"norm_weight_decay": -1}"#, "norm_weight_decay"),
@@ -583,6 +654,11 @@ fn cli_rejects_bad_values_with_exit_code_2() {
         (vec![], vec!["--lr", "-1"], "lr"),
         (vec![], vec!["--opt", "adam"], "adamw"),
         (vec![], vec!["--tta", "mirror"], "flip-translate"),
+        (
+            vec![],
+            vec!["--model-ema", "--model-ema-decay", "1"],
+            "model_ema_decay",
+        ),
         (vec![], vec!["--clip-grad-norm", "-1"], "clip_grad_norm"),
         (
             vec![],
@@ -929,7 +1005,7 @@ fn non_finite_values_in_a_stored_state_round_trip() {
     let _net = seeded(|| ResNeXt::new(&vs.root(), &ResNeXtConfig::tiny(10)));
     let sgd = resnext::trainer::Sgd::new(&vs, resnext::trainer::SgdConfig::default());
     let path = dir.path().join(files::CHECKPOINT);
-    resnext::trainer::save_checkpoint(&path, &vs, &sgd, &state).unwrap();
+    resnext::trainer::save_checkpoint(&path, &vs, &sgd, None, &state).unwrap();
     let back = read_checkpoint_state(&path).unwrap();
     assert!(back.metrics[0].train_loss.is_nan());
     assert_eq!(back.metrics[0].test_loss, Some(f64::INFINITY));

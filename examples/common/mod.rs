@@ -85,7 +85,8 @@ pub struct TrainFlags {
         "model", "epochs", "batch_size", "lr", "opt", "momentum", "weight_decay", "nesterov",
         "norm_weight_decay", "bias_weight_decay", "clip_grad_norm",
         "schedule", "warmup_epochs", "label_smoothing", "seed", "out", "limit_train",
-        "limit_test", "eval_every", "config", "precision", "channels_last", "tta",
+        "limit_test", "eval_every", "config", "precision", "channels_last", "tta", "model_ema",
+        "model_ema_decay", "model_ema_steps",
     ])]
     pub resume: Option<PathBuf>,
     /// Train on N training images only.
@@ -97,6 +98,17 @@ pub struct TrainFlags {
     /// Evaluate every N epochs (and after the last) [default: 1].
     #[arg(long, value_name = "N")]
     pub eval_every: Option<usize>,
+    /// Keep an EMA of the weights and buffers (torchvision's --model-ema), evaluated beside
+    /// them; best/last stay the raw weights.
+    #[arg(long)]
+    pub model_ema: bool,
+    /// The EMA's decay before torchvision's adjustment for batch size, steps and epochs
+    /// [default: 0.99998].
+    #[arg(long, allow_negative_numbers = true)]
+    pub model_ema_decay: Option<f64>,
+    /// Update the EMA every N batches [default: 32].
+    #[arg(long, value_name = "N")]
+    pub model_ema_steps: Option<usize>,
     /// Test-time augmentation of the evaluation: none, flip (the mirror too), flip-translate
     /// (also one-pixel shifts; airbench's levels) [default: none].
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(Tta::NAMES))]
@@ -174,6 +186,8 @@ impl TrainFlags {
         }
         set_optional!(norm_weight_decay, bias_weight_decay, clip_grad_norm);
         set!(warmup_epochs, label_smoothing, seed, device, eval_every);
+        set!(model_ema_decay, model_ema_steps);
+        cfg.model_ema |= self.model_ema;
         if let Some(s) = &self.schedule {
             cfg.schedule = s.parse()?;
         }

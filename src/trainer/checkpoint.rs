@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tch::{nn, Tensor};
 
-use super::{EpochMetrics, Evaluation, LossScale, Optimizer, TrainConfig, TrainError};
+use super::{
+    Ema, EmaSchedule, EpochMetrics, Evaluation, LossScale, Optimizer, TrainConfig, TrainError,
+};
 use crate::io::{read_safetensors, write_safetensors, TensorFile};
 use crate::weights::{
     describe_incompatible, load_tensors, LoadOptions, TensorSource, WeightsError,
@@ -30,6 +32,8 @@ use crate::weights::{
 pub const CHECKPOINT_FORMAT: u32 = 1;
 const STATE_KEY: &str = "resnext.trainer_state";
 const MODEL_PREFIX: &str = "model/";
+/// The section of the EMA of the weights ([`Ema::state_tensors`] under this prefix).
+const EMA_PREFIX: &str = "ema/";
 
 /// Running sums of an epoch in progress (kept so that a run resumed mid-epoch reports the
 /// same epoch metrics).
@@ -108,7 +112,7 @@ impl TrainState {
 }
 
 /// Writes a checkpoint of `vs`, the optimiser's state (an [`Sgd`](super::Sgd)'s momentum
-/// buffers) and `state` to `path`, atomically.
+/// buffers), the EMA of the weights if any (`ema/…`) and `state` to `path`, atomically.
 ///
 /// # Errors
 /// [`TrainError::TensorFile`] naming the file; an existing checkpoint is then unchanged.
@@ -116,6 +120,7 @@ pub fn save_checkpoint(
     path: &Path,
     vs: &nn::VarStore,
     optimizer: &dyn Optimizer,
+    ema: Option<&Ema>,
     state: &TrainState,
 ) -> Result<(), TrainError> {
     let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
@@ -124,6 +129,10 @@ pub fn save_checkpoint(
         .map(|(n, t)| (format!("{MODEL_PREFIX}{n}"), t.detach()))
         .collect();
     tensors.extend(optimizer.state_tensors());
+    if let Some(ema) = ema {
+        let section = ema.state_tensors().into_iter();
+        tensors.extend(section.map(|(n, t)| (format!("{EMA_PREFIX}{n}"), t)));
+    }
     let json = serde_json::to_string(state).map_err(|e| TrainError::Checkpoint {
         path: path.to_path_buf(),
         problem: format!("cannot encode the trainer state: {e}"),
@@ -197,15 +206,21 @@ fn retain_known(value: &mut Value, known: &Value) {
     }
 }
 
-/// The tensors of a checkpoint file, split into the model's (without their prefix) and the
-/// optimiser's state (names `<key>/<parameter>`, kept whole). Tensors under neither stay in the
+/// Named tensors of one section of a checkpoint.
+type Named = Vec<(String, Tensor)>;
+
+/// The tensors of a checkpoint file, split into the model's (without their prefix), the
+/// optimiser's state (names `<key>/<parameter>`, kept whole) and the EMA's (without `ema/`). Tensors under neither stay in the
 /// model part under their full name, where strict loading reports them.
-fn split_tensors(file: TensorFile) -> (TensorFile, Vec<(String, Tensor)>) {
+fn split_tensors(file: TensorFile) -> (TensorFile, Named, Named) {
     let mut model = Vec::new();
     let mut optimizer = Vec::new();
+    let mut ema = Vec::new();
     for (name, t) in file.tensors {
         if let Some(n) = name.strip_prefix(MODEL_PREFIX) {
             model.push((n.to_string(), t));
+        } else if let Some(n) = name.strip_prefix(EMA_PREFIX) {
+            ema.push((n.to_string(), t));
         } else if name.contains('/') {
             optimizer.push((name, t));
         } else {
@@ -216,7 +231,7 @@ fn split_tensors(file: TensorFile) -> (TensorFile, Vec<(String, Tensor)>) {
         tensors: model,
         metadata: HashMap::new(),
     };
-    (model, optimizer)
+    (model, optimizer, ema)
 }
 
 /// Loads a checkpoint into `vs` and `optimizer` (replaced by the optimiser that the
@@ -233,6 +248,7 @@ pub fn load_checkpoint(
     path: &Path,
     vs: &mut nn::VarStore,
     optimizer: &mut Box<dyn Optimizer>,
+    ema: &mut Option<(Ema, EmaSchedule)>,
 ) -> Result<TrainState, TrainError> {
     let file = read_safetensors(path)?;
     let state = parse_state(path, &file.metadata)?;
@@ -249,7 +265,8 @@ pub fn load_checkpoint(
         path: path.to_path_buf(),
         problem,
     };
-    let (model, optimizer_state) = split_tensors(file);
+    let (model, optimizer_state, ema_state) = split_tensors(file);
+    let rebuilt_ema = ema_of(&state.config, vs, ema_state).map_err(bad)?;
     // Check the optimiser's state first, so nothing is touched on error; then the model's
     // tensors are checked and copied by the crate's one loader.
     rebuilt
@@ -279,5 +296,30 @@ pub fn load_checkpoint(
     optimizer
         .load_state(optimizer_state)
         .map_err(|e| bad(e.to_string()))?;
+    *ema = rebuilt_ema;
     Ok(state)
+}
+
+/// The EMA `config` asks for over `vs`, holding the averages of a checkpoint's EMA section
+/// (`saved`, names without `ema/`); a fresh object, so nothing live is touched on error.
+fn ema_of(
+    config: &TrainConfig,
+    vs: &nn::VarStore,
+    saved: Vec<(String, Tensor)>,
+) -> Result<Option<(Ema, EmaSchedule)>, String> {
+    let mut ema = config
+        .build_ema(vs, config.world_size)
+        .map_err(|e| format!("its EMA configuration: {e}"))?;
+    match (&mut ema, saved.is_empty()) {
+        (Some((e, _)), _) => e
+            .load_state(saved)
+            .map_err(|e| format!("EMA section: {e}"))?,
+        (None, false) => {
+            return Err(
+                "it has an EMA section (`ema/…`) but its configuration has no model_ema".into(),
+            )
+        }
+        (None, true) => {}
+    }
+    Ok(ema)
 }

@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device};
 
 use super::{
-    AdamWConfig, GroupOverride, Optimizer, OptimizerConfig, ParamGroups, Precision, Schedule,
-    SgdConfig, TrainError, OPTIMIZER_NAMES,
+    ema_decay_for, AdamWConfig, Ema, EmaSchedule, GroupOverride, Optimizer, OptimizerConfig,
+    ParamGroups, Precision, Schedule, SgdConfig, TrainError, OPTIMIZER_NAMES,
 };
 use crate::data::Normalization;
 use crate::inference::Tta;
@@ -91,6 +91,16 @@ pub struct TrainConfig {
     pub limit_test: Option<usize>,
     /// Evaluate on the test set every N epochs (and always after the last one).
     pub eval_every: usize,
+    /// Keep an exponential moving average of the weights and buffers (torchvision's
+    /// `--model-ema`, [`Ema`](super::Ema)), evaluated beside the raw weights after every
+    /// evaluation (`ema_test_acc` in the metrics). `best` and `last` remain the raw weights.
+    pub model_ema: bool,
+    /// The EMA's decay per update before torchvision's adjustment for the world size, batch
+    /// size, `model_ema_steps` and epochs ([`ema_decay_for`](super::ema_decay_for)): in (0, 1).
+    pub model_ema_decay: f64,
+    /// Update the EMA after every this many batches (`--model-ema-steps`); during the
+    /// `warmup_epochs` it is reset to the weights after each update, as torchvision does.
+    pub model_ema_steps: usize,
     /// Test-time augmentation of the evaluation (`none`, `flip`, `flip_translate`: see
     /// [`Tta`]); the test loss and accuracy, and so `best`, are those of the averaged logits.
     pub tta: Tta,
@@ -160,6 +170,9 @@ impl Default for TrainConfig {
             limit_test: None,
             eval_every: 1,
             tta: Tta::None,
+            model_ema: false,
+            model_ema_decay: 0.99998,
+            model_ema_steps: 32,
             augment: true,
             precision: Precision::Auto,
             channels_last: None,
@@ -334,6 +347,16 @@ impl TrainConfig {
                 ));
             }
         }
+        if !(self.model_ema_decay > 0.0 && self.model_ema_decay < 1.0) {
+            return Err(invalid(
+                "model_ema_decay",
+                self.model_ema_decay,
+                "in (0, 1)",
+            ));
+        }
+        if self.model_ema_steps == 0 {
+            return Err(invalid("model_ema_steps", 0, "at least 1"));
+        }
         if let Some(c) = self.clip_grad_norm {
             if !(c.is_finite() && c > 0.0) {
                 return Err(invalid("clip_grad_norm", c, "a finite number above 0"));
@@ -441,5 +464,34 @@ impl TrainConfig {
     /// hyper-parameters the optimiser refuses.
     pub fn build_optimizer(&self, vs: &nn::VarStore) -> Result<Box<dyn Optimizer>, TrainError> {
         Ok(self.optimizer_config()?.build(vs, &self.param_groups())?)
+    }
+}
+
+impl TrainConfig {
+    /// The EMA of this configuration over `vs` (`None` without `model_ema`), its decay
+    /// adjusted as torchvision's reference script does for `world_size` processes.
+    ///
+    /// # Errors
+    /// [`TrainError::Ema`] for a decay or count the EMA refuses.
+    pub fn build_ema(
+        &self,
+        vs: &nn::VarStore,
+        world_size: usize,
+    ) -> Result<Option<(Ema, EmaSchedule)>, TrainError> {
+        if !self.model_ema {
+            return Ok(None);
+        }
+        let decay = ema_decay_for(
+            self.model_ema_decay,
+            world_size,
+            self.batch_size,
+            self.model_ema_steps,
+            self.epochs,
+        )?;
+        let schedule = EmaSchedule {
+            every: self.model_ema_steps,
+            warmup_epochs: self.warmup_epochs,
+        };
+        Ok(Some((Ema::new(vs, decay)?, schedule)))
     }
 }

@@ -19,6 +19,21 @@ pub struct EpochMetrics {
     /// Test accuracy (percent); `null` on epochs without evaluation.
     #[serde(with = "super::float_json::option")]
     pub test_acc: Option<f64>,
+    /// Test loss of the EMA of the weights (`model_ema`); `null` without one or on epochs
+    /// without evaluation.
+    #[serde(
+        with = "super::float_json::option",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ema_test_loss: Option<f64>,
+    /// Test accuracy (percent) of the EMA of the weights, as `ema_test_loss`.
+    #[serde(
+        with = "super::float_json::option",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ema_test_acc: Option<f64>,
     /// Learning rate of the epoch.
     #[serde(with = "super::float_json::any")]
     pub lr: f64,

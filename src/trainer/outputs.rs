@@ -32,6 +32,10 @@ pub fn epoch_line(m: &EpochMetrics, epochs: usize) -> String {
         (Some(l), Some(a)) => format!("test loss {l:.4} acc {a:6.2}%"),
         _ => "test -".to_string(),
     };
+    let test = match m.ema_test_acc {
+        Some(a) => format!("{test} (EMA {a:6.2}%)"),
+        None => test,
+    };
     format!(
         "epoch {:>3}/{epochs}  train loss {:.4} acc {:6.2}%  {test}  lr {:.5}  {:.1} s  {:.0} img/s",
         m.epoch, m.train_loss, m.train_acc, m.lr, m.seconds, m.train_images_per_sec

@@ -159,6 +159,8 @@ mod tests {
 
     fn epoch(epoch: usize, test_acc: Option<f64>) -> EpochMetrics {
         EpochMetrics {
+            ema_test_loss: None,
+            ema_test_acc: None,
             epoch,
             train_loss: 2.0 / epoch as f64,
             train_acc: 10.0 * epoch as f64,

@@ -16,9 +16,9 @@ use super::progress::bar_message;
 use super::{
     evaluate::{evaluate_until, EvalControl},
     guard::torch_guard,
-    tune_process_for_training, EpochAccumulator, EpochMetrics, Evaluation, Execution, LossScale,
-    Optimizer, Precision, ProgressMode, RunningMetrics, Summary, TrainConfig, TrainError,
-    TrainState, TrainStep,
+    tune_process_for_training, Ema, EmaSchedule, EpochAccumulator, EpochMetrics, Evaluation,
+    Execution, LossScale, Optimizer, Precision, ProgressMode, RunningMetrics, Summary, TrainConfig,
+    TrainError, TrainState, TrainStep,
 };
 use crate::data::{epoch_batches, BatchConfig, BatchRequest, DataSplits, Dataset, Subset};
 use crate::distributed::ProcessGroup;
@@ -87,6 +87,8 @@ pub struct Trainer<M: ModuleT> {
     step: TrainStep,
     /// The optimiser of the configuration ([`TrainConfig::build_optimizer`]).
     optimizer: Box<dyn Optimizer>,
+    /// The EMA of the weights and its schedule, with `model_ema`.
+    ema: Option<(Ema, EmaSchedule)>,
     state: TrainState,
     run_dir: Option<PathBuf>,
     lock: Option<DirLock>,
@@ -312,6 +314,7 @@ impl<M: ModuleT> Trainer<M> {
             state.loss_scale = Some(LossScale::default());
         }
         let optimizer = config.build_optimizer(&vs)?;
+        let ema = config.build_ema(&vs, config.world_size)?;
         Ok(Trainer {
             device: vs.device(),
             step: TrainStep::new(exec, config.label_smoothing)
@@ -319,6 +322,7 @@ impl<M: ModuleT> Trainer<M> {
             vs,
             model,
             optimizer,
+            ema,
             state,
             run_dir: None,
             lock: None,
@@ -387,6 +391,8 @@ impl<M: ModuleT> Trainer<M> {
         dp.broadcast_model(&self.vs)?;
         let reducer = dp.gradient_reducer(self.optimizer.parameters())?;
         self.step.set_gradient_reducer(reducer);
+        // torchvision adjusts the EMA's decay for the world size.
+        self.ema = self.state.config.build_ema(&self.vs, dp.world_size())?;
         self.dist = Some(dp);
         Ok(self)
     }
@@ -507,7 +513,7 @@ impl<M: ModuleT> Trainer<M> {
         };
         let path = dir.join(files::CHECKPOINT);
         // The trainer is dropped on error: what loading changed in it does not matter.
-        let state = load_checkpoint(&path, &mut self.vs, &mut self.optimizer)?;
+        let state = load_checkpoint(&path, &mut self.vs, &mut self.optimizer, &mut self.ema)?;
         if state.config.world_size != self.world_size() {
             return Err(TrainError::WorldSizeChanged {
                 path,
@@ -827,6 +833,10 @@ impl<M: ModuleT> Trainer<M> {
                 &labels,
                 lr,
             )?;
+            // Right after the update, as torchvision's reference script.
+            if let Some((ema, schedule)) = &mut self.ema {
+                schedule.after_step(ema, &self.vs, epoch, batch.index)?;
+            }
             sums.add(&out);
             self.state.steps += 1;
             self.state.batch = batch.index + 1;
@@ -1018,6 +1028,31 @@ impl<M: ModuleT> Trainer<M> {
         evaluate_until(model, &part, &batches, classes, exec, control)
     }
 
+    /// Evaluates `test` with the EMA's averages in place of the weights and buffers (restored
+    /// afterwards, also on error); `None` when a stop was requested during the evaluation.
+    fn evaluate_ema(&self, test: &Arc<dyn Dataset>) -> Result<Option<Evaluation>, TrainError> {
+        let Some((ema, _)) = &self.ema else {
+            return Ok(None);
+        };
+        let raw: Vec<(String, Tensor)> = tch::no_grad(|| {
+            self.vs
+                .variables()
+                .into_iter()
+                .map(|(n, t)| t.f_detach_copy().map(|c| (n, c)))
+                .collect::<Result<_, _>>()
+        })?;
+        ema.copy_into(&self.vs)?;
+        let result = self.evaluate_test(test);
+        let live = self.vs.variables();
+        tch::no_grad(|| -> Result<(), tch::TchError> {
+            for (name, saved) in &raw {
+                live[name].shallow_clone().f_copy_(saved)?;
+            }
+            Ok(())
+        })?;
+        result
+    }
+
     /// Evaluates (when due), records the epoch's metrics, moves to the next epoch and writes
     /// the checkpoint and the run directory's files; `Some` when a stop request interrupted
     /// the evaluation (the checkpoint then resumes at the evaluation).
@@ -1037,6 +1072,13 @@ impl<M: ModuleT> Trainer<M> {
             },
             false => None,
         };
+        let ema_eval = match (due, self.ema.is_some()) {
+            (true, true) => match self.evaluate_ema(test)? {
+                Some(eval) => Some(eval),
+                None => return self.stop_if_asked(BatchControl::Stop, num_batches),
+            },
+            _ => None,
+        };
         let p = std::mem::take(&mut self.state.progress);
         let seen = p.seen.max(1) as f64;
         let metrics = EpochMetrics {
@@ -1045,6 +1087,8 @@ impl<M: ModuleT> Trainer<M> {
             train_acc: 100.0 * p.correct as f64 / seen,
             test_loss: eval.as_ref().map(|e| e.loss),
             test_acc: eval.as_ref().map(|e| e.acc),
+            ema_test_loss: ema_eval.as_ref().map(|e| e.loss),
+            ema_test_acc: ema_eval.as_ref().map(|e| e.acc),
             lr: self.state.config.lr_at(epoch - 1),
             seconds: p.seconds + started.elapsed().as_secs_f64(),
             train_images: p.seen,
@@ -1085,6 +1129,7 @@ impl<M: ModuleT> Trainer<M> {
                 &dir.join(files::CHECKPOINT),
                 &self.vs,
                 self.optimizer.as_ref(),
+                self.ema.as_ref().map(|(e, _)| e),
                 &self.state,
             ),
             None => Ok(()),
