@@ -3,8 +3,8 @@
 //
 // Conventions:
 // * every function that can fail returns an `rx_status` (0: success) and, on failure, stores a
-//   message allocated with malloc in `*err` (free it with rx_free_error). No C++ exception ever
-//   crosses this boundary: each entry point catches everything.
+//   message allocated with malloc in `*err` (src/shim.rs reads it and frees it with free()).
+//   No C++ exception ever crosses this boundary: each entry point catches everything.
 // * tensors are tch's `*mut C_tensor`, which are `at::Tensor*`.
 // * timeouts are in milliseconds.
 //
@@ -38,10 +38,6 @@
 using namespace rx;
 
 extern "C" {
-
-void rx_free_error(char* err) {
-  std::free(err);
-}
 
 rx_status rx_store_create(
     const char* host,

@@ -24,8 +24,6 @@ typedef int rx_status;
 typedef struct rx_store rx_store;
 typedef struct rx_group rx_group;
 
-void rx_free_error(char* err);
-
 /* A TCPStore. The server (is_server != 0) takes over listen_fd, a socket bound and listening on
    the address to serve (it closes it); listen_fd is -1 for a client. */
 rx_status rx_store_create(const char* host, uint16_t port, int is_server, int listen_fd,

@@ -11,7 +11,7 @@
 // Conventions (as c10d_shim.cpp): tensors are tch's `*mut C_tensor`, which are `at::Tensor*`;
 // a new tensor is returned as a `new at::Tensor` that the Rust side owns (tch frees it); every
 // entry point catches every exception and returns 0 on success, else 1 with a malloc'd message
-// in `*err` (free it with rx_infer_free_error).
+// in `*err` (the Rust side frees it with free()).
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
@@ -84,8 +84,6 @@ c10::IValue optional_tensor(const at::Tensor* t) {
 }  // namespace
 
 extern "C" {
-
-void rx_infer_free_error(char* err) { std::free(err); }
 
 // 1 when both fused convolution operators are registered (a CPU build of libtorch with mkldnn).
 int rx_infer_fused_available() {

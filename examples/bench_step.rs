@@ -6,8 +6,8 @@
 //! * `setup ID eval|train MODEL BATCH VARIANT [cifar|imagenet SIZE]`: builds the workload
 //!   (random weights, a random batch `[BATCH, 3, SIZE, SIZE]`; by default the CIFAR stem and
 //!   32x32), runs it once as a warm-up, answers `ok`.
-//!   Eval variants: `inference-fused` ([`InferenceModel`] with [`Kernels::OneDnnFused`]),
-//!   `inference-generic` (with [`Kernels::Generic`]), `inference` (its default kernels), `plain` (`ResNeXt::forward_t(xs, false)`
+//!   Eval variants: `inference` ([`InferenceModel`], its default kernels), `inference-fused`
+//!   (with [`Kernels::OneDnnFused`]), `plain` (`ResNeXt::forward_t(xs, false)`
 //!   under `no_grad`, NCHW), `plain-cl` (the same with channels-last weights and input).
 //!   Train variants (forward, cross-entropy, backward, [`Sgd`] step with momentum 0.9 and
 //!   weight decay 5e-4): `nchw`, `cl` (channels-last weights and input).
@@ -67,9 +67,10 @@ impl Workload {
         let xs = Tensor::randn([batch, 3, input.size, input.size], (Kind::Float, device));
         Ok(match (kind, variant) {
             ("eval", "inference") => Workload::Inference(InferenceModel::new(&net)?, xs),
-            ("eval", "inference-generic") => {
-                Workload::Inference(InferenceModel::with_kernels(&net, Kernels::Generic)?, xs)
-            }
+            ("eval", "inference-fused") => Workload::Inference(
+                InferenceModel::with_kernels(&net, Kernels::OneDnnFused)?,
+                xs,
+            ),
             ("eval", "plain") => Workload::Plain(net, xs),
             ("eval", "plain-cl") => {
                 vars_to_channels_last(&vs)?;

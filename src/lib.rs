@@ -24,6 +24,7 @@ pub mod layout;
 pub mod memory;
 mod report;
 pub mod resnext;
+mod shim;
 pub mod trainer;
 pub mod weights;
 

@@ -1,5 +1,7 @@
 //! The C ABI of `csrc/c10d_shim.cpp` (see `csrc/c10d_shim.h`), compiled and linked by build.rs.
-use std::ffi::{c_char, c_int, c_void, CStr};
+use std::ffi::{c_char, c_int, c_void};
+
+pub(crate) use crate::shim::{call, ShimError};
 
 /// Opaque `rx_store`.
 #[repr(C)]
@@ -13,7 +15,6 @@ pub(crate) struct RxGroup {
     _private: [u8; 0],
 }
 
-pub(crate) const RX_OK: c_int = 0;
 pub(crate) const RX_ERR_NETWORK: c_int = 1;
 // 2: c10::DistStoreError, 3: c10::DistBackendError, 4: other c10::Error (see csrc/c10d_shim.h);
 // told apart by their messages in group.rs.
@@ -24,7 +25,6 @@ pub(crate) const RX_OP_SUM: c_int = 0;
 pub(crate) const RX_OP_AVG: c_int = 1;
 
 extern "C" {
-    pub(crate) fn rx_free_error(err: *mut c_char);
     pub(crate) fn rx_store_create(
         host: *const c_char,
         port: u16,
@@ -89,32 +89,4 @@ extern "C" {
         err: *mut *mut c_char,
     ) -> c_int;
     pub(crate) fn rx_group_barrier(group: *mut RxGroup, err: *mut *mut c_char) -> c_int;
-}
-
-/// The status and message of a failed shim call.
-#[derive(Debug)]
-pub(crate) struct ShimError {
-    pub status: c_int,
-    pub message: String,
-}
-
-/// Calls `f` with an error out-pointer; turns a non-zero status into a [`ShimError`].
-pub(crate) fn call(f: impl FnOnce(*mut *mut c_char) -> c_int) -> Result<(), ShimError> {
-    let mut err: *mut c_char = std::ptr::null_mut();
-    let status = f(&mut err);
-    if status == RX_OK {
-        return Ok(());
-    }
-    let message = if err.is_null() {
-        "(no message)".to_string()
-    } else {
-        // SAFETY: the shim stores a malloc'd, NUL-terminated string, freed right after.
-        let m = unsafe { CStr::from_ptr(err) }
-            .to_string_lossy()
-            .into_owned();
-        // SAFETY: `err` came from the shim, is no longer read, and is freed once.
-        unsafe { rx_free_error(err) };
-        m
-    };
-    Err(ShimError { status, message })
 }

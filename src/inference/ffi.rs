@@ -1,6 +1,6 @@
 //! The C ABI of `csrc/inference_shim.cpp`: libtorch's fused oneDNN convolutions
 //! (`mkldnn::_convolution_pointwise`), found through the dispatcher at run time.
-use std::ffi::{c_char, c_int, c_void, CStr};
+use std::ffi::{c_char, c_int, c_void};
 use std::sync::OnceLock;
 
 use tch::{TchError, Tensor};
@@ -8,7 +8,6 @@ use tch::{TchError, Tensor};
 use crate::resnext::ConvSpec;
 
 extern "C" {
-    fn rx_infer_free_error(err: *mut c_char);
     fn rx_infer_fused_available() -> c_int;
     fn rx_infer_conv(
         x: *const c_void,
@@ -49,25 +48,9 @@ pub(super) enum Post {
     Relu,
 }
 
-/// Calls the shim with an error out-pointer; a non-zero status becomes a [`TchError`] with
-/// libtorch's message.
+/// A shim call's failure as a [`TchError`] with libtorch's message.
 fn call(f: impl FnOnce(*mut *mut c_char) -> c_int) -> Result<(), TchError> {
-    let mut err: *mut c_char = std::ptr::null_mut();
-    if f(&mut err) == 0 {
-        return Ok(());
-    }
-    let message = if err.is_null() {
-        "(no message)".to_string()
-    } else {
-        // SAFETY: the shim stores a malloc'd, NUL-terminated string, freed right after.
-        let m = unsafe { CStr::from_ptr(err) }
-            .to_string_lossy()
-            .into_owned();
-        // SAFETY: `err` came from the shim, is no longer read, and is freed once.
-        unsafe { rx_infer_free_error(err) };
-        m
-    };
-    Err(TchError::Torch(format!("fused convolution: {message}")))
+    crate::shim::call(f).map_err(|e| TchError::Torch(format!("fused convolution: {}", e.message)))
 }
 
 /// `conv2d(x, weight, bias)` with `post` fused in; `weight` prepacked (or dense).

@@ -155,13 +155,7 @@ impl FusedNet {
         let xs = xs.f_to_device(Device::Cpu)?.f_to_kind(Kind::Float)?;
         let mut x = self.stem.run(&channels_last(&xs)?, Post::Relu)?;
         if let Some(pool) = self.stem_pool {
-            x = x.f_max_pool2d(
-                [pool.kernel; 2],
-                [pool.stride; 2],
-                [pool.padding; 2],
-                [1, 1],
-                false,
-            )?;
+            x = pool.apply(&x)?;
         }
         for block in &self.blocks {
             x = block.run(x)?;

@@ -196,13 +196,7 @@ impl MatmulNet {
         let mut x = self.stem.apply(&channels_last(&xs)?)?;
         let _ = x.f_relu_()?;
         if let Some(pool) = self.stem_pool {
-            x = x.f_max_pool2d(
-                [pool.kernel; 2],
-                [pool.stride; 2],
-                [pool.padding; 2],
-                [1, 1],
-                false,
-            )?;
+            x = pool.apply(&x)?;
         }
         let size = x.size();
         let grid = Grid {

@@ -82,6 +82,20 @@ pub struct PoolSpec {
 }
 
 impl PoolSpec {
+    /// This max-pool on `x` `[N, C, H, W]` (in its memory format).
+    ///
+    /// # Errors
+    /// libtorch's, for example for an input smaller than the kernel.
+    pub fn apply(&self, x: &tch::Tensor) -> Result<tch::Tensor, tch::TchError> {
+        x.f_max_pool2d(
+            [self.kernel; 2],
+            [self.stride; 2],
+            [self.padding; 2],
+            [1, 1],
+            false,
+        )
+    }
+
     /// Output `(height, width)` for a `height x width` input.
     pub fn output_size(&self, height: i64, width: i64) -> (i64, i64) {
         let size = |s| out_size(s, self.kernel, self.stride, self.padding);
