@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Image folder loading speed: this crate's ImageFolder against torchvision's ImageFolder +
-# DataLoader, on the same JPEG files, alternating in one run; prints the tables for README.
+# DataLoader, on the same JPEG files, alternating in one run; prints the tables for docs/benchmarks.md.
 #
 #   benches/image_loader.sh [--data-dir DIR] [--workers "1 2"] [--rounds R] [--epochs K]
 #                           [--batch-size B]

@@ -36,7 +36,7 @@
 //! torch wheel lacks and `scripts/setup-gloo-headers.sh` installs into a cache. Every C++
 //! exception is caught in the shim and comes back as an error message.
 //!
-//! Rendezvous, and what listens where (README, "What listens where"):
+//! Rendezvous, and what listens where (docs/distributed.md, "What listens where"):
 //!
 //! * **One machine** ([`Rendezvous::File`]: the `--nproc` launcher, [`LocalRendezvous`],
 //!   [`ProcessGroup::single`]): the ranks meet in a c10d `FileStore` in a private directory
