@@ -10,13 +10,14 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use resnext::data::ops::Policy;
 use resnext::data::DataSplits;
 use resnext::distributed::{DistEnv, EnvError, ProcessGroup};
 use resnext::inference::Tta;
 use resnext::resnext::MODEL_NAMES;
 use resnext::trainer::{
-    Outcome, ProgressMode, TrainConfig, TrainError, Trainer, OPTIMIZER_NAMES, PRECISION_NAMES,
-    SCHEDULE_NAMES,
+    check_same_recipe, recipe_config, recipe_names, Outcome, ProgressMode, TrainConfig, TrainError,
+    Trainer, OPTIMIZER_NAMES, PRECISION_NAMES, SCHEDULE_NAMES,
 };
 use resnext::ResNeXt;
 
@@ -24,61 +25,61 @@ use resnext::ResNeXt;
 #[derive(clap::Args, Debug)]
 pub struct TrainFlags {
     /// Model configuration.
-    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(MODEL_NAMES))]
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(MODEL_NAMES), help_heading = "Model")]
     pub model: Option<String>,
     /// Number of epochs [default: 200].
-    #[arg(long)]
+    #[arg(long, help_heading = "Optimisation")]
     pub epochs: Option<usize>,
     /// Training batch size [default: 128].
-    #[arg(long)]
+    #[arg(long, help_heading = "Optimisation")]
     pub batch_size: Option<usize>,
     /// Base learning rate [default: 0.1].
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_negative_numbers = true, help_heading = "Optimisation")]
     pub lr: Option<f64>,
     /// Optimiser: sgd or adamw (torch.optim.AdamW, betas 0.9/0.999, eps 1e-8) [default: sgd].
-    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(OPTIMIZER_NAMES))]
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(OPTIMIZER_NAMES), help_heading = "Optimisation")]
     pub opt: Option<String>,
     /// SGD momentum [default: 0.9].
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_negative_numbers = true, help_heading = "Optimisation")]
     pub momentum: Option<f64>,
     /// Weight decay (SGD: L2 on the gradient; AdamW: decoupled) [default: 5e-4].
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_negative_numbers = true, help_heading = "Optimisation")]
     pub weight_decay: Option<f64>,
     /// Weight decay of BatchNorm parameters instead of --weight-decay (torchvision's recipe: 0).
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_negative_numbers = true, help_heading = "Optimisation")]
     pub norm_weight_decay: Option<f64>,
     /// Weight decay of biases instead of --weight-decay (before --norm-weight-decay).
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_negative_numbers = true, help_heading = "Optimisation")]
     pub bias_weight_decay: Option<f64>,
     /// Clip the gradients to this total 2-norm before each update [default: no clipping].
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_negative_numbers = true, help_heading = "Optimisation")]
     pub clip_grad_norm: Option<f64>,
     /// Nesterov momentum.
-    #[arg(long)]
+    #[arg(long, help_heading = "Optimisation")]
     pub nesterov: bool,
     /// Learning-rate schedule [default: cosine].
-    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(SCHEDULE_NAMES))]
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(SCHEDULE_NAMES), help_heading = "Schedule")]
     pub schedule: Option<String>,
     /// Epochs of linear warm-up [default: 0].
-    #[arg(long)]
+    #[arg(long, help_heading = "Schedule")]
     pub warmup_epochs: Option<usize>,
     /// Label smoothing of the loss, in [0, 1) [default: 0].
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_negative_numbers = true, help_heading = "Optimisation")]
     pub label_smoothing: Option<f64>,
     /// Seed of initialisation, shuffling and augmentation [default: 1].
-    #[arg(long)]
+    #[arg(long, help_heading = "Recipe and configuration")]
     pub seed: Option<u64>,
     /// auto, cpu, cuda or cuda:N [default: auto = CUDA when available].
-    #[arg(long)]
+    #[arg(long, help_heading = "Precision and device")]
     pub device: Option<String>,
     /// Forward/backward precision: auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16, fp16.
-    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(PRECISION_NAMES))]
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(PRECISION_NAMES), help_heading = "Precision and device")]
     pub precision: Option<String>,
     /// Channels-last weights and inputs: auto (on), on, off.
-    #[arg(long, value_parser = ["auto", "on", "off"])]
+    #[arg(long, value_parser = ["auto", "on", "off"], help_heading = "Precision and device")]
     pub channels_last: Option<String>,
     /// Run directory [default: runs/<model>-seed<seed>].
-    #[arg(long)]
+    #[arg(long, help_heading = "Run directory")]
     pub out: Option<PathBuf>,
     /// Continue the run in this directory with the configuration saved there.
     #[arg(long, value_name = "RUN_DIR", conflicts_with_all = [
@@ -86,54 +87,111 @@ pub struct TrainFlags {
         "norm_weight_decay", "bias_weight_decay", "clip_grad_norm",
         "schedule", "warmup_epochs", "label_smoothing", "seed", "out", "limit_train",
         "limit_test", "eval_every", "config", "precision", "channels_last", "tta", "model_ema",
-        "model_ema_decay", "model_ema_steps",
-    ])]
+        "model_ema_decay", "model_ema_steps", "auto_augment", "ra_magnitude", "random_erase",
+        "mixup_alpha", "cutmix_alpha", "grad_accum_steps",
+    ],
+        help_heading = "Run directory"
+    )]
     pub resume: Option<PathBuf>,
     /// Train on N training images only.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help_heading = "Evaluation and data limits")]
     pub limit_train: Option<usize>,
     /// Evaluate on N test images only.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help_heading = "Evaluation and data limits")]
     pub limit_test: Option<usize>,
     /// Evaluate every N epochs (and after the last) [default: 1].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help_heading = "Evaluation and data limits")]
     pub eval_every: Option<usize>,
     /// Keep an EMA of the weights and buffers (torchvision's --model-ema), evaluated beside
     /// them; best/last stay the raw weights.
-    #[arg(long)]
+    #[arg(long, help_heading = "Weight averaging (EMA)")]
     pub model_ema: bool,
     /// The EMA's decay before torchvision's adjustment for batch size, steps and epochs
     /// [default: 0.99998].
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        help_heading = "Weight averaging (EMA)"
+    )]
     pub model_ema_decay: Option<f64>,
     /// Update the EMA every N batches [default: 32].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help_heading = "Weight averaging (EMA)")]
     pub model_ema_steps: Option<usize>,
     /// Test-time augmentation of the evaluation: none, flip (the mirror too), flip-translate
     /// (also one-pixel shifts; airbench's levels) [default: none].
-    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(Tta::NAMES))]
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(Tta::NAMES), help_heading = "Evaluation and data limits")]
     pub tta: Option<String>,
+    /// Start from this named recipe (cifar = the defaults, tutorial, torchvision-v2; each
+    /// setting with its reason in docs/training.md); a --config file and flags override it
+    /// [default: cifar].
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(recipe_names()), help_heading = "Recipe and configuration")]
+    pub recipe: Option<String>,
+    /// Auto-augmentation policy after crop and flip: ta_wide (TrivialAugmentWide), ra
+    /// (RandAugment, 2 ops), cifar10 / imagenet / svhn (AutoAugment) [default: none].
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(Policy::NAMES), help_heading = "Augmentation and mixing")]
+    pub auto_augment: Option<String>,
+    /// RandAugment's magnitude, a bin of 31 (with --auto-augment ra) [default: 9].
+    #[arg(long, value_name = "M", help_heading = "Augmentation and mixing")]
+    pub ra_magnitude: Option<usize>,
+    /// Random erasing probability per image, after normalisation [default: 0, off].
+    #[arg(
+        long,
+        value_name = "P",
+        allow_negative_numbers = true,
+        help_heading = "Augmentation and mixing"
+    )]
+    pub random_erase: Option<f64>,
+    /// MixUp's alpha per batch, the loss on soft targets [default: 0, off].
+    #[arg(
+        long,
+        value_name = "ALPHA",
+        allow_negative_numbers = true,
+        help_heading = "Augmentation and mixing"
+    )]
+    pub mixup_alpha: Option<f64>,
+    /// CutMix's alpha per batch; with --mixup-alpha, one of the two per batch [default: 0, off].
+    #[arg(
+        long,
+        value_name = "ALPHA",
+        allow_negative_numbers = true,
+        help_heading = "Augmentation and mixing"
+    )]
+    pub cutmix_alpha: Option<f64>,
+    /// Split each batch into N micro-batches, one update (bounds memory; --batch-size stays
+    /// the update's batch and N must divide it) [default: 1].
+    #[arg(long, value_name = "N", help_heading = "Optimisation")]
+    pub grad_accum_steps: Option<usize>,
     /// JSON configuration file (a TrainConfig; flags override it).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Recipe and configuration")]
     pub config: Option<PathBuf>,
     /// No progress bar, only one line per epoch.
-    #[arg(long)]
+    #[arg(long, help_heading = "Run directory")]
     pub quiet: bool,
     /// Train with N processes on this machine (data-parallel, Gloo on CPU, NCCL on GPUs;
     /// --batch-size is per process). Runs started by torchrun need no flag.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help_heading = "Several processes")]
     pub nproc: Option<usize>,
     /// Seconds a data-parallel collective may wait for the other processes.
-    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 300,
+        help_heading = "Several processes"
+    )]
     pub dist_timeout: u64,
     /// Start from these weights, with torchvision's names: safetensors (e.g. another run's
     /// last.safetensors) or a PyTorch .pth (a state dict, a training checkpoint or a whole
     /// model); the file fixes the stem, and the classifier is replaced when its class count
     /// differs.
-    #[arg(long, value_name = "FILE", conflicts_with = "resume")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "resume",
+        help_heading = "Model"
+    )]
     pub pretrained: Option<PathBuf>,
     /// Train the classifier only (with --pretrained, the usual quick fine-tune).
-    #[arg(long, conflicts_with = "resume")]
+    #[arg(long, conflicts_with = "resume", help_heading = "Model")]
     pub freeze_backbone: bool,
 }
 
@@ -170,11 +228,13 @@ pub fn start(flags: &TrainFlags) -> Result<Start> {
 }
 
 impl TrainFlags {
-    /// `base`, then the config file, then the flags given; not yet validated.
+    /// `base` (or the `--recipe` named), then the config file (over the recipe it or
+    /// `--recipe` names), then the flags given; not yet validated.
     pub fn config(&self, base: TrainConfig) -> Result<TrainConfig, TrainError> {
-        let mut cfg = match &self.config {
-            Some(path) => TrainConfig::from_file(path)?,
-            None => base,
+        let mut cfg = match (&self.config, &self.recipe) {
+            (Some(path), recipe) => config_file_over_recipe(path, recipe.as_deref())?,
+            (None, Some(name)) => recipe_config(name)?,
+            (None, None) => base,
         };
         macro_rules! set {
             ($($field:ident),*) => { $( if let Some(v) = &self.$field { cfg.$field = v.clone(); } )* };
@@ -187,6 +247,16 @@ impl TrainFlags {
         set_optional!(norm_weight_decay, bias_weight_decay, clip_grad_norm);
         set!(warmup_epochs, label_smoothing, seed, device, eval_every);
         set!(model_ema_decay, model_ema_steps);
+        set!(
+            ra_magnitude,
+            random_erase,
+            mixup_alpha,
+            cutmix_alpha,
+            grad_accum_steps
+        );
+        if self.auto_augment.is_some() {
+            cfg.auto_augment = self.auto_augment.clone();
+        }
         cfg.model_ema |= self.model_ema;
         if let Some(s) = &self.schedule {
             cfg.schedule = s.parse()?;
@@ -223,6 +293,37 @@ impl TrainFlags {
     }
 }
 
+/// The configuration file `path` over `recipe` when given (it replaces the file's own
+/// `recipe`), else over the recipe the file names.
+fn config_file_over_recipe(
+    path: &std::path::Path,
+    recipe: Option<&str>,
+) -> Result<TrainConfig, TrainError> {
+    let Some(name) = recipe else {
+        return TrainConfig::from_file(path);
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
+        action: "reading",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| TrainError::ConfigJson {
+            path: Some(path.to_path_buf()),
+            message: e.to_string(),
+        })?;
+    if let Some(fields) = value.as_object_mut() {
+        fields.insert("recipe".into(), name.into());
+    }
+    TrainConfig::from_json_unchecked(&value.to_string()).map_err(|e| match e {
+        TrainError::ConfigJson { message, .. } => TrainError::ConfigJson {
+            path: Some(path.to_path_buf()),
+            message,
+        },
+        e => e,
+    })
+}
+
 /// A trainer could not be made: a usage error (exit code 2) or another failure.
 pub enum OpenError {
     /// A bad value or a run directory in the way: the user fixes the command.
@@ -255,10 +356,14 @@ pub fn open_trainer(
 ) -> Result<Trainer<ResNeXt>, OpenError> {
     let device = rank_device(flags.device.as_deref(), rank.as_ref());
     if let Some(dir) = &flags.resume {
-        return Ok(match rank {
+        let trainer = match rank {
             Some(r) => Trainer::resume_data_parallel(dir, device.as_deref(), r.group)?,
             None => Trainer::resume(dir, device.as_deref())?,
-        });
+        };
+        if let Some(name) = &flags.recipe {
+            check_same_recipe(&trainer.state().config, name)?;
+        }
+        return Ok(trainer);
     }
     let mut cfg = config()?;
     if let Some(d) = device {

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{Affine, DataError, Normalization};
 
 /// Side of a CIFAR image.
-const SIDE: usize = 32;
+pub(crate) const SIDE: usize = 32;
 /// Pixels of one plane.
 const PLANE: usize = SIDE * SIDE;
 /// Values of one image (3 planes).

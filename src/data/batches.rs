@@ -6,8 +6,8 @@ use tch::{Device, Tensor};
 
 use super::{BatchConfig, DataError, DeviceDataset};
 
-/// One batch as a maker returns it: images, labels, dataset indices.
-pub(crate) type Made = (Tensor, Tensor, Vec<usize>);
+/// One batch as a maker returns it: images, labels, soft targets, dataset indices.
+pub(crate) type Made = (Tensor, Tensor, Option<Tensor>, Vec<usize>);
 
 /// Makes batch `index` of an epoch (on the prefetch thread).
 pub(crate) type MakeBatch = Box<dyn FnMut(usize) -> Result<Made, DataError> + Send>;
@@ -19,6 +19,9 @@ pub struct Batch {
     pub images: Tensor,
     /// Class labels, `int64 [B]`, on the requested device.
     pub labels: Tensor,
+    /// With MixUp or CutMix: the soft targets `f32 [B, classes]` of the mixed images (each row
+    /// sums to 1), on the same device; `None` otherwise (the targets are `labels`).
+    pub targets: Option<Tensor>,
     /// Position of this batch in its epoch (0-based).
     pub index: usize,
     /// Dataset indices of the images, in batch order.
@@ -64,9 +67,10 @@ impl Batches {
             .name("resnext-data-prefetch".into())
             .spawn(move || {
                 for index in start..num_batches {
-                    let made = make(index).map(|(images, labels, indices)| Batch {
+                    let made = make(index).map(|(images, labels, targets, indices)| Batch {
                         images,
                         labels,
+                        targets,
                         index,
                         indices,
                     });

@@ -1,7 +1,7 @@
 //! Batching options and per-channel normalisation.
 use serde::{Deserialize, Serialize};
 
-use super::DataError;
+use super::{Augmentation, DataError};
 
 /// Per-channel normalisation `(x / 255 - mean) / std`, as torchvision's `ToTensor` followed by
 /// `Normalize(mean, std)`.
@@ -108,6 +108,9 @@ pub struct BatchConfig {
     /// The part of every epoch this process batches (data-parallel training); the whole epoch
     /// by default.
     pub shard: Shard,
+    /// The stages after crop and flip: auto-augmentation policy, random erasing, MixUp /
+    /// CutMix (see [`Augmentation`]); all off by default.
+    pub augmentation: Augmentation,
 }
 
 /// One of `count` equal parts of every epoch, as PyTorch's `DistributedSampler`: the epoch's
@@ -170,6 +173,7 @@ impl Default for BatchConfig {
             seed: 0,
             normalization: Normalization::default(),
             shard: Shard::default(),
+            augmentation: Augmentation::default(),
         }
     }
 }
@@ -186,7 +190,8 @@ impl BatchConfig {
         }
     }
 
-    /// Checks the batch size (at least 1), the shard and the normalisation.
+    /// Checks the batch size (at least 1), the shard, the normalisation and the augmentation
+    /// stages.
     pub fn validate(&self) -> Result<(), DataError> {
         if self.batch_size == 0 {
             return Err(DataError::InvalidConfig {
@@ -202,7 +207,8 @@ impl BatchConfig {
                 expected: "an index below a count of at least 1".into(),
             });
         }
-        self.normalization.validate()
+        self.normalization.validate()?;
+        self.augmentation.validate(self.batch_size)
     }
 
     /// Images used per epoch out of a dataset of `len` images (`limit` applied).

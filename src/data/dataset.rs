@@ -4,11 +4,12 @@ use std::sync::Arc;
 
 use tch::{Device, Kind, Tensor};
 
-use super::augment::{fill_image, PIXELS};
+use super::augment::{fill_image, PIXELS, SIDE};
+use super::augmentation::UNIT_AFFINE;
 use super::cifar::{check_images, check_labels};
 use super::{
-    batch_augment_params, epoch_batches, Affine, AugmentParams, BatchConfig, BatchRequest, Batches,
-    Cifar10, DataError, DataSplits, Dataset, CLASS_NAMES,
+    batch_augment_params, epoch_batches, image_draws, Affine, AugmentParams, BatchConfig,
+    BatchRequest, Batches, Cifar10, DataError, DataSplits, Dataset, ImageDraws, CLASS_NAMES,
 };
 
 impl Cifar10 {
@@ -201,7 +202,7 @@ impl DeviceDataset {
         images: &[[u8; PIXELS]],
         labels: &[i64],
         indices: &[usize],
-        params: Option<&[AugmentParams]>,
+        draws: &BatchDraws,
         affine: &Affine,
         device: Device,
     ) -> Result<(Tensor, Tensor), DataError> {
@@ -209,8 +210,14 @@ impl DeviceDataset {
         let mut out = vec![[0f32; PIXELS]; count];
         let mut batch_labels = Vec::with_capacity(count);
         for (k, (&i, dst)) in indices.iter().zip(out.iter_mut()).enumerate() {
-            let p = params.and_then(|p| p.get(k).copied());
-            fill_image(&images[i], p, affine, dst);
+            let p = draws.crop.as_ref().and_then(|p| p.get(k).copied());
+            match draws.images.get(k) {
+                Some(d) if d.needs_pixels() => fill_image(&images[i], p, &UNIT_AFFINE, dst),
+                _ => fill_image(&images[i], p, affine, dst),
+            }
+            if let Some(d) = draws.images.get(k) {
+                d.finish(dst, SIDE, affine)?;
+            }
             batch_labels.push(labels[i]);
         }
         let x = Tensor::f_from_slice(out.as_flattened())?.f_view([count as i64, 3, 32, 32])?;
@@ -226,7 +233,7 @@ impl DeviceDataset {
         images: &Tensor,
         labels: &Tensor,
         indices: &[usize],
-        params: Option<&[AugmentParams]>,
+        draws: &BatchDraws,
         affine: &Affine,
     ) -> Result<(Tensor, Tensor), DataError> {
         let dev = images.device();
@@ -234,12 +241,15 @@ impl DeviceDataset {
         let idx = Tensor::f_from_slice(&idx)?.f_to_device(dev)?;
         let mut x = images.f_index_select(0, &idx)?;
         let y = labels.f_index_select(0, &idx)?;
-        if let Some(params) = params {
+        if let Some(params) = &draws.crop {
             x = crop_and_flip(&x, params)?;
+        }
+        if draws.images.iter().any(ImageDraws::needs_pixels) {
+            x = policy_on_host(&x, &draws.images)?;
         }
         let (scale, shift) = affine_tensors(affine, dev)?;
         let x = x.f_to_kind(Kind::Float)?.f_mul(&scale)?.f_add(&shift)?;
-        Ok((x, y))
+        Ok((erase_batched(x, &draws.images)?, y))
     }
 }
 
@@ -259,31 +269,94 @@ impl Dataset for DeviceDataset {
     /// The images `request.indices`, randomly cropped (4 pixels of zero padding) and flipped
     /// with [`batch_augment_params`] when `request.config.augment`, then normalised.
     fn make_batch(&self, request: &BatchRequest<'_>) -> Result<(Tensor, Tensor), DataError> {
-        let cfg = request.config;
+        let draws = BatchDraws::new(request)?;
+        let affine = request.config.normalization.affine();
         let indices = request.indices;
-        let params = cfg.augment.then(|| {
-            batch_augment_params(
-                cfg.seed,
-                request.epoch,
-                request.augmentation_stream(),
-                indices.len(),
-            )
-        });
-        let affine = cfg.normalization.affine();
         match &self.storage {
-            Storage::Host { images, labels } => Self::host_batch(
-                images,
-                labels,
-                indices,
-                params.as_deref(),
-                &affine,
-                self.device,
-            ),
+            Storage::Host { images, labels } => {
+                Self::host_batch(images, labels, indices, &draws, &affine, self.device)
+            }
             Storage::Tensors { images, labels } => {
-                Self::tensor_batch(&images.0, &labels.0, indices, params.as_deref(), &affine)
+                Self::tensor_batch(&images.0, &labels.0, indices, &draws, &affine)
             }
         }
     }
+
+    /// The policy stage, with [`Pipeline::TensorOps`], runs image by image on the host.
+    fn per_image_stages(&self, config: &BatchConfig) -> Vec<String> {
+        match (&self.storage, &config.augmentation.auto_augment) {
+            (Storage::Tensors { .. }, Some(policy)) => vec![format!(
+                "auto_augment {policy}: no batched form on the device, so each batch is \
+                 copied to the host for it and back"
+            )],
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// The random choices of one batch: crop and flip (when `augment`), then the later stages.
+struct BatchDraws {
+    crop: Option<Vec<AugmentParams>>,
+    images: Vec<ImageDraws>,
+}
+
+impl BatchDraws {
+    /// The draws of `request`'s images, each stage from its own stream.
+    fn new(request: &BatchRequest<'_>) -> Result<BatchDraws, DataError> {
+        let cfg = request.config;
+        let (n, stream) = (request.indices.len(), request.augmentation_stream());
+        let crop = cfg
+            .augment
+            .then(|| batch_augment_params(cfg.seed, request.epoch, stream, n));
+        let images = match cfg.augmentation.has_image_stages() {
+            true => image_draws(&cfg.augmentation, cfg.seed, request.epoch, stream, n, SIDE)?,
+            false => Vec::new(),
+        };
+        Ok(BatchDraws { crop, images })
+    }
+}
+
+/// The policy's ops on a `uint8 [B, 3, 32, 32]` batch, image by image on the host (the ops
+/// have no batched form), back on the batch's device as `uint8`.
+fn policy_on_host(x: &Tensor, draws: &[ImageDraws]) -> Result<Tensor, DataError> {
+    let count = draws.len();
+    let mut bytes = vec![0u8; count * PIXELS];
+    x.f_to_device(Device::Cpu)?
+        .f_contiguous()?
+        .f_copy_data_u8(&mut bytes, count * PIXELS)?;
+    let mut unit = vec![0f32; PIXELS];
+    for (image, d) in bytes.chunks_exact_mut(PIXELS).zip(draws) {
+        for (u, &b) in unit.iter_mut().zip(image.iter()) {
+            *u = f32::from(b);
+        }
+        d.apply_policy(&mut unit, SIDE, &UNIT_AFFINE)?;
+        for (b, &u) in image.iter_mut().zip(&unit) {
+            *b = u as u8;
+        }
+    }
+    Ok(Tensor::f_from_slice(&bytes)?
+        .f_view([count as i64, 3, SIDE as i64, SIDE as i64])?
+        .f_to_device(x.device())?)
+}
+
+/// Random erasing on a normalised `[B, 3, 32, 32]` batch in one masked fill on its device.
+fn erase_batched(x: Tensor, draws: &[ImageDraws]) -> Result<Tensor, DataError> {
+    if draws.iter().all(|d| d.erase.is_none()) {
+        return Ok(x);
+    }
+    let mut mask = vec![0u8; draws.len() * SIDE * SIDE];
+    for (m, d) in mask.chunks_exact_mut(SIDE * SIDE).zip(draws) {
+        if let Some(b) = d.erase {
+            for row in m.chunks_exact_mut(SIDE).skip(b.top).take(b.height) {
+                row[b.left..b.left + b.width].fill(1);
+            }
+        }
+    }
+    let mask = Tensor::f_from_slice(&mask)?
+        .f_view([draws.len() as i64, 1, SIDE as i64, SIDE as i64])?
+        .f_to_device(x.device())?
+        .f_to_kind(Kind::Bool)?;
+    Ok(x.f_masked_fill(&mask, 0.0)?)
 }
 
 /// Pads a `uint8 [B, 3, 32, 32]` batch by 4 zero pixels and crops and flips every image as

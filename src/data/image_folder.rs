@@ -8,10 +8,14 @@ use rand::Rng;
 use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
+use super::augmentation::UNIT_AFFINE;
 use super::decode::{decode_rgb8, MAX_PIXELS};
 use super::folder::FolderIndex;
 use super::transform::{prepare, Draw, Recipe};
-use super::{augmentation_rng, batch_augment_params, BatchRequest, DataError, DataSplits, Dataset};
+use super::{
+    augmentation_rng, batch_augment_params, image_draws, BatchRequest, DataError, DataSplits,
+    Dataset, ImageDraws,
+};
 
 /// How an [`ImageFolder`] reads and prepares its pictures.
 #[derive(Debug, Clone, PartialEq)]
@@ -263,6 +267,24 @@ impl ImageFolder {
     }
 }
 
+impl ImageFolder {
+    /// The draws of the stages after crop and flip for every image of `request` (each a
+    /// no-op when the configuration has none).
+    fn stage_draws(
+        &self,
+        request: &BatchRequest<'_>,
+        side: usize,
+    ) -> Result<Vec<ImageDraws>, DataError> {
+        let cfg = request.config;
+        let n = request.indices.len();
+        if !cfg.augmentation.has_image_stages() {
+            return Ok(vec![ImageDraws::default(); n]);
+        }
+        let stream = request.augmentation_stream();
+        image_draws(&cfg.augmentation, cfg.seed, request.epoch, stream, n, side)
+    }
+}
+
 /// `e`'s message on one line (decoders end theirs with blank lines).
 fn one_line(e: &DataError) -> String {
     let text = e.to_string();
@@ -317,6 +339,7 @@ impl Dataset for ImageFolder {
         let n = request.indices.len();
         let affine = request.config.normalization.affine();
         let draws = self.draws(request);
+        let stages = self.stage_draws(request, side)?;
         let dims = [n as i64, 3, side as i64, side as i64];
         let images = Tensor::f_empty(dims, (Kind::Float, Device::Cpu))?;
         if n == 0 {
@@ -330,10 +353,13 @@ impl Dataset for ImageFolder {
             unsafe { std::slice::from_raw_parts_mut(images.data_ptr() as *mut f32, n * plane) };
         self.pool.install(|| {
             out.par_chunks_mut(plane)
-                .zip(request.indices.par_iter().zip(&draws))
-                .try_for_each(|(chunk, (&i, &draw))| {
+                .zip(request.indices.par_iter().zip(&draws).zip(&stages))
+                .try_for_each(|(chunk, ((&i, &draw), stage))| {
                     let picture = self.picture(i)?;
-                    prepare(&picture, recipe, draw, &affine, chunk)
+                    let pixels = stage.needs_pixels();
+                    let first = if pixels { &UNIT_AFFINE } else { &affine };
+                    prepare(&picture, recipe, draw, first, chunk)?;
+                    stage.finish(chunk, side, &affine)
                 })
         })?;
         let labels: Vec<i64> = request

@@ -19,6 +19,9 @@
 //!   `RandomHorizontalFlip()`) and normalised batches, prefetched on a background thread and
 //!   reproducible from a seed, epoch and batch index (resumable mid-epoch);
 //! * [`augment_image`]: the per-image kernel, and [`AugmentParams`]: its random draw;
+//! * [`Augmentation`]: the stages after crop and flip (an auto-augmentation policy, random
+//!   erasing, MixUp / CutMix; the ops themselves in [`ops`]), in torchvision's order, each
+//!   from its own random stream ([`stage_rng`]), run the same way by every pipeline;
 //! * [`permutation_rng`], [`augmentation_rng`]: every random choice of the data as a pure
 //!   function of `(seed, epoch, batch)`.
 //!
@@ -36,6 +39,7 @@
 //! ```
 
 mod augment;
+mod augmentation;
 mod batches;
 mod cifar;
 mod config;
@@ -52,6 +56,7 @@ mod source;
 mod transform;
 
 pub use augment::{augment_image, AugmentParams, MAX_OFFSET, PADDING};
+pub use augmentation::{image_draws, mix_batch, Augmentation, BatchMix, ImageDraws};
 pub use batches::{batches, Batch, Batches};
 pub use cifar::{
     Cifar10, BATCHES_DIR, CLASS_NAMES, IMAGE_BYTES, META_FILE, RECORDS_PER_FILE, RECORD_BYTES,
@@ -68,7 +73,8 @@ pub use error::DataError;
 pub use folder::{FolderIndex, Ignored, IMAGE_EXTENSIONS};
 pub use image_folder::{FolderSplit, ImageFolder, ImageFolderOptions};
 pub use random::{
-    augmentation_rng, batch_augment_params, batch_indices, epoch_order, permutation_rng,
+    augmentation_rng, batch_augment_params, batch_indices, epoch_order, permutation_rng, stage_rng,
+    Stage,
 };
 pub use source::{epoch_batches, BatchRequest, DataSplits, Dataset, Subset};
 pub use transform::{

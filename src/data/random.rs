@@ -9,7 +9,8 @@
 //! * the augmentation of batch `b` of epoch `e` uses the key
 //!   `seed_from_u64(mix(mix(seed, AUGMENTATION), e))` and the ChaCha stream `b`,
 //!
-//! where `mix(a, b) = splitmix64(splitmix64(a) ^ b)`.
+//! where `mix(a, b) = splitmix64(splitmix64(a) ^ b)`. The other stages of the pipeline
+//! ([`Stage`]) draw from streams of the same form under their own tags ([`stage_rng`]).
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -41,9 +42,43 @@ pub fn permutation_rng(seed: u64, epoch: u64) -> ChaCha8Rng {
     rng
 }
 
-/// The generator of the augmentation of batch `batch` of `epoch`.
+/// The generator of the augmentation (crop and flip) of batch `batch` of `epoch`: the stream
+/// of [`Stage::CropFlip`].
 pub fn augmentation_rng(seed: u64, epoch: u64, batch: usize) -> ChaCha8Rng {
-    let mut rng = ChaCha8Rng::seed_from_u64(mix(mix(seed, AUGMENTATION), epoch));
+    stage_rng(seed, epoch, batch, Stage::CropFlip)
+}
+
+/// A stage of the data pipeline with a random stream of its own (see
+/// [`Augmentation`](super::Augmentation)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// Crop and flip (and the ImageNet recipe's per-image seeds): the stream of every earlier
+    /// version.
+    CropFlip,
+    /// The auto-augmentation policy.
+    Policy,
+    /// Random erasing.
+    Erasing,
+    /// MixUp / CutMix, per batch.
+    Mix,
+}
+
+impl Stage {
+    /// The domain tag of the stage's streams.
+    fn tag(self) -> u64 {
+        match self {
+            Stage::CropFlip => AUGMENTATION,
+            Stage::Policy => 0x706f_6c69_6379_2121,
+            Stage::Erasing => 0x6572_6173_696e_6721,
+            Stage::Mix => 0x6d69_7875_7021_2121,
+        }
+    }
+}
+
+/// The generator of `stage` for batch `batch` of `epoch`: the key
+/// `seed_from_u64(mix(mix(seed, tag), epoch))` with the stage's own tag, ChaCha stream `batch`.
+pub fn stage_rng(seed: u64, epoch: u64, batch: usize, stage: Stage) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(mix(mix(seed, stage.tag()), epoch));
     rng.set_stream(batch as u64);
     rng
 }

@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use tch::{Device, Tensor};
 
-use super::{batch_indices, epoch_order, BatchConfig, Batches, DataError};
+use super::augmentation::mix_rng;
+use super::{batch_indices, epoch_order, mix_batch, BatchConfig, Batches, DataError};
 
 /// What [`Dataset::make_batch`] is asked to make: batch `index` of `epoch`, the examples
 /// `indices` in that order, under `config` (its `seed`, `augment` and `normalization`).
@@ -91,12 +92,21 @@ pub trait Dataset: Send + Sync {
     /// A [`DataError`] (a file that cannot be read, a libtorch failure, …); the batch iterator
     /// ends there and reports it.
     fn make_batch(&self, request: &BatchRequest<'_>) -> Result<(Tensor, Tensor), DataError>;
+
+    /// The stages of `config`'s [`Augmentation`](super::Augmentation) that this dataset cannot
+    /// carry out in the batched form of its pipeline and runs image by image instead, each
+    /// with the reason: the trainer says so when a run starts. None by default.
+    fn per_image_stages(&self, config: &BatchConfig) -> Vec<String> {
+        let _ = config;
+        Vec::new()
+    }
 }
 
 /// The batches of `epoch` of `data` from batch `start_batch` on, made one or two ahead on a
 /// background thread. The order is [`epoch_order`] (from `cfg.seed` and `epoch`, with `cfg`'s
 /// limit and shard), so `start_batch = k` yields exactly the batches `k..` of an iteration
-/// from 0.
+/// from 0. With MixUp or CutMix on (`cfg.augmentation`), each batch is mixed after
+/// [`Dataset::make_batch`] and carries soft [`targets`](super::Batch::targets).
 ///
 /// # Errors
 /// [`DataError::InvalidConfig`] for an invalid `cfg` or a `start_batch` beyond the epoch.
@@ -116,6 +126,7 @@ pub fn epoch_batches(
         });
     }
     let order = epoch_order(data.len(), cfg, epoch);
+    let mix = cfg.augmentation.batch_mix()?;
     let cfg = cfg.clone();
     let make = move |index: usize| {
         let indices = batch_indices(&order, cfg.batch_size, index);
@@ -126,7 +137,13 @@ pub fn epoch_batches(
             indices,
         };
         let (images, labels) = data.make_batch(&request)?;
-        Ok((images, labels, indices.to_vec()))
+        let mut rng = mix_rng(cfg.seed, epoch, request.augmentation_stream());
+        let classes = data.classes().len() as i64;
+        let (images, targets) = match mix_batch(&mix, &mut rng, &images, &labels, classes)? {
+            Some((mixed, targets)) => (mixed, Some(targets)),
+            None => (images, None),
+        };
+        Ok((images, labels, targets, indices.to_vec()))
     };
     Batches::spawn(Box::new(make), start_batch, num_batches)
 }
@@ -225,5 +242,9 @@ impl Dataset for Subset {
             indices: &indices,
             ..*request
         })
+    }
+
+    fn per_image_stages(&self, config: &BatchConfig) -> Vec<String> {
+        self.data.per_image_stages(config)
     }
 }

@@ -8,7 +8,7 @@ use super::{
     ema_decay_for, AdamWConfig, Ema, EmaSchedule, GroupOverride, Optimizer, OptimizerConfig,
     ParamGroups, Precision, Schedule, SgdConfig, TrainError, OPTIMIZER_NAMES,
 };
-use crate::data::Normalization;
+use crate::data::{Augmentation, Normalization};
 use crate::inference::Tta;
 use crate::resnext::{ResNeXtConfig, Stem, MODEL_NAMES};
 
@@ -26,6 +26,9 @@ use crate::resnext::{ResNeXtConfig, Stem, MODEL_NAMES};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
+    /// The recipe this configuration starts from (see [`recipe`](super::recipe)): in JSON,
+    /// the fields a file names override the recipe's; `cifar`, the defaults, when absent.
+    pub recipe: String,
     /// Model configuration name (see [`ResNeXtConfig::from_name`]).
     pub model: String,
     /// Number of classes of the classifier (10 for CIFAR-10; the number of class folders of
@@ -106,6 +109,24 @@ pub struct TrainConfig {
     pub tta: Tta,
     /// Random crop + flip augmentation of training images.
     pub augment: bool,
+    /// Auto-augmentation policy after crop and flip: `ta_wide`, `ra`, `cifar10`, `imagenet`,
+    /// `svhn` (torchvision's `--auto-augment`); `null` for none.
+    pub auto_augment: Option<String>,
+    /// RandAugment's magnitude bin of 31 with `auto_augment = "ra"` (`--ra-magnitude`).
+    pub ra_magnitude: usize,
+    /// Probability of random erasing per training image, after normalisation
+    /// (`--random-erase`); 0 for none.
+    pub random_erase: f64,
+    /// MixUp's α per training batch, soft targets (`--mixup-alpha`); 0 for none.
+    pub mixup_alpha: f64,
+    /// CutMix's α per training batch (`--cutmix-alpha`); with `mixup_alpha` too, each batch
+    /// gets one of the two with probability 1/2. 0 for none.
+    pub cutmix_alpha: f64,
+    /// Micro-batches per update (timm's `--grad-accum-steps`): each batch of `batch_size`
+    /// images is split into this many parts, each forward and backward on its own (BatchNorm
+    /// sees the part), the gradients summed, one update. It bounds memory, not the recipe:
+    /// `batch_size` stays the batch of an update. Must divide `batch_size`.
+    pub grad_accum_steps: usize,
     /// Precision of forward and backward: `auto` (bf16 autocast on CUDA, fp32 on the CPU),
     /// `fp32`, `bf16` or `fp16` (with loss scaling). The CPU always runs fp32.
     pub precision: Precision,
@@ -144,6 +165,7 @@ impl Default for TrainConfig {
     /// weight decay 5e-4, cosine schedule, seed 1, CUDA when available.
     fn default() -> Self {
         TrainConfig {
+            recipe: super::recipe::DEFAULT_RECIPE.into(),
             model: "resnext50_32x4d".into(),
             num_classes: 10,
             stem: None,
@@ -174,6 +196,12 @@ impl Default for TrainConfig {
             model_ema_decay: 0.99998,
             model_ema_steps: 32,
             augment: true,
+            auto_augment: None,
+            ra_magnitude: 9,
+            random_erase: 0.0,
+            mixup_alpha: 0.0,
+            cutmix_alpha: 0.0,
+            grad_accum_steps: 1,
             precision: Precision::Auto,
             channels_last: None,
             data: DataLocation::default(),
@@ -197,12 +225,42 @@ impl TrainConfig {
     /// [`TrainError::ConfigJson`] for bad JSON or an unknown field, [`TrainError::InvalidConfig`]
     /// for a bad value.
     pub fn from_json(text: &str) -> Result<Self, TrainError> {
-        let cfg: TrainConfig = serde_json::from_str(text).map_err(|e| TrainError::ConfigJson {
-            path: None,
-            message: e.to_string(),
-        })?;
+        let cfg = Self::from_json_unchecked(text)?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Parses a JSON configuration over the recipe it names (its `recipe` field, `cifar` when
+    /// absent: the fields the text names replace the recipe's), without validating it.
+    ///
+    /// # Errors
+    /// [`TrainError::ConfigJson`] for bad JSON, a value that is not an object, or an unknown
+    /// field; [`TrainError::InvalidConfig`] for an unknown recipe.
+    pub fn from_json_unchecked(text: &str) -> Result<Self, TrainError> {
+        let json_error = |message: String| TrainError::ConfigJson {
+            path: None,
+            message,
+        };
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| json_error(e.to_string()))?;
+        let serde_json::Value::Object(fields) = value else {
+            return Err(json_error(format!(
+                "expected a JSON object of configuration fields, found {value}"
+            )));
+        };
+        let recipe = match fields.get("recipe") {
+            None => super::recipe::DEFAULT_RECIPE,
+            Some(serde_json::Value::String(name)) => name.as_str(),
+            Some(other) => {
+                return Err(json_error(format!(
+                    "recipe: expected a name, found {other}"
+                )))
+            }
+        };
+        let mut merged = super::recipe::recipe_json(recipe)?;
+        merged.extend(fields);
+        serde_json::from_value(serde_json::Value::Object(merged))
+            .map_err(|e| json_error(e.to_string()))
     }
 
     /// Reads and validates a JSON configuration file.
@@ -298,7 +356,54 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<(), TrainError> {
         self.validate_model_and_data()?;
         self.validate_optimiser()?;
+        self.validate_augmentation()?;
         self.validate_run()
+    }
+
+    /// The augmentation stages and gradient accumulation.
+    fn validate_augmentation(&self) -> Result<(), TrainError> {
+        self.augmentation()
+            .validate(self.batch_size)
+            .map_err(|e| match e {
+                crate::data::DataError::InvalidConfig {
+                    field,
+                    value,
+                    expected,
+                } => {
+                    // The data library's names of the fields, as this configuration's.
+                    let field = match field {
+                        "random erasing p" => "random_erase",
+                        "RandAugment magnitude" => "ra_magnitude",
+                        f => f,
+                    };
+                    invalid(field, value, expected)
+                }
+                e => invalid("augmentation", e, "valid augmentation stages"),
+            })?;
+        let steps = self.grad_accum_steps;
+        if steps == 0 || steps > self.batch_size || !self.batch_size.is_multiple_of(steps) {
+            return Err(invalid(
+                "grad_accum_steps",
+                steps,
+                format!(
+                    "a divisor of batch_size {} (micro-batches of equal size)",
+                    self.batch_size
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The data pipeline's stages after crop and flip, from `auto_augment`, `ra_magnitude`,
+    /// `random_erase`, `mixup_alpha` and `cutmix_alpha`.
+    pub fn augmentation(&self) -> Augmentation {
+        Augmentation {
+            auto_augment: self.auto_augment.clone(),
+            ra_magnitude: self.ra_magnitude,
+            random_erase: self.random_erase,
+            mixup_alpha: self.mixup_alpha,
+            cutmix_alpha: self.cutmix_alpha,
+        }
     }
 
     /// The model, the classes and the pictures fed to it.

@@ -11,6 +11,8 @@
 //! * [`Trainer`]: the loop over epochs and batches, evaluation, stop and resume;
 //! * [`files`], [`epoch_line`], [`curves_svg`]: what a run writes and prints;
 //! * [`Schedule`] with [`TrainConfig::lr_at`]: the learning rate of every epoch;
+//! * [`recipe`]: named configurations (`cifar`, `tutorial`, `torchvision-v2`), each setting
+//!   with its reason;
 //! * [`tune_process_for_training`]: the process-wide settings, made explicit.
 //!
 //! A run directory holds (see [`files`]):
@@ -43,6 +45,7 @@ mod plot;
 mod precision;
 mod process;
 mod progress;
+pub mod recipe;
 mod run;
 mod step;
 
@@ -69,5 +72,6 @@ pub use precision::{autocast_dtype_code, set_autocast_dtype_code};
 pub use precision::{set_cuda_autocast_dtype, Execution, LossScale, Precision, PRECISION_NAMES};
 pub use process::tune_process_for_training;
 pub use progress::ProgressMode;
+pub use recipe::{check_same_recipe, recipe_config, recipe_names, Recipe, Setting, RECIPES};
 pub use run::{BatchControl, EvalForm, Outcome, Trainer};
-pub use step::{GradientHook, StepOutput, TrainStep};
+pub use step::{GradientHook, StepBatch, StepOutput, TrainStep};

@@ -17,8 +17,8 @@ use super::{
     evaluate::{evaluate_until, EvalControl},
     guard::torch_guard,
     tune_process_for_training, Ema, EmaSchedule, EpochAccumulator, EpochMetrics, Evaluation,
-    Execution, LossScale, Optimizer, Precision, ProgressMode, RunningMetrics, Summary, TrainConfig,
-    TrainError, TrainState, TrainStep,
+    Execution, LossScale, Optimizer, Precision, ProgressMode, RunningMetrics, StepBatch, Summary,
+    TrainConfig, TrainError, TrainState, TrainStep,
 };
 use crate::data::{epoch_batches, BatchConfig, BatchRequest, DataSplits, Dataset, Subset};
 use crate::distributed::ProcessGroup;
@@ -318,7 +318,8 @@ impl<M: ModuleT> Trainer<M> {
         Ok(Trainer {
             device: vs.device(),
             step: TrainStep::new(exec, config.label_smoothing)
-                .with_clip_grad_norm(config.clip_grad_norm),
+                .with_clip_grad_norm(config.clip_grad_norm)
+                .with_grad_accum_steps(config.grad_accum_steps),
             vs,
             model,
             optimizer,
@@ -539,6 +540,7 @@ impl<M: ModuleT> Trainer<M> {
         }
         self.step.reconfigure(exec, config.label_smoothing);
         self.step.set_clip_grad_norm(config.clip_grad_norm);
+        self.step.set_grad_accum_steps(config.grad_accum_steps);
         Ok(())
     }
 
@@ -763,6 +765,19 @@ impl<M: ModuleT> Trainer<M> {
                 .as_ref()
                 .map(DataParallel::shard)
                 .unwrap_or_default(),
+            augmentation: cfg.augmentation(),
+        }
+    }
+
+    /// The stages after crop and flip, when any, and those the training set's pipeline runs
+    /// image by image.
+    fn announce_augmentation(&self, data: &DataSplits, batch_cfg: &BatchConfig) {
+        let aug = &batch_cfg.augmentation;
+        if *aug != Default::default() {
+            self.say(&format!("augmentation after crop and flip: {aug}"));
+        }
+        for note in data.train.per_image_stages(batch_cfg) {
+            self.say(&format!("note: {note}"));
         }
     }
 
@@ -788,6 +803,7 @@ impl<M: ModuleT> Trainer<M> {
             if let (Some(report), Some(path)) = (&self.pretrained, &cfg.pretrained) {
                 self.say(&format!("pretrained weights {}: {report}", path.display()));
             }
+            self.announce_augmentation(data, batch_cfg);
         } else {
             self.say(&format!(
                 "resuming {} at epoch {}, batch {}/{num_batches}",
@@ -825,12 +841,20 @@ impl<M: ModuleT> Trainer<M> {
                 true => &mut self.state.loss_scale,
                 false => &mut unscaled,
             };
-            let out = self.step.run(
+            let targets = batch
+                .targets
+                .map(|t| t.f_to_device(self.device))
+                .transpose()?;
+            let step_batch = StepBatch {
+                images: &images,
+                labels: &labels,
+                targets: targets.as_ref(),
+            };
+            let out = self.step.run_batch(
                 &self.model,
                 self.optimizer.as_mut(),
                 scale,
-                &images,
-                &labels,
+                &step_batch,
                 lr,
             )?;
             // Right after the update, as torchvision's reference script.

@@ -29,6 +29,17 @@ pub struct StepOutput {
     pub skipped: bool,
 }
 
+/// One training batch as [`TrainStep::run_batch`] takes it.
+#[derive(Debug, Clone, Copy)]
+pub struct StepBatch<'a> {
+    /// The images, `[B, C, H, W]`.
+    pub images: &'a Tensor,
+    /// The class labels, `int64 [B]`.
+    pub labels: &'a Tensor,
+    /// Soft targets `f32 [B, classes]` (MixUp / CutMix), replacing `labels` in the loss.
+    pub targets: Option<&'a Tensor>,
+}
+
 /// Forward, loss, backward, hook and update for one batch under the run's precision.
 ///
 /// ```
@@ -53,6 +64,8 @@ pub struct TrainStep {
     hook: Option<GradientHook>,
     /// Total gradient 2-norm to clip to before the update, if any.
     clip_grad_norm: Option<f64>,
+    /// Micro-batches each batch is split into (1: the whole batch at once).
+    grad_accum_steps: usize,
 }
 
 impl std::fmt::Debug for TrainStep {
@@ -63,6 +76,7 @@ impl std::fmt::Debug for TrainStep {
             .field("reducer", &self.reducer.is_some())
             .field("hook", &self.hook.is_some())
             .field("clip_grad_norm", &self.clip_grad_norm)
+            .field("grad_accum_steps", &self.grad_accum_steps)
             .finish()
     }
 }
@@ -77,7 +91,25 @@ impl TrainStep {
             reducer: None,
             hook: None,
             clip_grad_norm: None,
+            grad_accum_steps: 1,
         }
+    }
+
+    /// The same step, splitting every batch into `steps` micro-batches (see
+    /// [`set_grad_accum_steps`](Self::set_grad_accum_steps)).
+    pub fn with_grad_accum_steps(mut self, steps: usize) -> Self {
+        self.set_grad_accum_steps(steps);
+        self
+    }
+
+    /// Splits every batch into `steps` micro-batches (timm's `--grad-accum-steps`): forward
+    /// and backward of each on its own (BatchNorm normalises each with its own statistics and
+    /// updates its running statistics once per micro-batch), each loss weighted by its share
+    /// of the batch so that the summed gradients are those of the batch's mean loss, then one
+    /// reducer / clipping / hook / update. 1 (the default, and 0) is the whole batch at once.
+    /// A batch of fewer images than `steps` is split into one image per micro-batch.
+    pub fn set_grad_accum_steps(&mut self, steps: usize) {
+        self.grad_accum_steps = steps.max(1);
     }
 
     /// The same step, clipping the gradients to a total 2-norm of `max_norm` before each
@@ -141,10 +173,104 @@ impl TrainStep {
         labels: &Tensor,
         lr: f64,
     ) -> Result<StepOutput, TrainError> {
-        let batch = labels.size().first().map_or(0, |&n| n as usize);
-        torch_guard(batch, self.exec.device, || {
-            self.run_unguarded(model, optimizer, loss_scale, images, labels, lr)
+        let batch = StepBatch {
+            images,
+            labels,
+            targets: None,
+        };
+        self.run_batch(model, optimizer, loss_scale, &batch, lr)
+    }
+
+    /// As [`run`](Self::run), on a batch that may carry soft targets (MixUp / CutMix): the
+    /// loss is then the cross-entropy against the targets' probabilities (label smoothing
+    /// applied to them, as PyTorch's `cross_entropy` does), and an image counts as correct
+    /// when the model's class is the target's most probable one (torchvision's reference
+    /// script does the same).
+    ///
+    /// # Errors
+    /// As [`run`](Self::run).
+    pub fn run_batch<M: ModuleT + ?Sized>(
+        &mut self,
+        model: &M,
+        optimizer: &mut dyn Optimizer,
+        loss_scale: &mut Option<LossScale>,
+        batch: &StepBatch<'_>,
+        lr: f64,
+    ) -> Result<StepOutput, TrainError> {
+        let n = batch.labels.size().first().map_or(0, |&n| n as usize);
+        torch_guard(n, self.exec.device, || {
+            self.run_unguarded(model, optimizer, loss_scale, batch, lr)
         })
+    }
+
+    /// Forward and loss of one micro-batch.
+    fn forward<M: ModuleT + ?Sized>(
+        &self,
+        model: &M,
+        part: &StepBatch<'_>,
+    ) -> Result<(Tensor, Tensor), TrainError> {
+        let input = self.exec.input(part.images)?;
+        let smoothing = self.label_smoothing;
+        let target = part.targets.unwrap_or(part.labels);
+        self.exec.run(|| -> Result<_, TrainError> {
+            let logits = model.forward_t(&input, true);
+            let loss = logits.f_cross_entropy_loss::<Tensor>(
+                target,
+                None,
+                Reduction::Mean,
+                -100,
+                smoothing,
+            )?;
+            Ok((logits, loss))
+        })
+    }
+
+    /// Forward and backward of every micro-batch; the batch's mean loss and correct count.
+    fn accumulate<M: ModuleT + ?Sized>(
+        &self,
+        model: &M,
+        loss_scale: &Option<LossScale>,
+        batch: &StepBatch<'_>,
+    ) -> Result<(Tensor, Tensor), TrainError> {
+        let n = batch.labels.size().first().copied().unwrap_or(0);
+        let parts = (self.grad_accum_steps as i64).min(n).max(1);
+        let chunk = |t: &Tensor| t.f_chunk(parts, 0);
+        let images = chunk(batch.images)?;
+        let labels = chunk(batch.labels)?;
+        let targets = batch.targets.map(chunk).transpose()?;
+        let (mut loss_sum, mut correct_sum) = (None::<Tensor>, None::<Tensor>);
+        for (k, (images, labels)) in images.iter().zip(&labels).enumerate() {
+            let part = StepBatch {
+                images,
+                labels,
+                targets: targets.as_ref().map(|t| &t[k]),
+            };
+            let (logits, loss) = self.forward(model, &part)?;
+            // One part is the whole batch: its loss unweighted, as before accumulation existed.
+            let weighted = match parts {
+                1 => loss,
+                _ => loss.f_mul_scalar(labels.size()[0] as f64 / n as f64)?,
+            };
+            match loss_scale {
+                Some(scale) => (&weighted * scale.scale).f_backward()?,
+                None => weighted.f_backward()?,
+            }
+            let correct = tch::no_grad(|| {
+                let truth = match part.targets {
+                    Some(t) => t.argmax(-1, false),
+                    None => labels.shallow_clone(),
+                };
+                logits.argmax(-1, false).eq_tensor(&truth).sum(Kind::Int64)
+            });
+            let weighted = weighted.detach();
+            loss_sum = Some(loss_sum.map_or(weighted.shallow_clone(), |s| s + &weighted));
+            correct_sum = Some(correct_sum.map_or(correct.shallow_clone(), |s| s + &correct));
+        }
+        let zero = || Tensor::zeros([], (Kind::Float, self.exec.device));
+        Ok((
+            loss_sum.unwrap_or_else(zero),
+            correct_sum.unwrap_or_else(|| Tensor::zeros([], (Kind::Int64, self.exec.device))),
+        ))
     }
 
     fn run_unguarded<M: ModuleT + ?Sized>(
@@ -152,28 +278,11 @@ impl TrainStep {
         model: &M,
         optimizer: &mut dyn Optimizer,
         loss_scale: &mut Option<LossScale>,
-        images: &Tensor,
-        labels: &Tensor,
+        batch: &StepBatch<'_>,
         lr: f64,
     ) -> Result<StepOutput, TrainError> {
         optimizer.zero_grad();
-        let input = self.exec.input(images)?;
-        let smoothing = self.label_smoothing;
-        let (logits, loss) = self.exec.run(|| -> Result<_, TrainError> {
-            let logits = model.forward_t(&input, true);
-            let loss = logits.f_cross_entropy_loss::<Tensor>(
-                labels,
-                None,
-                Reduction::Mean,
-                -100,
-                smoothing,
-            )?;
-            Ok((logits, loss))
-        })?;
-        match loss_scale {
-            Some(scale) => (&loss * scale.scale).f_backward()?,
-            None => loss.f_backward()?,
-        }
+        let (loss, correct) = self.accumulate(model, loss_scale, batch)?;
         if let Some(reducer) = &mut self.reducer {
             reducer(optimizer.parameters())?;
         }
@@ -194,11 +303,10 @@ impl TrainStep {
         if applied {
             optimizer.step(lr)?;
         }
-        let correct = tch::no_grad(|| logits.argmax(-1, false).eq_tensor(labels).sum(Kind::Int64));
         Ok(StepOutput {
-            loss: loss.detach(),
+            loss,
             correct,
-            examples: labels.size().first().map_or(0, |&n| n as usize),
+            examples: batch.labels.size().first().map_or(0, |&n| n as usize),
             skipped: !applied,
         })
     }

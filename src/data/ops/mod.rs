@@ -1,7 +1,7 @@
 //! Image augmentation ops and policies of torchvision, as a standalone library: the ops of
 //! auto-augmentation on 8-bit RGB images, the TrivialAugmentWide, RandAugment and AutoAugment
-//! policies, random erasing, and MixUp / CutMix on batches. Nothing here is wired into the
-//! data pipelines yet.
+//! policies, random erasing, and MixUp / CutMix on batches. The pipelines run them as the
+//! stages of an [`Augmentation`](super::Augmentation).
 //!
 //! * [`RgbPlanes`]: an RGB `u8` image stored as three planes (`[3, H, W]`, CIFAR's layout);
 //! * [`Op`]: Identity, ShearX/Y, TranslateX/Y, Rotate, Brightness, Color, Contrast, Sharpness,

@@ -1,0 +1,238 @@
+//! The modern recipe in the trainer: every new stage on at once (auto-augmentation, random
+//! erasing, MixUp + CutMix, gradient accumulation, AdamW with parameter groups, clipping, EMA,
+//! label smoothing) resumes bit for bit after a stop mid-epoch, each stage changes the run, and
+//! the named recipes (`cifar`, `tutorial`, `torchvision-v2`) are configurations that flags and
+//! files override, refused on resume when they change the run.
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use resnext::data::{Cifar10, DataSplits, CLASS_NAMES};
+use resnext::trainer::{
+    check_same_recipe, recipe_config, recipe_names, BatchControl, Outcome, ProgressMode, Schedule,
+    TrainConfig, Trainer, RECIPES,
+};
+use resnext::ResNeXt;
+use tch::{Device, Kind, Tensor};
+
+mod common;
+use common::seeded;
+
+fn data() -> DataSplits {
+    let (train, test) = seeded(|| {
+        tch::manual_seed(21);
+        let images = |n| Tensor::randint(256, [n, 3, 32, 32], (Kind::Uint8, Device::Cpu));
+        let labels = |n| Tensor::randint(10, [n], (Kind::Int64, Device::Cpu));
+        ((images(96), labels(96)), (images(32), labels(32)))
+    });
+    let classes = CLASS_NAMES.iter().map(|s| s.to_string()).collect();
+    let cifar = Cifar10::from_tensors(train.0, train.1, test.0, test.1, classes).unwrap();
+    cifar.splits(Device::Cpu).unwrap()
+}
+
+fn plain() -> TrainConfig {
+    TrainConfig {
+        model: "tiny".into(),
+        epochs: 2,
+        batch_size: 16,
+        lr: 0.05,
+        device: "cpu".into(),
+        ..TrainConfig::default()
+    }
+}
+
+/// Every new option on.
+fn everything() -> TrainConfig {
+    TrainConfig {
+        opt: "adamw".into(),
+        lr: 2e-3,
+        weight_decay: 0.05,
+        norm_weight_decay: Some(0.0),
+        clip_grad_norm: Some(1.0),
+        label_smoothing: 0.1,
+        auto_augment: Some("ta_wide".into()),
+        random_erase: 0.25,
+        mixup_alpha: 0.2,
+        cutmix_alpha: 1.0,
+        grad_accum_steps: 2,
+        model_ema: true,
+        model_ema_steps: 2,
+        ..plain()
+    }
+}
+
+fn trainer(cfg: TrainConfig, dir: &Path) -> Trainer<ResNeXt> {
+    let mut t = seeded(|| Trainer::resnext(cfg).unwrap())
+        .with_run_dir(dir)
+        .unwrap();
+    t.set_progress(ProgressMode::Silent);
+    t
+}
+
+fn variables(t: &Trainer<ResNeXt>) -> BTreeMap<String, Tensor> {
+    t.var_store().variables().into_iter().collect()
+}
+
+fn run(cfg: TrainConfig, data: &DataSplits) -> BTreeMap<String, Tensor> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = trainer(cfg, dir.path());
+    assert!(matches!(t.fit(data).unwrap(), Outcome::Completed(_)));
+    variables(&t)
+}
+
+/// Turns one option of [`everything`] off.
+type TurnOff = fn(&mut TrainConfig);
+
+#[test]
+fn a_run_with_every_new_stage_resumes_bitwise_and_each_stage_acts() {
+    let data = data();
+    let whole = run(everything(), &data);
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = trainer(everything(), dir.path());
+    t.on_batch(|epoch, batch| match (epoch, batch) == (2, 2) {
+        true => BatchControl::Stop,
+        false => BatchControl::Continue,
+    });
+    assert!(matches!(
+        t.fit(&data).unwrap(),
+        Outcome::Stopped { saved: true, .. }
+    ));
+    drop(t);
+    let mut resumed = seeded(|| Trainer::resume(dir.path(), None)).unwrap();
+    resumed.set_progress(ProgressMode::Silent);
+    assert!(matches!(resumed.fit(&data).unwrap(), Outcome::Completed(_)));
+    let again = variables(&resumed);
+    for (name, x) in &whole {
+        assert!(x.equal(&again[name]), "{name} differs after resume");
+    }
+    // Each stage, turned off alone, changes the weights.
+    let off: [(&str, TurnOff); 5] = [
+        ("auto_augment", |c| c.auto_augment = None),
+        ("random_erase", |c| c.random_erase = 0.0),
+        ("mixup_alpha", |c| c.mixup_alpha = 0.0),
+        ("cutmix_alpha", |c| c.cutmix_alpha = 0.0),
+        ("grad_accum_steps", |c| c.grad_accum_steps = 1),
+    ];
+    for (field, turn_off) in off {
+        let mut cfg = everything();
+        turn_off(&mut cfg);
+        let other = run(cfg, &data);
+        assert!(
+            whole.iter().any(|(n, x)| !x.equal(&other[n])),
+            "{field} changes nothing"
+        );
+    }
+}
+
+#[test]
+fn recipes_are_configurations_with_a_reason_for_every_setting() {
+    assert_eq!(recipe_names(), ["cifar", "tutorial", "torchvision-v2"]);
+    // `cifar` is the defaults.
+    assert_eq!(recipe_config("cifar").unwrap(), TrainConfig::default());
+    for recipe in RECIPES {
+        let cfg = recipe_config(recipe.name).unwrap();
+        cfg.validate()
+            .unwrap_or_else(|e| panic!("{}: {e}", recipe.name));
+        assert_eq!(cfg.recipe, recipe.name);
+        for s in recipe.settings {
+            assert!(
+                s.reason.len() > 5,
+                "{}: {} has no reason",
+                recipe.name,
+                s.field
+            );
+            // Every setting lands in its field.
+            let json: serde_json::Value = serde_json::from_str(&cfg.to_json()).unwrap();
+            let want: serde_json::Value = serde_json::from_str(s.value).unwrap();
+            assert_eq!(json[s.field], want, "{}: {}", recipe.name, s.field);
+        }
+    }
+    let tutorial = recipe_config("tutorial").unwrap();
+    assert_eq!(tutorial.schedule, Schedule::Constant);
+    assert_eq!(tutorial.normalization.mean, [0.5; 3]);
+    let v2 = recipe_config("torchvision-v2").unwrap();
+    assert_eq!(v2.auto_augment.as_deref(), Some("ta_wide"));
+    assert_eq!(
+        (v2.mixup_alpha, v2.cutmix_alpha, v2.random_erase),
+        (0.2, 1.0, 0.1)
+    );
+    assert!(v2.model_ema && v2.norm_weight_decay == Some(0.0));
+}
+
+#[test]
+fn a_config_file_names_its_recipe_and_overrides_it() {
+    let cfg = TrainConfig::from_json(r#"{ "recipe": "torchvision-v2", "epochs": 8 }"#).unwrap();
+    assert_eq!((cfg.epochs, cfg.lr, cfg.warmup_epochs), (8, 0.0625, 5));
+    // The recipe's 5 warm-up epochs do not fit in 5 epochs: refused, naming the field.
+    let e = TrainConfig::from_json(r#"{ "recipe": "torchvision-v2", "epochs": 5 }"#)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("warmup_epochs"), "{e}");
+    let e = TrainConfig::from_json(r#"{ "recipe": "airbench" }"#)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("airbench") && e.contains("cifar, tutorial, torchvision-v2"),
+        "{e}"
+    );
+    // Without a recipe, a file means what it always meant.
+    let old = TrainConfig::from_json(r#"{ "model": "tiny" }"#).unwrap();
+    assert_eq!(old.recipe, "cifar");
+    assert_eq!(old.lr, TrainConfig::default().lr);
+}
+
+#[test]
+fn resuming_under_another_recipe_names_what_it_would_change() {
+    let saved = recipe_config("cifar").unwrap();
+    check_same_recipe(&saved, "cifar").unwrap();
+    let e = check_same_recipe(&saved, "tutorial")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("\"cifar\""), "{e}");
+    assert!(e.contains("schedule \"cosine\" -> \"constant\""), "{e}");
+    assert!(e.contains("normalization"), "{e}");
+}
+
+#[test]
+fn bad_values_of_the_new_fields_are_named() {
+    let bad = |cfg: TrainConfig| cfg.validate().unwrap_err().to_string();
+    let e = bad(TrainConfig {
+        grad_accum_steps: 3,
+        ..plain()
+    });
+    assert!(
+        e.contains("grad_accum_steps") && e.contains("divisor of batch_size 16"),
+        "{e}"
+    );
+    let e = bad(TrainConfig {
+        grad_accum_steps: 0,
+        ..plain()
+    });
+    assert!(e.contains("grad_accum_steps"), "{e}");
+    let e = bad(TrainConfig {
+        auto_augment: Some("autoaug".into()),
+        ..plain()
+    });
+    assert!(e.contains("auto_augment") && e.contains("ta_wide"), "{e}");
+    let e = bad(TrainConfig {
+        auto_augment: Some("ra".into()),
+        ra_magnitude: 40,
+        ..plain()
+    });
+    assert!(e.contains("ra_magnitude") && e.contains("40"), "{e}");
+    let e = bad(TrainConfig {
+        random_erase: -0.1,
+        ..plain()
+    });
+    assert!(e.contains("random_erase"), "{e}");
+    let e = bad(TrainConfig {
+        mixup_alpha: 0.2,
+        batch_size: 1,
+        ..plain()
+    });
+    assert!(e.contains("batch_size") && e.contains("mixup"), "{e}");
+    let e = bad(TrainConfig {
+        cutmix_alpha: f64::NAN,
+        ..plain()
+    });
+    assert!(e.contains("cutmix_alpha"), "{e}");
+}
