@@ -25,23 +25,33 @@ use common::{exit_code, exit_with, open_trainer, start, train, Start, TrainFlags
 #[derive(Parser, Debug)]
 #[command(
     about = "Train a ResNeXt on CIFAR-10",
-    after_help = "Settings: defaults < --config FILE < flags. Outputs go to the run directory \
+    after_help = "Settings: --recipe (default cifar: the defaults) < --config FILE < flags. Outputs go to the run directory \
                   (--out): config.json, metrics.jsonl, curves.svg, summary.json, \
                   checkpoint.safetensors, last.safetensors, best.safetensors."
 )]
 struct Args {
     /// Root folder holding cifar-10-batches-bin/ (or the folder of the .bin files)
     /// [default: data; with --resume, the folder the run was trained from].
-    #[arg(long)]
+    #[arg(long, help_heading = "CIFAR-10 data")]
     data_dir: Option<PathBuf>,
     /// Download CIFAR-10 into --data-dir when it is not there (MD5 checked).
-    #[arg(long)]
+    #[arg(long, help_heading = "CIFAR-10 data")]
     download: bool,
     /// Download from this URL, file:// URL or path instead of the official one.
-    #[arg(long, value_name = "URL", requires = "download")]
+    #[arg(
+        long,
+        value_name = "URL",
+        requires = "download",
+        help_heading = "CIFAR-10 data"
+    )]
     data_url: Option<String>,
     /// Expected MD5 of the archive at --data-url.
-    #[arg(long, value_name = "HEX", requires = "download")]
+    #[arg(
+        long,
+        value_name = "HEX",
+        requires = "download",
+        help_heading = "CIFAR-10 data"
+    )]
     data_md5: Option<String>,
     #[command(flatten)]
     train: TrainFlags,

@@ -35,7 +35,7 @@ use common::{exit_code, exit_with, open_trainer, start, train, Start, TrainFlags
 #[derive(Parser, Debug)]
 #[command(
     about = "Train or fine-tune a ResNeXt on a folder of JPEG/PNG images (DIR/train/<class>/, DIR/val/<class>/)",
-    after_help = "Settings: defaults < --config FILE < flags. Outputs go to the run directory \
+    after_help = "Settings: --recipe (default cifar: the defaults) < --config FILE < flags. Outputs go to the run directory \
                   (--out): config.json, metrics.jsonl, curves.svg, summary.json, \
                   checkpoint.safetensors, last.safetensors, best.safetensors (with the model \
                   and class names inside, for predict), bad_images.txt with --skip-bad-images."
@@ -43,25 +43,42 @@ use common::{exit_code, exit_with, open_trainer, start, train, Start, TrainFlags
 struct Args {
     /// Folder with train/ and val/ class folders (or class folders, with --val-fraction)
     /// [with --resume: the folder the run was trained from].
-    #[arg(long, required_unless_present = "resume")]
+    #[arg(
+        long,
+        required_unless_present = "resume",
+        help_heading = "Image folders"
+    )]
     data_dir: Option<PathBuf>,
     /// With a --data-dir of class folders only: the fraction of each class held out for
     /// validation (seeded by --seed).
-    #[arg(long, value_name = "F", conflicts_with = "resume")]
+    #[arg(
+        long,
+        value_name = "F",
+        conflicts_with = "resume",
+        help_heading = "Image folders"
+    )]
     val_fraction: Option<f64>,
     /// Side of the square network input, in pixels [default: 224].
     #[arg(long, value_name = "PIXELS", conflicts_with = "resume",
-          value_parser = clap::value_parser!(u32).range(8..=4096))]
+          value_parser = clap::value_parser!(u32).range(8..=4096),
+        help_heading = "Image folders"
+    )]
     image_size: Option<u32>,
     /// Threads decoding and augmenting images [default: one per core].
-    #[arg(long, value_name = "N", default_value_t = 0, hide_default_value = true)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        hide_default_value = true,
+        help_heading = "Image folders"
+    )]
     workers: usize,
     /// Keep decoded images in memory after the first epoch (for datasets that fit in RAM).
-    #[arg(long)]
+    #[arg(long, help_heading = "Image folders")]
     cache: bool,
     /// Leave out files that do not decode (listed in the run's bad_images.txt) instead of
     /// stopping at the first one. Decodes every file once at start.
-    #[arg(long, conflicts_with = "resume")]
+    #[arg(long, conflicts_with = "resume", help_heading = "Image folders")]
     skip_bad_images: bool,
     #[command(flatten)]
     train: TrainFlags,
