@@ -42,6 +42,7 @@ use resnext::data::{
     decode_rgb8, prepare, Draw, Normalization, Recipe, CLASS_NAMES, IMAGENET_NORMALIZATION,
     MAX_PIXELS,
 };
+use resnext::device::parse_device;
 use resnext::inference::Tta;
 use resnext::resnext::MODEL_NAMES;
 use resnext::weights::{
@@ -97,25 +98,6 @@ struct Args {
     /// The images (PNG or JPEG, any size).
     #[arg(required = true, value_name = "IMAGE")]
     images: Vec<PathBuf>,
-}
-
-fn parse_device(s: &str) -> Result<Device> {
-    let device = match s {
-        "auto" => return Ok(Device::cuda_if_available()),
-        "cpu" => Device::Cpu,
-        "cuda" => Device::Cuda(0),
-        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(n)) => Device::Cuda(n),
-            _ => bail!("unknown device `{s}`; expected auto, cpu, cuda or cuda:N"),
-        },
-    };
-    if let Device::Cuda(n) = device {
-        let count = tch::Cuda::device_count().max(0) as usize;
-        if n >= count {
-            bail!("device `{s}` is not available ({count} CUDA device(s) found)");
-        }
-    }
-    Ok(device)
 }
 
 /// Class names: from `--labels`, the file's metadata, CIFAR-10's for 10 classes, else the
