@@ -42,7 +42,7 @@ struct Args {
     /// libtorch intra-op threads (use the same number on the PyTorch side).
     #[arg(long, default_value_t = 2)]
     threads: i32,
-    /// Device: `cpu` or `cuda`.
+    /// Device: `cpu`, `cuda`, `cuda:N` or `auto`.
     #[arg(long, default_value = "cpu")]
     device: String,
 }
@@ -168,11 +168,7 @@ fn time_runs(w: &mut Workload, device: Device, untimed: u32, timed: u32) -> Resu
 fn main() -> Result<()> {
     let args = Args::parse();
     tch::set_num_threads(args.threads);
-    let device = match args.device.as_str() {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::cuda_if_available(),
-        d => bail!("unknown device {d}"),
-    };
+    let device = resnext::device::parse_device(&args.device)?;
     if device == Device::Cpu {
         // As the trainer does on the CPU (a no-op when MALLOC_* variables are set).
         resnext::memory::keep_freed_memory();

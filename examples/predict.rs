@@ -42,12 +42,10 @@ use resnext::data::{
     decode_rgb8, prepare, Draw, Normalization, Recipe, CLASS_NAMES, IMAGENET_NORMALIZATION,
     MAX_PIXELS,
 };
+use resnext::device::parse_device;
 use resnext::inference::Tta;
 use resnext::resnext::MODEL_NAMES;
-use resnext::weights::{
-    config_from_weights, expected_shapes, load_model, preset_for_weights, read_weights_metadata,
-    LoadOptions, WeightsMetadata,
-};
+use resnext::weights::{expected_shapes, LoadOptions, WeightsFile, WeightsMetadata};
 use resnext::{ResNeXt, ResNeXtConfig, Stem};
 use tch::{Device, Kind, Tensor};
 
@@ -97,25 +95,6 @@ struct Args {
     /// The images (PNG or JPEG, any size).
     #[arg(required = true, value_name = "IMAGE")]
     images: Vec<PathBuf>,
-}
-
-fn parse_device(s: &str) -> Result<Device> {
-    let device = match s {
-        "auto" => return Ok(Device::cuda_if_available()),
-        "cpu" => Device::Cpu,
-        "cuda" => Device::Cuda(0),
-        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(n)) => Device::Cuda(n),
-            _ => bail!("unknown device `{s}`; expected auto, cpu, cuda or cuda:N"),
-        },
-    };
-    if let Device::Cuda(n) = device {
-        let count = tch::Cuda::device_count().max(0) as usize;
-        if n >= count {
-            bail!("device `{s}` is not available ({count} CUDA device(s) found)");
-        }
-    }
-    Ok(device)
 }
 
 /// Class names: from `--labels`, the file's metadata, CIFAR-10's for 10 classes, else the
@@ -271,13 +250,14 @@ fn compare_onnx(model: &Path, inputs: &[Tensor], logits: &[Tensor]) -> Result<bo
 /// Also returns where it came from, for the first line printed.
 fn model_config(
     args: &Args,
+    file: &WeightsFile,
     meta: Option<&WeightsMetadata>,
 ) -> Result<(ResNeXtConfig, &'static str)> {
     let weights = &args.weights;
     let (mut config, source) = match (&args.model, meta) {
-        (Some(name), _) => (config_from_weights(name, weights)?, "as --model says"),
+        (Some(name), _) => (file.config_for(name)?, "as --model says"),
         (None, Some(meta)) => (meta.model.clone(), "from the file's metadata"),
-        (None, None) => match preset_for_weights(weights)? {
+        (None, None) => match file.preset() {
             Some(config) => (config, "matched by the tensors' shapes"),
             None => bail!(
                 "{}: the file has no model metadata and no preset fits its tensors; name the \
@@ -301,13 +281,15 @@ fn model_config(
 
 fn run(args: Args) -> Result<ExitCode> {
     let device = parse_device(&args.device)?;
-    // The library's errors name the file.
-    let meta = read_weights_metadata(&args.weights)?;
-    let (config, source) = model_config(&args, meta.as_ref())?;
+    // The library's errors name the file. Opened once: its header (or pickle) is read once,
+    // each tensor the model has once.
+    let file = WeightsFile::open(&args.weights)?;
+    let meta = file.metadata()?;
+    let (config, source) = model_config(&args, &file, meta.as_ref())?;
     // The metadata describes these weights only if they are read as the architecture it names.
     let meta = meta.filter(|m| expected_shapes(&m.model) == expected_shapes(&config));
     let prep = Prep::new(config.stem, meta.as_ref())?;
-    let loaded = load_model(&config, &args.weights, device, LoadOptions::default())?;
+    let loaded = file.load_model(&config, device, LoadOptions::default())?;
     eprintln!(
         "{}: {} ({:?} stem, {} classes, {}x{} images) {source}, on {device:?}, {} tensors loaded",
         args.weights.display(),

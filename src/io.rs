@@ -1,7 +1,10 @@
 //! File I/O shared by weights, checkpoints, run outputs and downloads: atomic writes (a kill at
 //! any instant leaves either the old complete file or the new complete file, never a mix),
-//! safetensors files with string metadata, folders held by one process at a time
-//! ([`lock_dir`]) and the removal of what interrupted writes left ([`remove_partial_files`]).
+//! safetensors files with string metadata (the metadata from the header alone:
+//! [`read_safetensors_metadata`]), folders held by one process at a time ([`lock_dir`]) and
+//! the removal of what interrupted writes left ([`remove_partial_files`]).
+mod header;
+
 use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
@@ -10,6 +13,9 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use tch::{Kind, Tensor};
 use thiserror::Error;
+
+pub(crate) use header::read_safetensors_header;
+pub use header::{read_safetensors_metadata, MAX_SAFETENSORS_HEADER};
 
 /// Errors reading or writing tensor files and run outputs.
 #[derive(Debug, Error)]

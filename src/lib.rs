@@ -10,12 +10,14 @@
 //! * [`inference`]: a faster evaluation-only form of the network, test-time augmentation;
 //! * [`export`]: ONNX and TorchScript export for deployment (ONNX Runtime, OpenVINO, TensorRT,
 //!   `torch.jit.load`);
+//! * [`device`]: the device a program runs on (`auto`, `cpu`, `cuda`, `cuda:N`);
 //! * [`layout`]: channels-last tensors and variables;
 //! * [`memory`]: keeping freed memory in the process (faster CPU training);
 //! * [`io`]: atomic writes and safetensors files with metadata;
 //! * [`error_report`]: an error and its causes on one line, for command-line tools.
 #![warn(missing_docs)]
 pub mod data;
+pub mod device;
 pub mod distributed;
 pub mod export;
 pub mod inference;

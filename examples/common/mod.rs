@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use resnext::data::ops::Policy;
 use resnext::data::DataSplits;
+use resnext::device::DeviceSpec;
 use resnext::distributed::{DistEnv, EnvError, ProcessGroup};
 use resnext::inference::Tta;
 use resnext::resnext::MODEL_NAMES;
@@ -386,7 +387,7 @@ pub fn open_trainer(
 /// The device of a rank: its own GPU (`cuda:LOCAL_RANK`) when `--device` asks for CUDA or
 /// for the default and CUDA is there; otherwise what `--device` says.
 fn rank_device(requested: Option<&str>, rank: Option<&Rank>) -> Option<String> {
-    let wants_cuda = matches!(requested, None | Some("auto") | Some("cuda"));
+    let wants_cuda = requested.is_none_or(|d| d.parse().is_ok_and(DeviceSpec::wants_any_gpu));
     match rank {
         Some(r) if wants_cuda && tch::Cuda::is_available() => {
             Some(format!("cuda:{}", r.local_rank))

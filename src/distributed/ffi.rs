@@ -17,7 +17,7 @@ pub(crate) struct RxGroup {
 
 pub(crate) const RX_ERR_NETWORK: c_int = 1;
 // 2: c10::DistStoreError, 3: c10::DistBackendError, 4: other c10::Error (see csrc/c10d_shim.h);
-// told apart by their messages in group.rs.
+// told apart by their messages in group/errors.rs.
 /// Any other exception (and, on the Rust side, a shim call that returned no handle).
 pub(crate) const RX_ERR_OTHER: c_int = 5;
 

@@ -1,11 +1,12 @@
 //! [`ProcessGroup`]: the ranks of a run, joined through a c10d store (a `FileStore` in a private
 //! directory on one machine, a `TCPStore` across machines), and their collectives.
-use std::ffi::{c_int, c_void, CStr, CString};
-use std::net::Ipv4Addr;
-use std::os::fd::IntoRawFd;
-use std::path::Path;
+mod backend;
+mod errors;
+mod store;
+
+use std::ffi::{c_int, c_void};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -13,8 +14,11 @@ use tch::{Device, Tensor};
 
 use super::env::{DistEnv, EnvError, Rendezvous};
 use super::ffi::{self, RxGroup, RxStore, ShimError};
-use super::local::{self, LocalRendezvous};
-use super::{net, peers, Backend, DistError};
+use super::local::LocalRendezvous;
+use super::{peers, Backend, DistError};
+use backend::create_backend;
+use errors::classify;
+use store::StoreSpec;
 
 /// Process groups created by this process so far: each gets its own key prefix in the store,
 /// so that several groups (one after another, or torchrun's long-lived agent store) never see
@@ -379,138 +383,6 @@ pub fn free_local_port() -> std::io::Result<u16> {
         .port())
 }
 
-/// Where a group's store is, and this process's part in it.
-enum StoreSpec<'a> {
-    /// A `FileStore` in this private directory (every rank on this machine).
-    File(&'a Path),
-    /// A `TCPStore` at `addr:port`, hosted by this process when `is_server`, its keys under
-    /// `prefix` (torchelastic's, or empty).
-    Tcp {
-        addr: &'a str,
-        port: u16,
-        is_server: bool,
-        prefix: String,
-    },
-}
-
-impl StoreSpec<'_> {
-    /// Opens the store, its keys under the next group prefix of this process.
-    fn open(&self, rank: usize, world_size: usize, timeout: Duration) -> Result<Store, DistError> {
-        match self {
-            StoreSpec::File(dir) => {
-                let base = file_store(dir, world_size, timeout)?;
-                let prefix = store_prefix("")?;
-                prefixed(&base, &prefix).map_err(|e| {
-                    classify(e, rank, "open the rendezvous store", Backend::Gloo, timeout)
-                })
-            }
-            StoreSpec::Tcp {
-                addr,
-                port,
-                is_server,
-                prefix,
-            } => tcp_store(addr, *port, *is_server, prefix, rank, world_size, timeout),
-        }
-    }
-
-    /// The address for Gloo to bind: 127.0.0.1 for a file rendezvous; for a TCP one, see
-    /// [`net::gloo_address`] (`None`: torch.distributed's own choice).
-    fn gloo_host(&self) -> Option<CString> {
-        let ip = match self {
-            StoreSpec::File(_) => Some(Ipv4Addr::LOCALHOST.into()),
-            StoreSpec::Tcp { addr, port, .. } => net::gloo_address(addr, *port),
-        };
-        ip.and_then(|ip| CString::new(ip.to_string()).ok())
-    }
-}
-
-/// The `FileStore` of the private rendezvous directory `dir` (checked first), for
-/// `world_size` processes, its waits bounded by `timeout`.
-fn file_store(dir: &Path, world_size: usize, timeout: Duration) -> Result<Store, DistError> {
-    let file = local::store_file(dir)?;
-    let bad = |problem: String| DistError::RendezvousDir {
-        dir: dir.to_path_buf(),
-        problem,
-    };
-    let path = CString::new(file.as_os_str().as_encoded_bytes())
-        .map_err(|_| bad("its path contains NUL".into()))?;
-    let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
-    let mut raw = std::ptr::null_mut();
-    // SAFETY: `path` is NUL-terminated and outlives the call (the shim copies it), `raw` is a
-    // valid out-pointer.
-    ffi::call(|err| unsafe {
-        ffi::rx_store_create_file(
-            path.as_ptr(),
-            world_size as c_int,
-            timeout_ms,
-            &mut raw,
-            err,
-        )
-    })
-    .map_err(|e| bad(format!("c10d's FileStore failed: {}", e.message.trim())))?;
-    NonNull::new(raw)
-        .map(Store)
-        .ok_or_else(|| bad("the c10d shim returned no store".into()))
-}
-
-/// The TCP store at `addr:port`: hosted here, on a socket this function binds to `addr`'s
-/// address, when `is_server`; a client of it otherwise. Keys under `prefix`'s next group prefix.
-fn tcp_store(
-    addr: &str,
-    port: u16,
-    is_server: bool,
-    prefix: &str,
-    rank: usize,
-    world_size: usize,
-    timeout: Duration,
-) -> Result<Store, DistError> {
-    let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
-    let host = CString::new(addr)
-        .map_err(|_| DistError::InvalidArgument(format!("address {addr:?} contains NUL")))?;
-    let prefix = store_prefix(prefix)?;
-    let listen_fd = match is_server {
-        true => net::store_listener(addr, port)?.into_raw_fd(),
-        false => -1,
-    };
-    let mut raw_store = std::ptr::null_mut();
-    // SAFETY: `host` and `prefix` are NUL-terminated and outlive the call, `raw_store` is a
-    // valid out-pointer; the shim copies the strings. `listen_fd` (-1 for a client) is a
-    // listening socket that nothing else owns: the store takes it over and closes it.
-    ffi::call(|err| unsafe {
-        ffi::rx_store_create(
-            host.as_ptr(),
-            port,
-            c_int::from(is_server),
-            listen_fd,
-            world_size as c_int,
-            timeout_ms,
-            prefix.as_ptr(),
-            &mut raw_store,
-            err,
-        )
-    })
-    .map_err(|e| store_error(e, rank, addr, port, is_server, timeout))?;
-    Ok(Store(non_null(
-        raw_store,
-        rank,
-        "create the rendezvous store",
-    )?))
-}
-
-/// `base` with its keys under `prefix`.
-fn prefixed(base: &Store, prefix: &CStr) -> Result<Store, ShimError> {
-    let mut raw = std::ptr::null_mut();
-    // SAFETY: `base` is live, `prefix` NUL-terminated, `raw` a valid out-pointer; the new
-    // store holds its own reference to `base`'s.
-    ffi::call(|err| unsafe {
-        ffi::rx_store_prefixed(base.0.as_ptr(), prefix.as_ptr(), &mut raw, err)
-    })?;
-    NonNull::new(raw).map(Store).ok_or_else(|| ShimError {
-        status: ffi::RX_ERR_OTHER,
-        message: "the c10d shim returned no store".into(),
-    })
-}
-
 /// Refuses a world size outside `1..=c_int::MAX`, a rank outside it and a zero timeout.
 fn check_group_args(rank: usize, world_size: usize, timeout: Duration) -> Result<(), DistError> {
     if world_size == 0 || world_size > c_int::MAX as usize {
@@ -528,164 +400,6 @@ fn check_group_args(rank: usize, world_size: usize, timeout: Duration) -> Result
         ));
     }
     Ok(())
-}
-
-/// The store prefix of this process's next group: `resnext/<n>` under `prefix` (PrefixStore
-/// joins a prefix and a key with '/'), so that groups made one after another on the same
-/// store keep their keys apart.
-fn store_prefix(prefix: &str) -> Result<CString, DistError> {
-    let n = GROUPS_CREATED.fetch_add(1, Ordering::Relaxed);
-    let prefix = if prefix.is_empty() {
-        format!("resnext/{n}")
-    } else {
-        format!("{prefix}/resnext/{n}")
-    };
-    CString::new(prefix).map_err(|e| {
-        DistError::InvalidArgument(format!(
-            "store prefix {:?} contains NUL",
-            String::from_utf8_lossy(&e.into_vec())
-        ))
-    })
-}
-
-/// Creates a c10d backend on `store` (under its own key prefix); Gloo binds `gloo_host`
-/// (`None`: torch.distributed's choice).
-fn create_backend(
-    store: &Store,
-    backend: Backend,
-    rank: usize,
-    world_size: usize,
-    timeout: Duration,
-    gloo_host: Option<CString>,
-) -> Result<Group, DistError> {
-    let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
-    let op = "set up the process group";
-    let prefix = match backend {
-        Backend::Gloo => c"gloo",
-        Backend::Nccl => c"nccl",
-    };
-    let sub = prefixed(store, prefix).map_err(|e| classify(e, rank, op, backend, timeout))?;
-    let (rank_c, world_c) = (rank as c_int, world_size as c_int);
-    let mut raw = std::ptr::null_mut();
-    let host = gloo_host.as_deref().map_or(std::ptr::null(), CStr::as_ptr);
-    // SAFETY (both backends): `sub` is live during the call (the backend takes its own
-    // reference to it), `host` is null or a NUL-terminated string that outlives the call, and
-    // `raw` a valid out-pointer.
-    let created = match backend {
-        Backend::Gloo => ffi::call(|err| unsafe {
-            ffi::rx_group_gloo_create(
-                sub.0.as_ptr(),
-                rank_c,
-                world_c,
-                timeout_ms,
-                host,
-                &mut raw,
-                err,
-            )
-        }),
-        #[cfg(feature = "nccl")]
-        Backend::Nccl => ffi::call(|err| unsafe {
-            ffi::rx_group_nccl_create(sub.0.as_ptr(), rank_c, world_c, timeout_ms, &mut raw, err)
-        }),
-        #[cfg(not(feature = "nccl"))]
-        Backend::Nccl => return Err(DistError::NcclUnavailable),
-    };
-    created.map_err(|e| classify(e, rank, op, backend, timeout))?;
-    // The backend holds its own reference to the (prefixed) store; `sub` can go.
-    Ok(Group(non_null(raw, rank, op)?))
-}
-
-/// A handle the shim returned with success: never null, unless the shim is broken, which is
-/// then an error rather than a crash.
-fn non_null<T>(raw: *mut T, rank: usize, op: &'static str) -> Result<NonNull<T>, DistError> {
-    NonNull::new(raw).ok_or_else(|| DistError::Failed {
-        rank,
-        op,
-        detail: "the c10d shim returned no handle".into(),
-    })
-}
-
-/// True when `message` (lower-cased) contains one of `needles`.
-fn mentions(message: &str, needles: &[&str]) -> bool {
-    let lower = message.to_ascii_lowercase();
-    needles.iter().any(|n| lower.contains(n))
-}
-
-const TIMEOUT_WORDS: &[&str] = &["timed out", "timeout", "time out"];
-const PEER_GONE_WORDS: &[&str] = &[
-    "connection closed by peer",
-    "connection reset",
-    "broken pipe",
-    "econnreset",
-    "epipe",
-    "connection refused",
-    "socket closed",
-    "closed by peer",
-    "end of file",
-];
-
-/// A failed store creation: port in use (server), unreachable store (client), or a rank missing.
-fn store_error(
-    e: ShimError,
-    rank: usize,
-    addr: &str,
-    port: u16,
-    is_server: bool,
-    timeout: Duration,
-) -> DistError {
-    let detail = e.message.trim().to_string();
-    if is_server && mentions(&detail, &["eaddrinuse", "address already in use"]) {
-        DistError::PortInUse { port, detail }
-    } else if is_server && mentions(&detail, TIMEOUT_WORDS) {
-        DistError::Timeout {
-            rank,
-            op: "wait for every rank to join",
-            timeout,
-            detail,
-        }
-    } else if !is_server {
-        DistError::Connect {
-            rank,
-            addr: addr.to_string(),
-            port,
-            timeout,
-            detail,
-        }
-    } else {
-        DistError::Failed {
-            rank,
-            op: "set up the rendezvous store",
-            detail,
-        }
-    }
-}
-
-/// Sorts a failed collective into the [`DistError`] that says what to check.
-fn classify(
-    e: ShimError,
-    rank: usize,
-    op: &'static str,
-    backend: Backend,
-    timeout: Duration,
-) -> DistError {
-    let detail = e.message.trim().to_string();
-    if mentions(&detail, TIMEOUT_WORDS) {
-        DistError::Timeout {
-            rank,
-            op,
-            timeout,
-            detail,
-        }
-    } else if mentions(&detail, PEER_GONE_WORDS) || e.status == ffi::RX_ERR_NETWORK {
-        // c10::DistNetworkError: a socket to a peer failed.
-        DistError::PeerGone { rank, op, detail }
-    } else if backend == Backend::Gloo
-        && mentions(&detail, &["unsupported", "cannot use", "not supported"])
-    {
-        DistError::InvalidArgument(format!("{op} on Gloo: {detail}"))
-    } else {
-        DistError::Failed { rank, op, detail }
-    }
 }
 
 impl Backend {

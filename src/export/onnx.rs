@@ -43,10 +43,7 @@ use super::lower::{lower, INPUT, OUTPUT};
 use super::onnx_proto::{ModelProto, OperatorSetIdProto, StringStringEntryProto};
 use super::ExportError;
 use crate::resnext::{ResNeXt, ResNeXtConfig};
-use crate::weights::{
-    load_model, preset_for_weights, read_weights_metadata, LoadOptions, LoadedModel,
-    WeightsMetadata, MODEL_KEY,
-};
+use crate::weights::{LoadOptions, LoadedModel, WeightsFile, WeightsMetadata, MODEL_KEY};
 
 /// The ONNX opset the models are written for (default domain).
 pub const OPSET: i64 = 17;
@@ -170,10 +167,10 @@ pub fn export_onnx(
 }
 
 /// Exports the weights file `weights` (safetensors or PyTorch `.pth`, as
-/// [`load_model`] reads them) to `out`: the architecture is `config` when given, else the
-/// file's [`WeightsMetadata`], else the preset whose tensors the file has
-/// ([`preset_for_weights`]). The file's metadata, if any, goes into the model's
-/// `metadata_props`. The file must fit the architecture exactly (strict loading).
+/// [`load_model`](crate::weights::load_model) reads them) to `out`: the architecture is `config`
+/// when given, else the file's [`WeightsMetadata`], else the preset whose tensors the file has
+/// ([`preset_for_weights`](crate::weights::preset_for_weights)). The file's metadata, if any, goes
+/// into the model's `metadata_props`. The file must fit the architecture exactly (strict loading).
 ///
 /// # Errors
 /// [`ExportError::Weights`] for an unreadable file, malformed metadata or tensors that do not
@@ -196,17 +193,19 @@ pub(crate) fn model_from_weights(
     weights: &Path,
     config: Option<&ResNeXtConfig>,
 ) -> Result<(LoadedModel, Option<WeightsMetadata>), ExportError> {
-    let meta = read_weights_metadata(weights)?;
+    // One opening of the file: its header (or pickle) read once, each tensor once.
+    let file = WeightsFile::open(weights)?;
+    let meta = file.metadata()?;
     let config = match (config, &meta) {
         (Some(c), _) => c.clone(),
         (None, Some(m)) => m.model.clone(),
-        (None, None) => {
-            preset_for_weights(weights)?.ok_or_else(|| ExportError::UnknownArchitecture {
+        (None, None) => file
+            .preset()
+            .ok_or_else(|| ExportError::UnknownArchitecture {
                 path: weights.to_path_buf(),
-            })?
-        }
+            })?,
     };
-    let loaded = load_model(&config, weights, Device::Cpu, LoadOptions { strict: true })?;
+    let loaded = file.load_model(&config, Device::Cpu, LoadOptions { strict: true })?;
     let meta = meta.filter(|m| m.model == config);
     Ok((loaded, meta))
 }

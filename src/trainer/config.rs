@@ -9,6 +9,7 @@ use super::{
     ParamGroups, Precision, Schedule, SgdConfig, TrainError, OPTIMIZER_NAMES,
 };
 use crate::data::{Augmentation, Normalization};
+use crate::device::{DeviceError, DeviceSpec, DEVICE_FORMS};
 use crate::inference::Tta;
 use crate::resnext::{ResNeXtConfig, Stem, MODEL_NAMES};
 
@@ -321,26 +322,20 @@ impl TrainConfig {
     /// [`TrainError::InvalidConfig`] for an unknown device, [`TrainError::DeviceUnavailable`] for
     /// CUDA on a machine without it or a GPU index beyond the GPUs present.
     pub fn resolve_device(&self) -> Result<Device, TrainError> {
-        let expected = "auto, cpu, cuda or cuda:N";
-        let device = match self.device.as_str() {
-            "auto" => return Ok(Device::cuda_if_available()),
-            "cpu" => Device::Cpu,
-            "cuda" => Device::Cuda(0),
-            s => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
-                Some(Ok(n)) => Device::Cuda(n),
-                _ => return Err(invalid("device", s, expected)),
+        self.device_spec()?.resolve().map_err(|e| match e {
+            DeviceError::Unavailable { available, .. } => TrainError::DeviceUnavailable {
+                device: self.device.clone(),
+                available,
             },
-        };
-        if let Device::Cuda(n) = device {
-            let count = tch::Cuda::device_count().max(0) as usize;
-            if n >= count {
-                return Err(TrainError::DeviceUnavailable {
-                    device: self.device.clone(),
-                    available: count,
-                });
-            }
-        }
-        Ok(device)
+            DeviceError::Unknown { value } => invalid("device", value, DEVICE_FORMS),
+        })
+    }
+
+    /// `device` as named, not yet checked against this machine.
+    fn device_spec(&self) -> Result<DeviceSpec, TrainError> {
+        self.device
+            .parse()
+            .map_err(|_| invalid("device", &self.device, DEVICE_FORMS))
     }
 
     /// Whether training on `device` uses channels-last tensors (`channels_last`, on by
@@ -511,13 +506,7 @@ impl TrainConfig {
         if self.world_size == 0 {
             return Err(invalid("world_size", 0, "at least 1"));
         }
-        match self.device.as_str() {
-            "auto" | "cpu" | "cuda" => {}
-            s if s
-                .strip_prefix("cuda:")
-                .is_some_and(|n| n.parse::<usize>().is_ok()) => {}
-            s => return Err(invalid("device", s, "auto, cpu, cuda or cuda:N")),
-        }
+        self.device_spec()?;
         Ok(())
     }
 }

@@ -4,13 +4,11 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use super::NUM_BATCHES_TRACKED;
 use crate::resnext::{ConvSpec, Preset, ResNeXtConfig, Stem, PRESETS};
 
 /// Tensor names and their shapes, sorted by name.
 pub type Shapes = BTreeMap<String, Vec<i64>>;
-
-/// Suffix of the BN batch counter, which only PyTorch keeps (see [`super::save_weights`]).
-const NUM_BATCHES_TRACKED: &str = ".num_batches_tracked";
 
 fn conv_shape(spec: &ConvSpec) -> Vec<i64> {
     vec![

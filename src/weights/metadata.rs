@@ -162,12 +162,18 @@ pub fn read_weights_metadata(path: &Path) -> Result<Option<WeightsMetadata>, Wei
     if !is_safetensors(path)? {
         return Ok(None);
     }
-    let source = TensorSource::safetensors(path)?;
+    metadata_of(&TensorSource::safetensors(path)?)
+}
+
+/// [`read_weights_metadata`] of a safetensors file already open, every tensor under its own
+/// name (as [`TensorSource::safetensors`] opens it).
+pub(crate) fn metadata_of(source: &TensorSource) -> Result<Option<WeightsMetadata>, WeightsError> {
+    let path = source.path();
     let Some(meta) = WeightsMetadata::from_map(path, &source.metadata)? else {
         return Ok(None);
     };
     let strict = LoadOptions { strict: true };
-    check_fits_config(&meta.model, &source, strict).map_err(|e| match e {
+    check_fits_config(&meta.model, source, strict).map_err(|e| match e {
         WeightsError::Incompatible {
             missing,
             mismatched,

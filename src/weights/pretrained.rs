@@ -8,7 +8,7 @@ use std::path::Path;
 
 use tch::nn;
 
-use super::{load_tensors, stem_and_classes, LoadOptions, LoadReport, TensorSource, WeightsError};
+use super::{load_tensors, LoadOptions, LoadReport, TensorSource, WeightsError, WeightsFile};
 use crate::io::TensorFile;
 use crate::resnext::{ResNeXtConfig, Stem};
 
@@ -44,7 +44,7 @@ pub fn read_state_dict(path: &Path) -> Result<TensorFile, WeightsError> {
 /// As [`read_state_dict`]; [`WeightsError::Infer`] when `conv1.weight` or `fc.weight` is
 /// missing or oddly shaped.
 pub fn pretrained_architecture(path: &Path) -> Result<(Stem, i64), WeightsError> {
-    stem_and_classes(path, &TensorSource::open(path)?.shapes())
+    WeightsFile::open(path)?.architecture()
 }
 
 /// What [`load_pretrained`] did.
@@ -135,7 +135,15 @@ pub fn load_pretrained(
     path: &Path,
     model: &ResNeXtConfig,
 ) -> Result<PretrainedReport, WeightsError> {
-    let mut source = TensorSource::open(path)?;
+    WeightsFile::open(path)?.load_pretrained(vs, model)
+}
+
+/// [`load_pretrained`] from the model's tensors of a file already open.
+pub(crate) fn load_pretrained_from(
+    vs: &mut nn::VarStore,
+    mut source: TensorSource,
+    model: &ResNeXtConfig,
+) -> Result<PretrainedReport, WeightsError> {
     let prefix = source.prefix.clone();
     let replaced_classifier = keep_fresh_classifier(&mut source, vs, model);
     let load = load_tensors(vs, source, LoadOptions { strict: true })?;

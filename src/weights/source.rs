@@ -7,17 +7,12 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::Metadata;
 use tch::{Kind, Tensor};
 
 use super::fit::{model_shapes, Shapes};
 use super::pth::PthFile;
 use super::WeightsError;
-use crate::io::{kind_of_dtype, IoError, TensorFile};
-
-/// Largest safetensors header read (the JSON of names, shapes and offsets, and the metadata):
-/// ResNeXt-101's is about 150 KB.
-pub(crate) const MAX_SAFETENSORS_HEADER: u64 = 16 << 20;
+use crate::io::{kind_of_dtype, read_safetensors_header, IoError, TensorFile};
 
 /// A tensor of the file, known before its data is read.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,23 +93,32 @@ impl TensorSource {
     /// [`WeightsError::Io`] for an unreadable or corrupt safetensors file,
     /// [`WeightsError::Pytorch`] for a PyTorch file that is refused.
     pub fn open(path: &Path) -> Result<Self, WeightsError> {
-        let mut source = if is_safetensors(path)? {
-            Self::safetensors(path)?
-        } else {
-            Self::pth(path)?
-        };
+        let mut source = Self::open_whole(path)?;
         source.keep_model();
         Ok(source)
+    }
+
+    /// Opens a safetensors file or a PyTorch `torch.save` file (told apart by their first
+    /// bytes), every tensor kept under its own name.
+    ///
+    /// # Errors
+    /// As [`TensorSource::open`].
+    pub fn open_whole(path: &Path) -> Result<Self, WeightsError> {
+        if is_safetensors(path)? {
+            Self::safetensors(path)
+        } else {
+            Self::pth(path)
+        }
     }
 
     /// Opens a safetensors file, every tensor kept under its own name.
     ///
     /// # Errors
     /// [`WeightsError::Io`] naming the file: unreadable, a header over
-    /// [`MAX_SAFETENSORS_HEADER`], offsets that do not tile the data, a size that is not the
-    /// header's.
+    /// [`crate::io::MAX_SAFETENSORS_HEADER`], offsets that do not tile the data, a size that is not
+    /// the header's.
     pub fn safetensors(path: &Path) -> Result<Self, WeightsError> {
-        let (file, header, data_start) = read_header(path)?;
+        let (file, header, data_start) = read_safetensors_header(path)?;
         let format = |message: String| IoError::Format {
             path: path.to_path_buf(),
             message,
@@ -215,15 +219,26 @@ impl TensorSource {
         &self.path
     }
 
+    /// Whether the tensors are those of a safetensors file (not a PyTorch one, nor in memory).
+    pub fn is_safetensors(&self) -> bool {
+        matches!(self.data, Data::Safetensors { .. })
+    }
+
+    /// The model's prefix (see `model_prefix`) and the entries under it.
+    fn model_part(&self) -> (String, Vec<usize>) {
+        let prefix = model_prefix(self.entries.iter().map(|e| e.name.as_str()));
+        let keep = (0..self.entries.len())
+            .filter(|&i| self.entries[i].name.starts_with(&prefix))
+            .collect();
+        (prefix, keep)
+    }
+
     /// Keeps the entries under the model's prefix, renamed without it.
     fn keep_model(&mut self) {
-        let prefix = model_prefix(self.entries.iter().map(|e| e.name.as_str()));
+        let (prefix, keep) = self.model_part();
         if prefix.is_empty() {
             return;
         }
-        let keep: Vec<usize> = (0..self.entries.len())
-            .filter(|&i| self.entries[i].name.starts_with(&prefix))
-            .collect();
         let mut entries = Vec::with_capacity(keep.len());
         for &i in &keep {
             let mut e = self.entries[i].clone();
@@ -245,6 +260,12 @@ impl TensorSource {
         self.prefix = prefix;
     }
 
+    /// The source of the model's tensors alone, as [`TensorSource::open`] gives it.
+    pub fn into_model(mut self) -> Self {
+        self.keep_model();
+        self
+    }
+
     /// The names and shapes of the model's tensors (BN batch counters left out).
     pub fn shapes(&self) -> Shapes {
         model_shapes(
@@ -252,6 +273,16 @@ impl TensorSource {
                 .iter()
                 .map(|e| (e.name.as_str(), e.shape.clone())),
         )
+    }
+
+    /// [`TensorSource::shapes`] of the model's tensors as [`TensorSource::into_model`] would
+    /// keep them (under the model's prefix, named without it), without changing `self`.
+    pub fn model_shapes(&self) -> Shapes {
+        let (prefix, keep) = self.model_part();
+        model_shapes(keep.iter().map(|&i| {
+            let e = &self.entries[i];
+            (&e.name[prefix.len()..], e.shape.clone())
+        }))
     }
 
     /// The index of the entry named `name`.
@@ -331,43 +362,6 @@ impl TensorSource {
         let metadata = std::mem::take(&mut self.metadata);
         Ok(TensorFile { tensors, metadata })
     }
-}
-
-/// The header of a safetensors file, read alone: the file, the header, and where the data
-/// starts.
-pub(crate) fn read_header(path: &Path) -> Result<(File, Metadata, u64), WeightsError> {
-    let io = |source| IoError::Io {
-        action: "reading",
-        path: path.to_path_buf(),
-        source,
-    };
-    let format = |message: String| IoError::Format {
-        path: path.to_path_buf(),
-        message,
-    };
-    let mut file = File::open(path).map_err(io)?;
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len)
-        .map_err(|e| format(format!("no header ({e})")))?;
-    let n = u64::from_le_bytes(len);
-    if n > MAX_SAFETENSORS_HEADER {
-        return Err(format(format!(
-            "a header of {n} bytes; expected at most {MAX_SAFETENSORS_HEADER}"
-        ))
-        .into());
-    }
-    let mut json = Vec::with_capacity(n as usize);
-    (&mut file).take(n).read_to_end(&mut json).map_err(io)?;
-    if json.len() as u64 != n {
-        return Err(format(format!(
-            "the header is cut short at {} of {n} bytes",
-            json.len()
-        ))
-        .into());
-    }
-    let header: Metadata = serde_json::from_slice(&json)
-        .map_err(|e| format(format!("the header does not parse: {e}")))?;
-    Ok((file, header, 8 + n))
 }
 
 /// Where a ResNeXt's `state_dict` is among a file's tensor names: the prefix `P` for which
