@@ -3,13 +3,20 @@
 //! `tch::vision::dataset::augmentation` (flip + crop with padding 4) on the same data, with
 //! libtorch limited to one thread.
 //!
+//! Then the per-image cost of each augmentation stage after crop and flip (the recipe's extra
+//! ops): the same epoch through [`epoch_batches`] with (i) crop + flip only, (ii) +
+//! TrivialAugmentWide, (iii) + random erasing with p = 0.25, (iv) + the MixUp / CutMix batch
+//! stage (α 0.2 / 1.0, one of the two per batch), each stage added to the previous ones.
+//!
 //! Run with `cargo bench --bench data_pipeline`.
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use resnext::data::{
-    augment_image, batch_augment_params, BatchConfig, DeviceDataset, Normalization,
+    augment_image, batch_augment_params, epoch_batches, Augmentation, BatchConfig, Dataset,
+    DeviceDataset, Normalization,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -129,4 +136,67 @@ fn main() {
             "NOT met"
         }
     );
+    stage_costs(&data, &cfg);
+}
+
+/// The stage cases, each with the stages of the ones before it.
+fn stage_cases() -> Vec<(&'static str, Augmentation)> {
+    let none = Augmentation::default();
+    let ta_wide = Augmentation {
+        auto_augment: Some("ta_wide".into()),
+        ..none.clone()
+    };
+    let erase = Augmentation {
+        random_erase: 0.25,
+        ..ta_wide.clone()
+    };
+    let mix = Augmentation {
+        mixup_alpha: 0.2,
+        cutmix_alpha: 1.0,
+        ..erase.clone()
+    };
+    vec![
+        ("(i) crop + flip (+ normalise)", none),
+        ("(ii) + TrivialAugmentWide", ta_wide),
+        ("(iii) + random erase p 0.25", erase),
+        ("(iv) + MixUp 0.2 / CutMix 1.0 batch stage", mix),
+    ]
+}
+
+/// One epoch through `epoch_batches` for every stage case: images/s, microseconds per image and
+/// the cost per image over case (i).
+fn stage_costs(data: &DeviceDataset, base: &BatchConfig) {
+    println!();
+    println!(
+        "per-image cost of the stages: epoch_batches over the same {N} images, batch {BATCH}, \
+         best of {RUNS}, each case with the stages above it"
+    );
+    println!(
+        "{:<58} {:>12} {:>10} {:>10} {:>10}",
+        "stages", "images/s", "epoch (s)", "us/image", "+us/image"
+    );
+    let shared: Arc<dyn Dataset> = Arc::new(data.share());
+    let mut first = None;
+    for (name, augmentation) in stage_cases() {
+        let cfg = BatchConfig {
+            augmentation,
+            ..base.clone()
+        };
+        let mut epoch = 0;
+        let (time, images) = best(|| {
+            epoch += 1;
+            let it = match epoch_batches(Arc::clone(&shared), &cfg, epoch, 0) {
+                Ok(it) => it,
+                Err(e) => panic!("{name}: {e}"),
+            };
+            it.map(|b| b.images.size()[0] as usize).sum()
+        });
+        let per_image = time.as_secs_f64() * 1e6 / images as f64;
+        let extra = per_image - *first.get_or_insert(per_image);
+        println!(
+            "{name:<58} {:>12.0} {:>10.3} {per_image:>10.2} {extra:>10.2}",
+            images as f64 / time.as_secs_f64(),
+            time.as_secs_f64()
+        );
+    }
 }

@@ -11,7 +11,11 @@ Run through ``benches/recipe_compare.sh`` (which sets ``PYTHONPATH`` from
   ``train_images_per_sec``, ...) and ``RUN_DIR/summary.json`` (``final_test_acc``,
   ``best_test_acc``, ``total_seconds``, ``train_images_per_sec``), the field names of the
   crate's run directory, so one table reads both;
-* table (``--table RESULTS_TSV``): the markdown table of the runs listed there.
+* table (``--table RESULTS_TSV``): the markdown table of the runs listed there;
+* pipeline cost (``--data-dir DIR --pipeline-cost N``): microseconds per image of the
+  transforms and the batch stage alone on N real images, one process and thread, the cases of
+  ``cargo bench --bench data_pipeline`` (crop + flip; + TrivialAugmentWide; + RandomErasing
+  0.25; + MixUp/CutMix).
 
 What one run is (the crate's ``TrainConfig::default``, i.e. recipe ``cifar``, unless said):
 
@@ -47,6 +51,7 @@ lr, schedule and epochs).
 import argparse
 import csv
 import json
+import math
 import os
 import statistics
 import sys
@@ -284,6 +289,7 @@ def table(path):
                 rows.append(run_row(config, engine, seed, run_dir, wall))
             except (OSError, KeyError, IndexError, ValueError) as e:
                 print(f"(run {config}/{engine}/seed {seed} in {run_dir} left out: {e})")
+    rows.sort(key=lambda r: (r["config"], r["seed"], r["engine"]))
     print("| config | engine | seed | final test acc | EMA test acc | best | train images/s | wall time (s) |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
@@ -312,6 +318,36 @@ def table(path):
               f"{mean(rs, 'ips'):.0f} | {mean(rs, 'wall'):.0f} |")
 
 
+def pipeline_cost(args):
+    """Microseconds per image of torchvision's stages, one process, one thread, cases (i)-(iv)
+    of `cargo bench --bench data_pipeline` (each with the stages before it)."""
+    torch.set_num_threads(1)
+    folder = os.path.join(args.data_dir, "cifar-10-batches-bin")
+    images, labels = read_bins(folder, TRAIN_FILES, args.pipeline_cost)
+    base = dict(CONFIGS["a"])
+    cases = [("(i) crop + flip (+ normalise)", {}),
+             ("(ii) + TrivialAugmentWide", dict(auto_augment=True)),
+             ("(iii) + random erase p 0.25", dict(auto_augment=True, random_erase=0.25)),
+             ("(iv) + MixUp 0.2 / CutMix 1.0 batch stage",
+              dict(auto_augment=True, random_erase=0.25, mixup_alpha=0.2, cutmix_alpha=1.0))]
+    print(f"torchvision {__import__('torchvision').__version__} transforms.v2 on {len(labels)} "
+          f"real images, batch {args.batch_size}, 1 process, 1 thread, best of 3")
+    print(f"{'stages':<46} {'images/s':>10} {'us/image':>10} {'+us/image':>10}")
+    first = None
+    for name, over in cases:
+        cfg = dict(base, **over)
+        data, collate = Images(images, labels, train_transform(cfg)), MixCollate(batch_mix(cfg))
+        best = math.inf
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for s in range(0, len(data), args.batch_size):
+                collate([data[i] for i in range(s, min(s + args.batch_size, len(data)))])
+            best = min(best, time.perf_counter() - t0)
+        us = best * 1e6 / len(data)
+        first = us if first is None else first
+        print(f"{name:<46} {len(data) / best:>10.0f} {us:>10.2f} {us - first:>10.2f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--table", metavar="RESULTS_TSV", help="print the tables of these runs and exit")
@@ -327,9 +363,16 @@ def main():
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads of training")
     ap.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--pipeline-cost", type=int, metavar="N",
+                    help="time torchvision's stages per image on N training images and exit")
     args = ap.parse_args()
     if args.table:
         table(args.table)
+        return
+    if args.pipeline_cost:
+        if not args.data_dir:
+            ap.error("--pipeline-cost needs --data-dir")
+        pipeline_cost(args)
         return
     if not args.data_dir or not args.out:
         ap.error("--data-dir and --out are required for a training run")

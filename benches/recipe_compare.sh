@@ -17,13 +17,15 @@
 # and the means per configuration, with the CPU and thread count.
 #
 #   benches/recipe_compare.sh [--epochs E] [--seeds "1 2"] [--limit-train N] [--limit-test N]
-#                             [--threads T] [--peer "c a"] [--out DIR]
+#                             [--threads T] [--peer "c a"] [--out DIR] [--no-pipeline]
 #
 # * --epochs (default 10), --seeds (default "1 2"), --limit-train / --limit-test (default: the
 #   whole sets), --threads: intra-op threads of both engines (default: all cores; ours through
 #   OMP_NUM_THREADS, PyTorch's through torch.set_num_threads), --peer: the configurations run
 #   in PyTorch too ("" for none), --out: where the runs go (default a fresh temporary folder,
-#   kept and printed);
+#   kept and printed), --no-pipeline: skip the closing per-image cost of the data pipeline's
+#   stages (`cargo bench --bench data_pipeline`, synthetic images, and
+#   `recipe_compare.py --pipeline-cost 10000`, torchvision's on real ones; about 2 minutes);
 # * the archive is extracted once into ${RESNEXT_BENCH_CACHE:-$HOME/.cache/resnext}/cifar10-bench
 #   (RESNEXT_CIFAR10_ARCHIVE names the archive when it is elsewhere);
 # * CARGO_TARGET_DIR is honoured.
@@ -41,6 +43,7 @@ limit_test=""
 threads=$(nproc)
 peer="c a"
 out=""
+pipeline=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --epochs) epochs=$2; shift 2 ;;
@@ -50,6 +53,7 @@ while [ $# -gt 0 ]; do
         --threads) threads=$2; shift 2 ;;
         --peer) peer=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
+        --no-pipeline) pipeline=0; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) say "error: unknown argument '$1' (see --help)"; exit 2 ;;
     esac
@@ -177,3 +181,19 @@ Notes:
   loading, training, evaluation) as measured by this script.
 - Runs and their metrics.jsonl / summary.json: $out
 EOF
+
+[ "$pipeline" = 1 ] || exit 0
+echo
+echo "## What the extra ops cost per image in the data pipeline (cases i-iv, each with the stages above it)"
+echo
+echo "Ours (cargo bench --bench data_pipeline: synthetic images, libtorch 1 thread, batches made on the prefetch thread):"
+echo
+echo '```'
+cargo bench --bench data_pipeline 2>>"$log" | sed -n '/^per-image cost/,$p'
+echo '```'
+echo
+echo "torchvision's (recipe_compare.py --pipeline-cost: real images, 1 process, 1 thread):"
+echo
+echo '```'
+python3 -W ignore benches/recipe_compare.py --data-dir "$data" --pipeline-cost 10000
+echo '```'
