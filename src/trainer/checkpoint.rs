@@ -13,7 +13,10 @@
 //! defaults. Only a checkpoint of a newer format is refused. `tests/fixtures/` holds a
 //! checkpoint of format 1 that the tests resume.
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -22,7 +25,7 @@ use tch::{nn, Tensor};
 use super::{
     Ema, EmaSchedule, EpochMetrics, Evaluation, LossScale, Optimizer, TrainConfig, TrainError,
 };
-use crate::io::{read_safetensors, write_safetensors, TensorFile};
+use crate::io::{read_safetensors, write_safetensors, IoError, TensorFile};
 use crate::weights::{
     describe_incompatible, load_tensors, LoadOptions, TensorSource, WeightsError,
 };
@@ -32,6 +35,8 @@ use crate::weights::{
 pub const CHECKPOINT_FORMAT: u32 = 1;
 const STATE_KEY: &str = "resnext.trainer_state";
 const MODEL_PREFIX: &str = "model/";
+/// The longest header read (safetensors' own limit).
+const MAX_HEADER: u64 = 100_000_000;
 /// The section of the EMA of the weights ([`Ema::state_tensors`] under this prefix).
 const EMA_PREFIX: &str = "ema/";
 
@@ -143,13 +148,49 @@ pub fn save_checkpoint(
 }
 
 /// Reads only the trainer state of a checkpoint (for example to learn its configuration before
-/// building the model).
+/// building the model): the file's header, not its tensors.
 ///
 /// # Errors
 /// [`TrainError::Checkpoint`] or [`TrainError::TensorFile`] naming the file and the problem.
 pub fn read_checkpoint_state(path: &Path) -> Result<TrainState, TrainError> {
-    let file = read_safetensors(path)?;
-    parse_state(path, &file.metadata)
+    parse_state(path, &read_metadata(path)?)
+}
+
+/// The `__metadata__` map of the safetensors file at `path`, read from its header alone.
+fn read_metadata(path: &Path) -> Result<HashMap<String, String>, TrainError> {
+    let io = |source: std::io::Error| {
+        TrainError::TensorFile(IoError::Io {
+            action: "reading",
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let corrupt = |message: String| {
+        TrainError::TensorFile(IoError::Format {
+            path: path.to_path_buf(),
+            message,
+        })
+    };
+    let mut file = File::open(path).map_err(io)?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(io)?;
+    let len = u64::from_le_bytes(len);
+    let size = file.metadata().map_err(io)?.len();
+    if len > size.saturating_sub(8) || len > MAX_HEADER {
+        return Err(corrupt(format!(
+            "header length {len} does not fit a file of {size} bytes"
+        )));
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header).map_err(io)?;
+    let header: Value =
+        serde_json::from_slice(&header).map_err(|e| corrupt(format!("unreadable header: {e}")))?;
+    let metadata = match header.get("__metadata__") {
+        None | Some(Value::Null) => HashMap::new(),
+        Some(m) => serde_json::from_value(m.clone())
+            .map_err(|e| corrupt(format!("unreadable metadata: {e}")))?,
+    };
+    Ok(metadata)
 }
 
 fn parse_state(path: &Path, metadata: &HashMap<String, String>) -> Result<TrainState, TrainError> {
@@ -235,10 +276,12 @@ fn split_tensors(file: TensorFile) -> (TensorFile, Named, Named) {
 }
 
 /// Loads a checkpoint into `vs` and `optimizer` (replaced by the optimiser that the
-/// checkpoint's configuration names, holding the saved state) and returns its trainer state.
-/// Everything is checked before anything is changed: every variable of `vs` must be present with the same
-/// shape, the optimiser's state must fit it ([`Optimizer::check_state`]), and the file must
-/// hold nothing else; otherwise `vs` and `optimizer` are left as they were.
+/// checkpoint's configuration names, holding the saved state) and `ema` (replaced by the EMA
+/// the configuration asks for, holding the saved averages) and returns its trainer state.
+/// Everything is checked before anything is changed: every variable of `vs` must be present
+/// with the same shape, the optimiser's state must fit it ([`Optimizer::check_state`]), and
+/// the file must hold nothing else; otherwise `vs`, `optimizer` and `ema` are left as they
+/// were.
 ///
 /// # Errors
 /// [`TrainError::Checkpoint`] naming the file and the first problem (missing, extra or
@@ -250,54 +293,111 @@ pub fn load_checkpoint(
     optimizer: &mut Box<dyn Optimizer>,
     ema: &mut Option<(Ema, EmaSchedule)>,
 ) -> Result<TrainState, TrainError> {
-    let file = read_safetensors(path)?;
-    let state = parse_state(path, &file.metadata)?;
-    // The optimiser the checkpoint was written by (its kind, hyper-parameters and groups, from
-    // the saved configuration), so that its state is read by the optimiser that wrote it.
-    let rebuilt = state
-        .config
-        .build_optimizer(vs)
-        .map_err(|e| TrainError::Checkpoint {
+    CheckpointFile::read(path)?.load_into(vs, optimizer, ema)
+}
+
+/// A checkpoint file read whole, once: its trainer state (configuration included) and its
+/// tensors, to build a trainer from and then load into it.
+#[derive(Debug)]
+pub(super) struct CheckpointFile {
+    path: PathBuf,
+    /// The trainer state, migrated to [`CHECKPOINT_FORMAT`] and validated.
+    pub(super) state: TrainState,
+    tensors: TensorFile,
+    /// The file's length and modification time when it was read.
+    stamp: Option<(u64, SystemTime)>,
+}
+
+impl CheckpointFile {
+    /// Reads the checkpoint at `path`.
+    ///
+    /// # Errors
+    /// As [`read_checkpoint_state`].
+    pub(super) fn read(path: &Path) -> Result<Self, TrainError> {
+        let stamp = file_stamp(path);
+        let tensors = read_safetensors(path)?;
+        let state = parse_state(path, &tensors.metadata)?;
+        Ok(CheckpointFile {
             path: path.to_path_buf(),
-            problem: format!("its configuration names an optimiser that cannot be built: {e}"),
-        })?;
-    let bad = |problem: String| TrainError::Checkpoint {
-        path: path.to_path_buf(),
-        problem,
-    };
-    let (model, optimizer_state, ema_state) = split_tensors(file);
-    let rebuilt_ema = ema_of(&state.config, vs, ema_state).map_err(bad)?;
-    // Check the optimiser's state first, so nothing is touched on error; then the model's
-    // tensors are checked and copied by the crate's one loader.
-    rebuilt
-        .check_state(&optimizer_state)
-        .map_err(|e| bad(e.to_string()))?;
-    load_tensors(
-        vs,
-        TensorSource::from_file(path, model),
-        LoadOptions { strict: true },
-    )
-    .map_err(|e| match e {
-        WeightsError::Incompatible {
-            missing,
-            mismatched,
-            wrong_kind,
-            unexpected,
+            state,
+            tensors,
+            stamp,
+        })
+    }
+
+    /// Whether the file at the path read is still the one read (same length and modification
+    /// time), for example after waiting for the run directory's lock.
+    pub(super) fn is_current(&self) -> bool {
+        self.stamp.is_some() && file_stamp(&self.path) == self.stamp
+    }
+
+    /// [`load_checkpoint`] from this file.
+    pub(super) fn load_into(
+        self,
+        vs: &mut nn::VarStore,
+        optimizer: &mut Box<dyn Optimizer>,
+        ema: &mut Option<(Ema, EmaSchedule)>,
+    ) -> Result<TrainState, TrainError> {
+        let CheckpointFile {
+            path,
+            state,
+            tensors: file,
             ..
-        } => bad(format!(
-            "{} (a checkpoint of another model? this one was trained as `{}`)",
-            describe_incompatible(&missing, &mismatched, &wrong_kind, &unexpected),
-            state.config.model
-        )),
-        WeightsError::Io(e) => TrainError::TensorFile(e),
-        other => bad(other.to_string()),
-    })?;
-    *optimizer = rebuilt;
-    optimizer
-        .load_state(optimizer_state)
-        .map_err(|e| bad(e.to_string()))?;
-    *ema = rebuilt_ema;
-    Ok(state)
+        } = self;
+        let path = path.as_path();
+        // The optimiser the checkpoint was written by (its kind, hyper-parameters and groups, from
+        // the saved configuration), so that its state is read by the optimiser that wrote it.
+        let rebuilt = state
+            .config
+            .build_optimizer(vs)
+            .map_err(|e| TrainError::Checkpoint {
+                path: path.to_path_buf(),
+                problem: format!("its configuration names an optimiser that cannot be built: {e}"),
+            })?;
+        let bad = |problem: String| TrainError::Checkpoint {
+            path: path.to_path_buf(),
+            problem,
+        };
+        let (model, optimizer_state, ema_state) = split_tensors(file);
+        let rebuilt_ema = ema_of(&state.config, vs, ema_state).map_err(bad)?;
+        // Check the optimiser's state first, so nothing is touched on error; then the model's
+        // tensors are checked and copied by the crate's one loader.
+        rebuilt
+            .check_state(&optimizer_state)
+            .map_err(|e| bad(e.to_string()))?;
+        load_tensors(
+            vs,
+            TensorSource::from_file(path, model),
+            LoadOptions { strict: true },
+        )
+        .map_err(|e| match e {
+            WeightsError::Incompatible {
+                missing,
+                mismatched,
+                wrong_kind,
+                unexpected,
+                ..
+            } => bad(format!(
+                "{} (a checkpoint of another model? this one was trained as `{}`)",
+                describe_incompatible(&missing, &mismatched, &wrong_kind, &unexpected),
+                state.config.model
+            )),
+            WeightsError::Io(e) => TrainError::TensorFile(e),
+            other => bad(other.to_string()),
+        })?;
+        *optimizer = rebuilt;
+        optimizer
+            .load_state(optimizer_state)
+            .map_err(|e| bad(e.to_string()))?;
+        *ema = rebuilt_ema;
+        Ok(state)
+    }
+}
+
+/// The length and modification time of the file at `path`, when it has them.
+fn file_stamp(path: &Path) -> Option<(u64, SystemTime)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.len(), meta.modified().ok()?))
 }
 
 /// The EMA `config` asks for over `vs`, holding the averages of a checkpoint's EMA section

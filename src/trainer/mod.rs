@@ -29,8 +29,10 @@
 mod accumulate;
 mod checkpoint;
 mod config;
+mod control;
 mod data_parallel;
 mod ema;
+mod epoch;
 mod error;
 mod evaluate;
 mod float_json;
@@ -43,7 +45,10 @@ mod plot;
 mod precision;
 mod process;
 mod progress;
+mod resume;
 mod run;
+mod run_dir;
+mod run_eval;
 mod step;
 
 pub use accumulate::{EpochAccumulator, RunningMetrics};
@@ -52,6 +57,7 @@ pub use checkpoint::{
     CHECKPOINT_FORMAT,
 };
 pub use config::{DataLocation, TrainConfig};
+pub use control::BatchControl;
 pub use ema::{ema_decay_for, Ema, EmaError, EmaSchedule};
 pub use error::TrainError;
 pub use evaluate::evaluate;
@@ -69,5 +75,5 @@ pub use precision::{autocast_dtype_code, set_autocast_dtype_code};
 pub use precision::{set_cuda_autocast_dtype, Execution, LossScale, Precision, PRECISION_NAMES};
 pub use process::tune_process_for_training;
 pub use progress::ProgressMode;
-pub use run::{BatchControl, EvalForm, Outcome, Trainer};
+pub use run::{EvalForm, Outcome, Trainer};
 pub use step::{GradientHook, StepOutput, TrainStep};
