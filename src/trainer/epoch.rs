@@ -13,8 +13,8 @@ use super::outputs;
 use super::progress::bar_message;
 use super::run_dir::RunDir;
 use super::{
-    EpochAccumulator, EpochMetrics, Outcome, Precision, RunningMetrics, Summary, TrainError,
-    Trainer,
+    EmaWeights, EpochAccumulator, EpochContext, EpochMetrics, Outcome, Precision, RunningMetrics,
+    StepContext, Summary, TrainError, Trainer,
 };
 use crate::data::{epoch_batches, BatchConfig, DataSplits, Dataset};
 
@@ -38,9 +38,9 @@ impl<M: ModuleT> Trainer<M> {
         self.check_classes(data)?;
         self.describe_weights(data.train.classes());
         if let Some(dir) = &self.run_dir {
-            let meta = self.weights_metadata.as_ref();
+            let write_epoch = |best_is_last| self.write_epoch_files(dir, best_is_last);
             let summary = || self.summary(data.train.classes());
-            dir.repair(&self.state, &self.vs, meta, summary)?;
+            dir.repair(&self.state, write_epoch, summary)?;
         }
         if self.state.finished() {
             return Ok(Outcome::AlreadyComplete);
@@ -173,10 +173,13 @@ impl<M: ModuleT> Trainer<M> {
                 &labels,
                 lr,
             )?;
-            // Right after the update, as torchvision's reference script.
-            if let Some((ema, schedule)) = &mut self.ema {
-                schedule.after_step(ema, &self.vs, epoch, batch.index)?;
-            }
+            let step = StepContext {
+                vars: &self.vs,
+                epoch,
+                batch: batch.index,
+                skipped: out.skipped,
+            };
+            self.callbacks.after_step(&step)?;
             sums.add(&out);
             self.state.steps += 1;
             self.state.batch = batch.index + 1;
@@ -286,7 +289,7 @@ impl<M: ModuleT> Trainer<M> {
             },
             false => None,
         };
-        let ema_eval = match (due, self.ema.is_some()) {
+        let ema_eval = match (due, self.callbacks.ema().is_some()) {
             (true, true) => match self.evaluate_ema(test)? {
                 Some(eval) => Some(eval),
                 None => return self.stop_if_asked(BatchControl::Stop, num_batches),
@@ -320,15 +323,33 @@ impl<M: ModuleT> Trainer<M> {
             self.state.last_eval = eval;
         }
         self.say(&outputs::epoch_line(&metrics, epochs));
+        let epoch_done = EpochContext {
+            vars: &self.vs,
+            metrics: &metrics,
+        };
+        self.callbacks.after_epoch(&epoch_done)?;
         self.state.metrics.push(metrics);
         self.state.epoch += 1;
         self.state.batch = 0;
         self.save_checkpoint()?;
         if let Some(dir) = &self.run_dir {
-            let meta = self.weights_metadata.as_ref();
-            dir.write_epoch(&self.state, &self.vs, improved, meta)?;
+            self.write_epoch_files(dir, improved)?;
         }
         Ok(None)
+    }
+
+    /// Writes the files of the epoch just completed into `dir`, `best.safetensors` too when it
+    /// `improved`: `last` and `best` hold the weights [`TrainConfig::model_ema_weights`] chooses
+    /// (the trained ones, or the EMA's averages).
+    ///
+    /// [`TrainConfig::model_ema_weights`]: super::TrainConfig::model_ema_weights
+    fn write_epoch_files(&self, dir: &RunDir, improved: bool) -> Result<(), TrainError> {
+        let meta = self.weights_metadata.as_ref();
+        let write = || dir.write_epoch(&self.state, &self.vs, improved, meta);
+        match (self.state.config.model_ema_weights, self.callbacks.ema()) {
+            (EmaWeights::Ema, Some(ema)) => self.with_ema_weights(ema, write),
+            _ => write(),
+        }
     }
 
     fn checkpoint_path(&self) -> PathBuf {
@@ -343,7 +364,7 @@ impl<M: ModuleT> Trainer<M> {
                 &dir.checkpoint(),
                 &self.vs,
                 self.optimizer.as_ref(),
-                self.ema.as_ref().map(|(e, _)| e),
+                &self.callbacks,
                 &self.state,
             ),
             None => Ok(()),

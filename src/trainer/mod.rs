@@ -27,6 +27,7 @@
 //! Every file is written atomically (temporary file, fsync, rename): a kill at any instant
 //! leaves the last complete checkpoint readable.
 mod accumulate;
+mod callback;
 mod checkpoint;
 mod config;
 mod control;
@@ -49,16 +50,18 @@ mod resume;
 mod run;
 mod run_dir;
 mod run_eval;
+mod sections;
 mod step;
 
 pub use accumulate::{EpochAccumulator, RunningMetrics};
+pub use callback::{Callbacks, EpochContext, StepContext, TrainCallback};
 pub use checkpoint::{
     load_checkpoint, read_checkpoint_state, save_checkpoint, EpochProgress, TrainState,
     CHECKPOINT_FORMAT,
 };
 pub use config::{DataLocation, TrainConfig};
 pub use control::BatchControl;
-pub use ema::{ema_decay_for, Ema, EmaError, EmaSchedule};
+pub use ema::{ema_decay_for, Ema, EmaCallback, EmaError, EmaSchedule, EmaWeights};
 pub use error::TrainError;
 pub use evaluate::evaluate;
 pub use lr_schedule::{Schedule, SCHEDULE_NAMES};

@@ -235,7 +235,7 @@ impl<M: ModuleT> Trainer<M> {
             _ => CheckpointFile::read(&path)?,
         };
         // The trainer is dropped on error: what loading changed in it does not matter.
-        let state = checkpoint.load_into(&mut self.vs, &mut self.optimizer, &mut self.ema)?;
+        let state = checkpoint.load_into(&mut self.vs, &mut self.optimizer, &mut self.callbacks)?;
         if state.config.world_size != self.world_size() {
             return Err(TrainError::WorldSizeChanged {
                 path,

@@ -14,7 +14,7 @@ use super::control::{BatchControl, Control};
 use super::data_parallel::DataParallel;
 use super::run_dir::RunDir;
 use super::{
-    Ema, EmaSchedule, Execution, LossScale, Optimizer, Precision, ProgressMode, Summary,
+    Callbacks, Execution, LossScale, Optimizer, Precision, ProgressMode, Summary, TrainCallback,
     TrainConfig, TrainError, TrainState, TrainStep,
 };
 use crate::distributed::ProcessGroup;
@@ -65,8 +65,8 @@ pub struct Trainer<M: ModuleT> {
     pub(super) step: TrainStep,
     /// The optimiser of the configuration ([`TrainConfig::build_optimizer`]).
     pub(super) optimizer: Box<dyn Optimizer>,
-    /// The EMA of the weights and its schedule, with `model_ema`.
-    pub(super) ema: Option<(Ema, EmaSchedule)>,
+    /// What runs after every update and every epoch, the EMA of the weights among them.
+    pub(super) callbacks: Callbacks,
     pub(super) state: TrainState,
     /// The run directory, held (rank 0 only in a data-parallel run).
     pub(super) run_dir: Option<RunDir>,
@@ -137,7 +137,7 @@ impl<M: ModuleT> Trainer<M> {
             state.loss_scale = Some(LossScale::default());
         }
         let optimizer = config.build_optimizer(&vs)?;
-        let ema = config.build_ema(&vs, config.world_size)?;
+        let callbacks = Callbacks::for_config(&config, &vs, config.world_size)?;
         Ok(Trainer {
             device: vs.device(),
             step: TrainStep::new(exec, config.label_smoothing)
@@ -145,7 +145,7 @@ impl<M: ModuleT> Trainer<M> {
             vs,
             model,
             optimizer,
-            ema,
+            callbacks,
             state,
             run_dir: None,
             control: Control::new(),
@@ -212,7 +212,8 @@ impl<M: ModuleT> Trainer<M> {
         let reducer = dp.gradient_reducer(self.optimizer.parameters())?;
         self.step.set_gradient_reducer(reducer);
         // torchvision adjusts the EMA's decay for the world size.
-        self.ema = self.state.config.build_ema(&self.vs, dp.world_size())?;
+        let configured = Callbacks::for_config(&self.state.config, &self.vs, dp.world_size())?;
+        self.callbacks.reconfigured(configured);
         self.dist = Some(dp);
         Ok(self)
     }
@@ -271,6 +272,28 @@ impl<M: ModuleT> Trainer<M> {
     /// moved; saved with the next checkpoint.
     pub fn relocate_data(&mut self, location: super::DataLocation) {
         self.state.config.data = location;
+    }
+
+    /// Adds `callback` after the configured ones (the EMA of [`TrainConfig::model_ema`]): it
+    /// runs after every update and every epoch, and its state is a section of every
+    /// checkpoint. Add it before [`resume_from`](Self::resume_from) to continue it from a
+    /// checkpoint; [`Trainer::resume`] reads the checkpoint at once, so a callback of the run
+    /// must be added to a trainer that then calls `resume_from`.
+    ///
+    /// # Errors
+    /// [`TrainError::InvalidConfig`] for a section name that is malformed, reserved (`model`,
+    /// `optimizer`) or another callback's.
+    pub fn with_callback(
+        mut self,
+        callback: impl TrainCallback + 'static,
+    ) -> Result<Self, TrainError> {
+        self.callbacks.add(Box::new(callback))?;
+        Ok(self)
+    }
+
+    /// The callbacks, in the order they run.
+    pub fn callbacks(&self) -> &Callbacks {
+        &self.callbacks
     }
 
     /// The trainer state: configuration, position, metrics so far.

@@ -96,17 +96,17 @@ impl RunDir {
         outputs::write_summary(&self.dir, summary)
     }
 
-    /// Rewrites what the checkpoint (`state`, `vs`) determines: `metrics.jsonl` and
-    /// `curves.svg` always; `last.safetensors` (and `best.safetensors` when the last epoch is
-    /// the best) when the checkpoint is at an epoch boundary, whose weights they hold;
+    /// Rewrites what the checkpoint (`state`, and the weights) determines: `metrics.jsonl`
+    /// and `curves.svg` always; when the checkpoint is at an epoch boundary, whose weights
+    /// they hold, `last.safetensors` and, when the last epoch is the best, `best.safetensors`
+    /// (`write_epoch(best_is_last)` writes them with the metric files, as after an epoch);
     /// `summary.json` (`summary` gives it) when the run is finished. Files of earlier epochs
     /// were complete before a later checkpoint was written, so after this the directory is that
     /// of an uninterrupted run.
     pub(super) fn repair(
         &self,
         state: &TrainState,
-        vs: &nn::VarStore,
-        metadata: Option<&WeightsMetadata>,
+        write_epoch: impl FnOnce(bool) -> Result<(), TrainError>,
         summary: impl FnOnce() -> Result<Summary, TrainError>,
     ) -> Result<(), TrainError> {
         if state.epoch == 0 {
@@ -114,7 +114,7 @@ impl RunDir {
         }
         if state.batch == 0 {
             let best_is_last = state.best.is_some_and(|(_, e)| e == state.epoch);
-            self.write_epoch(state, vs, best_is_last, metadata)?;
+            write_epoch(best_is_last)?;
         } else {
             outputs::write_metric_files(&self.dir, state)?;
         }

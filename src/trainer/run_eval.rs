@@ -10,7 +10,7 @@ use tch::Tensor;
 use super::{
     evaluate::{evaluate_until, EvalControl},
     guard::torch_guard,
-    Evaluation, Precision, TrainError, Trainer,
+    Ema, Evaluation, Precision, TrainError, Trainer,
 };
 use crate::data::{BatchConfig, BatchRequest, DataSplits, Dataset, Subset};
 
@@ -118,14 +118,25 @@ impl<M: ModuleT> Trainer<M> {
     }
 
     /// Evaluates `test` with the EMA's averages in place of the weights and buffers (restored
-    /// afterwards, also on error); `None` when a stop was requested during the evaluation.
+    /// afterwards, also on error); `None` without an EMA, or when a stop was requested during
+    /// the evaluation.
     pub(super) fn evaluate_ema(
         &self,
         test: &Arc<dyn Dataset>,
     ) -> Result<Option<Evaluation>, TrainError> {
-        let Some((ema, _)) = &self.ema else {
-            return Ok(None);
-        };
+        match self.callbacks.ema() {
+            Some(ema) => self.with_ema_weights(ema, || self.evaluate_test(test)),
+            None => Ok(None),
+        }
+    }
+
+    /// Runs `f` with `ema`'s averages in place of the weights and buffers, restored
+    /// afterwards, also when `f` fails.
+    pub(super) fn with_ema_weights<T>(
+        &self,
+        ema: &Ema,
+        f: impl FnOnce() -> Result<T, TrainError>,
+    ) -> Result<T, TrainError> {
         let raw: Vec<(String, Tensor)> = tch::no_grad(|| {
             self.vs
                 .variables()
@@ -134,7 +145,7 @@ impl<M: ModuleT> Trainer<M> {
                 .collect::<Result<_, _>>()
         })?;
         ema.copy_into(&self.vs)?;
-        let result = self.evaluate_test(test);
+        let result = f();
         let live = self.vs.variables();
         tch::no_grad(|| -> Result<(), tch::TchError> {
             for (name, saved) in &raw {
