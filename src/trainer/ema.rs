@@ -3,7 +3,9 @@
 //! `AveragedModel` with `avg = decay * avg + (1 - decay) * param` and `use_buffers=True`, so
 //! the BatchNorm statistics are averaged too), with their schedule ([`EmaSchedule`]: an update
 //! every `model_ema_steps` steps, the average reset to the model during warm-up) and their
-//! decay adjustment ([`ema_decay_for`]).
+//! decay adjustment ([`ema_decay_for`]). In a run it is a trainer callback
+//! ([`EmaCallback`], the checkpoint section `ema`); [`EmaWeights`] says whether `best` and
+//! `last` hold its averages or the trained weights.
 use std::collections::HashMap;
 use std::str::FromStr;
 

@@ -8,7 +8,13 @@
 //! * [`TrainStep`]: one step (forward and loss under the run's precision, backward, the
 //!   [`GradientHook`], the SGD update), separate from the loop;
 //! * [`EpochAccumulator`]: the epoch's loss and accuracy sums, kept on the device;
-//! * [`Trainer`]: the loop over epochs and batches, evaluation, stop and resume;
+//! * [`Trainer`]: the loop over epochs and batches, evaluation, stop and resume, in modules
+//!   along its seams: construction and resume, the run directory it holds (lock,
+//!   `config.json`, checkpoint, repair of the other files), stop requests with the ranks' vote
+//!   on them, the epoch loop, the evaluations of a run;
+//! * [`TrainCallback`]: code run after every update and every epoch, with the variables and a
+//!   checkpoint section of its own ([`Trainer::with_callback`]); the EMA of the weights
+//!   ([`EmaCallback`], [`TrainConfig::model_ema`]) is one;
 //! * [`files`], [`epoch_line`], [`curves_svg`]: what a run writes and prints;
 //! * [`Schedule`] with [`TrainConfig::lr_at`]: the learning rate of every epoch;
 //! * [`tune_process_for_training`]: the process-wide settings, made explicit.
@@ -21,8 +27,12 @@
 //! | `metrics.jsonl` | one [`EpochMetrics`] per line |
 //! | `curves.svg` | loss and accuracy of train and test against the epoch |
 //! | `summary.json` | a [`Summary`], once training is complete |
-//! | `checkpoint.safetensors` | weights, momentum buffers and [`TrainState`], after every epoch (and on stop) |
-//! | `last.safetensors`, `best.safetensors` | weights with torchvision's names |
+//! | `checkpoint.safetensors` | [`TrainState`] and named sections: `model/`, `optimizer/` (momentum buffers, AdamW's moments), one per callback (`ema/`); after every epoch (and on stop) |
+//! | `last.safetensors`, `best.safetensors` | weights with torchvision's names: the trained ones, or the EMA's with [`TrainConfig::model_ema_weights`] `ema` |
+//!
+//! Checkpoints are of format [`CHECKPOINT_FORMAT`] (2): each stateful component writes and
+//! reads its own section, listed in the metadata; format 1 (written before sections) is
+//! migrated on reading, so earlier run directories still resume.
 //!
 //! Every file is written atomically (temporary file, fsync, rename): a kill at any instant
 //! leaves the last complete checkpoint readable.

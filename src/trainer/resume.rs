@@ -179,8 +179,8 @@ impl<M: ModuleT> Trainer<M> {
         Ok(self)
     }
 
-    /// Continues the run in `dir` from its checkpoint: weights, momentum buffers, epoch and
-    /// batch position, metrics. The trainer's own configuration is replaced by the saved one,
+    /// Continues the run in `dir` from its checkpoint: weights, optimiser state, the
+    /// callbacks' sections (the EMA's), epoch and batch position, metrics. The trainer's own configuration is replaced by the saved one,
     /// precision and layout included (the device stays the one it was built on).
     ///
     /// The trainer holds `dir` for as long as it lives: an advisory lock (see

@@ -43,7 +43,7 @@ pub enum Outcome {
 /// [`Trainer::with_eval_form`]).
 pub type EvalForm<M> = Box<dyn Fn(&M) -> Result<Box<dyn ModuleT>, TrainError>>;
 
-/// Trains any [`ModuleT`] whose variables live in a [`nn::VarStore`] on any [`Dataset`] with
+/// Trains any [`ModuleT`] whose variables live in a [`nn::VarStore`] on any [`Dataset`](crate::data::Dataset) with
 /// SGD, cross-entropy and a learning-rate schedule, checkpointing after every epoch.
 ///
 /// ```no_run
@@ -160,7 +160,7 @@ impl<M: ModuleT> Trainer<M> {
     /// Evaluates the test set with the module `form` builds from the trained one at each
     /// evaluation, instead of the trained module in eval mode, when training runs in fp32 (under
     /// bf16 / fp16 autocast the trained module is used). [`Trainer::resnext`] sets
-    /// [`InferenceModel::new`] (BN folded, channels-last, fused 1x1 convolutions: the same
+    /// [`InferenceModel::new`](crate::inference::InferenceModel::new) (BN folded, channels-last, fused 1x1 convolutions: the same
     /// logits up to float rounding, faster).
     pub fn with_eval_form(mut self, form: EvalForm<M>) -> Self {
         self.eval_form = Some(form);
