@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use resnext::data::{BatchConfig, Cifar10, DataSplits, CLASS_NAMES};
 use resnext::inference::Tta;
 use resnext::trainer::{
-    files, read_checkpoint_state, BatchControl, Outcome, ProgressMode, Schedule, TrainConfig,
-    TrainError, Trainer,
+    files, read_checkpoint_state, BatchControl, EmaWeights, Outcome, ProgressMode, Schedule,
+    TrainConfig, TrainError, Trainer,
 };
 use resnext::{ResNeXt, ResNeXtConfig};
 use tch::{nn, Device, Kind, Tensor};
@@ -281,10 +281,10 @@ fn an_adamw_run_with_groups_and_clipping_resumes_bitwise_and_each_option_acts() 
     let b_dir = tempfile::tempdir().unwrap();
     let names = stop_at(adamw_config(2), b_dir.path(), &data, 2, 2);
     assert!(
-        names.iter().any(|n| n.starts_with("exp_avg_sq/")),
+        names.iter().any(|n| n.starts_with("optimizer/exp_avg_sq/")),
         "{names:?}"
     );
-    assert!(!names.iter().any(|n| n.starts_with("momentum/")));
+    assert!(!names.iter().any(|n| n.starts_with("optimizer/momentum/")));
     let mut b = resume(b_dir.path());
     assert_eq!(b.state().config.opt, "adamw");
     assert!(matches!(b.fit(&cpu(&data)).unwrap(), Outcome::Completed(_)));
@@ -1005,7 +1005,8 @@ fn non_finite_values_in_a_stored_state_round_trip() {
     let _net = seeded(|| ResNeXt::new(&vs.root(), &ResNeXtConfig::tiny(10)));
     let sgd = resnext::trainer::Sgd::new(&vs, resnext::trainer::SgdConfig::default());
     let path = dir.path().join(files::CHECKPOINT);
-    resnext::trainer::save_checkpoint(&path, &vs, &sgd, None, &state).unwrap();
+    let no_callbacks = resnext::trainer::Callbacks::default();
+    resnext::trainer::save_checkpoint(&path, &vs, &sgd, &no_callbacks, &state).unwrap();
     let back = read_checkpoint_state(&path).unwrap();
     assert!(back.metrics[0].train_loss.is_nan());
     assert_eq!(back.metrics[0].test_loss, Some(f64::INFINITY));
@@ -1265,4 +1266,221 @@ fn resume_from_runs_with_the_saved_precision_and_layout_not_the_trainers() {
     assert_eq!(t.state().config.channels_last, Some(true));
     assert_eq!(t.state().config.label_smoothing, 0.1);
     assert!(resnext::layout::is_channels_last(&conv(&t)));
+}
+
+/// The tensors of the checkpoint in `dir` whose names start with `prefix`, prefix removed.
+fn checkpoint_section(dir: &Path, prefix: &str) -> BTreeMap<String, Tensor> {
+    resnext::io::read_safetensors(&dir.join(files::CHECKPOINT))
+        .unwrap()
+        .tensors
+        .into_iter()
+        .filter_map(|(n, t)| n.strip_prefix(prefix).map(|n| (n.to_string(), t)))
+        .collect()
+}
+
+#[test]
+fn a_format_2_checkpoint_is_made_of_listed_sections_and_loads_back_exactly() {
+    let data = dataset(200, 64);
+    let dir = tempfile::tempdir().unwrap();
+    let names = stop_at(config(2), dir.path(), &data, 1, 3);
+    let path = dir.path().join(files::CHECKPOINT);
+    let file = resnext::io::read_safetensors(&path).unwrap();
+    assert_eq!(
+        file.metadata["resnext.sections"],
+        r#"["model","optimizer"]"#
+    );
+    assert!(names
+        .iter()
+        .all(|n| n.starts_with("model/") || n.starts_with("optimizer/")));
+    assert!(names.iter().any(|n| n.starts_with("optimizer/momentum/")));
+    assert_eq!(read_checkpoint_state(&path).unwrap().format, 2);
+    // Loaded into a fresh model and optimiser, and saved again: the same tensors.
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let _net = seeded(|| ResNeXt::new(&vs.root(), &ResNeXtConfig::tiny(10)));
+    let mut opt = config(2).build_optimizer(&vs).unwrap();
+    let mut callbacks = resnext::trainer::Callbacks::default();
+    let state =
+        resnext::trainer::load_checkpoint(&path, &mut vs, &mut opt, &mut callbacks).unwrap();
+    let again = tempfile::tempdir().unwrap();
+    let path2 = again.path().join(files::CHECKPOINT);
+    resnext::trainer::save_checkpoint(&path2, &vs, opt.as_ref(), &callbacks, &state).unwrap();
+    let back = resnext::io::read_safetensors(&path2).unwrap();
+    assert_eq!(back.metadata, file.metadata);
+    let sorted = |f: resnext::io::TensorFile| f.tensors.into_iter().collect::<BTreeMap<_, _>>();
+    assert_bitwise_equal(&sorted(file), &sorted(back));
+    // Without its list of sections, or with a tensor outside them, it is refused.
+    let file = resnext::io::read_safetensors(&path).unwrap();
+    let mut meta = file.metadata.clone();
+    meta.remove("resnext.sections");
+    resnext::io::write_safetensors(&path2, &file.tensors, Some(meta)).unwrap();
+    let msg = Trainer::resume(again.path(), None).unwrap_err().to_string();
+    assert!(msg.contains("resnext.sections"), "{msg}");
+    let mut tensors = file.tensors;
+    tensors.push(("stray/x".into(), Tensor::from(1.0f32)));
+    resnext::io::write_safetensors(&path2, &tensors, Some(file.metadata)).unwrap();
+    let msg = Trainer::resume(again.path(), None).unwrap_err().to_string();
+    assert!(msg.contains("stray/x"), "{msg}");
+}
+
+/// A callback of the tests: counts the updates and the epochs, and sums the classifier's bias
+/// after every update; its state is the section `bias_log`.
+struct BiasLog {
+    steps: i64,
+    epochs: i64,
+    sum: Tensor,
+}
+
+impl BiasLog {
+    fn new() -> Self {
+        BiasLog {
+            steps: 0,
+            epochs: 0,
+            sum: Tensor::zeros([10], (Kind::Float, Device::Cpu)),
+        }
+    }
+}
+
+impl resnext::trainer::TrainCallback for BiasLog {
+    fn section(&self) -> &str {
+        "bias_log"
+    }
+
+    fn after_step(&mut self, ctx: &resnext::trainer::StepContext<'_>) -> Result<(), TrainError> {
+        let bias = &ctx.vars.variables()["fc.bias"];
+        self.sum = &self.sum + bias.detach();
+        self.steps += 1;
+        Ok(())
+    }
+
+    fn after_epoch(&mut self, ctx: &resnext::trainer::EpochContext<'_>) -> Result<(), TrainError> {
+        assert_eq!(ctx.metrics.epoch as i64, self.epochs + 1);
+        self.epochs += 1;
+        Ok(())
+    }
+
+    fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        vec![
+            ("steps".into(), Tensor::from(self.steps)),
+            ("epochs".into(), Tensor::from(self.epochs)),
+            ("sum".into(), self.sum.shallow_clone()),
+        ]
+    }
+
+    fn load_state(&mut self, tensors: Vec<(String, Tensor)>) -> Result<(), TrainError> {
+        for (name, t) in tensors {
+            match name.as_str() {
+                "steps" => self.steps = t.int64_value(&[]),
+                "epochs" => self.epochs = t.int64_value(&[]),
+                _ => self.sum = t,
+            }
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_callback_keeps_its_own_checkpoint_section_and_resumes_exactly() {
+    let data = dataset(200, 64);
+    let cfg = config(3);
+    let a_dir = tempfile::tempdir().unwrap();
+    let mut a = trainer(cfg.clone(), a_dir.path())
+        .with_callback(BiasLog::new())
+        .unwrap();
+    assert!(matches!(a.fit(&cpu(&data)).unwrap(), Outcome::Completed(_)));
+    let steps = a.state().steps;
+    drop(a);
+    let a_log = checkpoint_section(a_dir.path(), "bias_log/");
+    assert_eq!(a_log["steps"].int64_value(&[]), steps as i64);
+    assert_eq!(a_log["epochs"].int64_value(&[]), 3);
+
+    // Stopped mid-epoch 2, resumed with the callback: the same section at the end.
+    let b_dir = tempfile::tempdir().unwrap();
+    let mut b = trainer(cfg.clone(), b_dir.path())
+        .with_callback(BiasLog::new())
+        .unwrap();
+    b.on_batch(|e, i| match (e, i) == (2, 3) {
+        true => BatchControl::Stop,
+        false => BatchControl::Continue,
+    });
+    assert!(matches!(
+        b.fit(&cpu(&data)).unwrap(),
+        Outcome::Stopped { saved: true, .. }
+    ));
+    drop(b);
+    // Resumed without it, the run is refused, naming the section.
+    let msg = seeded(|| Trainer::resume(b_dir.path(), None))
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("bias_log"), "{msg}");
+    let resumed = seeded(|| Trainer::resnext(cfg.clone())).unwrap();
+    let mut b = resumed
+        .with_callback(BiasLog::new())
+        .unwrap()
+        .resume_from(b_dir.path())
+        .unwrap();
+    b.set_progress(ProgressMode::Silent);
+    assert!(matches!(b.fit(&cpu(&data)).unwrap(), Outcome::Completed(_)));
+    drop(b);
+    assert_bitwise_equal(&a_log, &checkpoint_section(b_dir.path(), "bias_log/"));
+    // Sections are named once: a second callback of the same section is refused.
+    let twice = seeded(|| Trainer::resnext(cfg.clone()))
+        .unwrap()
+        .with_callback(BiasLog::new())
+        .unwrap()
+        .with_callback(BiasLog::new());
+    assert!(matches!(twice, Err(TrainError::InvalidConfig { .. })));
+}
+
+#[test]
+fn model_ema_weights_chooses_what_best_and_last_hold() {
+    let data = dataset(200, 64);
+    let cfg = TrainConfig {
+        model_ema: true,
+        model_ema_decay: 0.999,
+        model_ema_steps: 2,
+        ..config(2)
+    };
+    let weights_in = |dir: &Path, file: &str| -> BTreeMap<String, Tensor> {
+        let read = resnext::io::read_safetensors(&dir.join(file)).unwrap();
+        read.tensors.into_iter().collect()
+    };
+    for choice in [EmaWeights::Raw, EmaWeights::Ema] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = trainer(
+            TrainConfig {
+                model_ema_weights: choice,
+                ..cfg.clone()
+            },
+            dir.path(),
+        );
+        assert!(matches!(t.fit(&cpu(&data)).unwrap(), Outcome::Completed(_)));
+        drop(t);
+        let expected = match choice {
+            EmaWeights::Raw => checkpoint_section(dir.path(), "model/"),
+            EmaWeights::Ema => checkpoint_section(dir.path(), "ema/module."),
+        };
+        let other = match choice {
+            EmaWeights::Raw => checkpoint_section(dir.path(), "ema/module."),
+            EmaWeights::Ema => checkpoint_section(dir.path(), "model/"),
+        };
+        let last = weights_in(dir.path(), files::LAST);
+        let last: BTreeMap<String, Tensor> = expected
+            .keys()
+            .map(|n| (n.clone(), last[n].shallow_clone()))
+            .collect();
+        assert_bitwise_equal(&expected, &last);
+        assert!(
+            other.iter().any(|(n, t)| !t.equal(&last[n])),
+            "{choice:?}: the other weights are the same"
+        );
+        assert!(dir.path().join(files::BEST).exists());
+    }
+    // `ema` needs an EMA.
+    let no_ema = TrainConfig {
+        model_ema: false,
+        model_ema_weights: EmaWeights::Ema,
+        ..config(2)
+    };
+    let err = no_ema.validate().unwrap_err().to_string();
+    assert!(err.contains("model_ema_weights"), "{err}");
 }

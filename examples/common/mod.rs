@@ -17,8 +17,8 @@ use resnext::distributed::{DistEnv, EnvError, ProcessGroup};
 use resnext::inference::Tta;
 use resnext::resnext::MODEL_NAMES;
 use resnext::trainer::{
-    check_same_recipe, recipe_config, recipe_names, Outcome, ProgressMode, TrainConfig, TrainError,
-    Trainer, OPTIMIZER_NAMES, PRECISION_NAMES, SCHEDULE_NAMES,
+    check_same_recipe, recipe_config, recipe_names, EmaWeights, Outcome, ProgressMode, TrainConfig,
+    TrainError, Trainer, OPTIMIZER_NAMES, PRECISION_NAMES, SCHEDULE_NAMES,
 };
 use resnext::ResNeXt;
 
@@ -88,8 +88,8 @@ pub struct TrainFlags {
         "norm_weight_decay", "bias_weight_decay", "clip_grad_norm",
         "schedule", "warmup_epochs", "label_smoothing", "seed", "out", "limit_train",
         "limit_test", "eval_every", "config", "precision", "channels_last", "tta", "model_ema",
-        "model_ema_decay", "model_ema_steps", "auto_augment", "ra_magnitude", "random_erase",
-        "mixup_alpha", "cutmix_alpha", "grad_accum_steps",
+        "model_ema_decay", "model_ema_steps", "model_ema_weights", "auto_augment",
+        "ra_magnitude", "random_erase", "mixup_alpha", "cutmix_alpha", "grad_accum_steps",
     ],
         help_heading = "Run directory"
     )]
@@ -104,7 +104,7 @@ pub struct TrainFlags {
     #[arg(long, value_name = "N", help_heading = "Evaluation and data limits")]
     pub eval_every: Option<usize>,
     /// Keep an EMA of the weights and buffers (torchvision's --model-ema), evaluated beside
-    /// them; best/last stay the raw weights.
+    /// them; best/last hold the weights --model-ema-weights chooses.
     #[arg(long, help_heading = "Weight averaging (EMA)")]
     pub model_ema: bool,
     /// The EMA's decay before torchvision's adjustment for batch size, steps and epochs
@@ -118,6 +118,10 @@ pub struct TrainFlags {
     /// Update the EMA every N batches [default: 32].
     #[arg(long, value_name = "N", help_heading = "Weight averaging (EMA)")]
     pub model_ema_steps: Option<usize>,
+    /// Which weights best/last hold with --model-ema: raw (the trained weights) or ema (the
+    /// EMA's averages); best is the epoch of the best raw test accuracy [default: raw].
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(EmaWeights::NAMES), help_heading = "Weight averaging (EMA)")]
+    pub model_ema_weights: Option<String>,
     /// Test-time augmentation of the evaluation: none, flip (the mirror too), flip-translate
     /// (also one-pixel shifts; airbench's levels) [default: none].
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(Tta::NAMES), help_heading = "Evaluation and data limits")]
@@ -228,6 +232,18 @@ pub fn start(flags: &TrainFlags) -> Result<Start> {
     Ok(Start::Train(Some(Rank { group, local_rank })))
 }
 
+/// `value` of the flag of `field` parsed, or an error naming both and what is accepted.
+fn parse_flag<T: std::str::FromStr<Err = String>>(
+    field: &'static str,
+    value: &str,
+) -> Result<T, TrainError> {
+    value.parse().map_err(|expected| TrainError::InvalidConfig {
+        field,
+        value: value.to_string(),
+        expected,
+    })
+}
+
 impl TrainFlags {
     /// `base` (or the `--recipe` named), then the config file (over the recipe it or
     /// `--recipe` names), then the flags given; not yet validated.
@@ -261,6 +277,9 @@ impl TrainFlags {
         cfg.model_ema |= self.model_ema;
         if let Some(s) = &self.schedule {
             cfg.schedule = s.parse()?;
+        }
+        if let Some(w) = &self.model_ema_weights {
+            cfg.model_ema_weights = parse_flag("model_ema_weights", w)?;
         }
         if let Some(t) = &self.tta {
             cfg.tta = t.parse().map_err(|expected| TrainError::InvalidConfig {

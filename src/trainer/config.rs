@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device};
 
 use super::{
-    ema_decay_for, AdamWConfig, Ema, EmaSchedule, GroupOverride, Optimizer, OptimizerConfig,
-    ParamGroups, Precision, Schedule, SgdConfig, TrainError, OPTIMIZER_NAMES,
+    ema_decay_for, AdamWConfig, Ema, EmaSchedule, EmaWeights, GroupOverride, Optimizer,
+    OptimizerConfig, ParamGroups, Precision, Schedule, SgdConfig, TrainError, OPTIMIZER_NAMES,
 };
 use crate::data::{Augmentation, Normalization};
 use crate::device::{DeviceError, DeviceSpec, DEVICE_FORMS};
@@ -97,7 +97,8 @@ pub struct TrainConfig {
     pub eval_every: usize,
     /// Keep an exponential moving average of the weights and buffers (torchvision's
     /// `--model-ema`, [`Ema`](super::Ema)), evaluated beside the raw weights after every
-    /// evaluation (`ema_test_acc` in the metrics). `best` and `last` remain the raw weights.
+    /// evaluation (`ema_test_acc` in the metrics). `best` and `last` hold the weights
+    /// `model_ema_weights` chooses.
     pub model_ema: bool,
     /// The EMA's decay per update before torchvision's adjustment for the world size, batch
     /// size, `model_ema_steps` and epochs ([`ema_decay_for`](super::ema_decay_for)): in (0, 1).
@@ -105,6 +106,11 @@ pub struct TrainConfig {
     /// Update the EMA after every this many batches (`--model-ema-steps`); during the
     /// `warmup_epochs` it is reset to the weights after each update, as torchvision does.
     pub model_ema_steps: usize,
+    /// Which weights `best.safetensors` and `last.safetensors` hold in a run with
+    /// `model_ema` (`--model-ema-weights`): `raw`, the trained weights (the default), or
+    /// `ema`, the EMA's averages. Either way `best` is the epoch of the best test accuracy of
+    /// the trained weights (`best_test_acc`). `ema` needs `model_ema`.
+    pub model_ema_weights: EmaWeights,
     /// Test-time augmentation of the evaluation (`none`, `flip`, `flip_translate`: see
     /// [`Tta`]); the test loss and accuracy, and so `best`, are those of the averaged logits.
     pub tta: Tta,
@@ -196,6 +202,7 @@ impl Default for TrainConfig {
             model_ema: false,
             model_ema_decay: 0.99998,
             model_ema_steps: 32,
+            model_ema_weights: EmaWeights::Raw,
             augment: true,
             auto_augment: None,
             ra_magnitude: 9,
@@ -456,6 +463,9 @@ impl TrainConfig {
         }
         if self.model_ema_steps == 0 {
             return Err(invalid("model_ema_steps", 0, "at least 1"));
+        }
+        if self.model_ema_weights == EmaWeights::Ema && !self.model_ema {
+            return Err(invalid("model_ema_weights", "ema", "raw without model_ema"));
         }
         if let Some(c) = self.clip_grad_norm {
             if !(c.is_finite() && c > 0.0) {

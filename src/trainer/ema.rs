@@ -3,16 +3,60 @@
 //! `AveragedModel` with `avg = decay * avg + (1 - decay) * param` and `use_buffers=True`, so
 //! the BatchNorm statistics are averaged too), with their schedule ([`EmaSchedule`]: an update
 //! every `model_ema_steps` steps, the average reset to the model during warm-up) and their
-//! decay adjustment ([`ema_decay_for`]).
+//! decay adjustment ([`ema_decay_for`]). In a run it is a trainer callback
+//! ([`EmaCallback`], the checkpoint section `ema`); [`EmaWeights`] says whether `best` and
+//! `last` hold its averages or the trained weights.
 use std::collections::HashMap;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
 
 use tch::{nn, Tensor};
 use thiserror::Error;
+
+use super::{StepContext, TrainCallback, TrainConfig, TrainError};
 
 /// The name of the update count among the state tensors (torchvision's).
 const N_AVERAGED: &str = "n_averaged";
 /// The prefix of the averages among the state tensors (torchvision's `AveragedModel.module`).
 const MODULE_PREFIX: &str = "module.";
+
+/// Which weights a run with an EMA saves as `best.safetensors` and `last.safetensors`
+/// ([`TrainConfig::model_ema_weights`]).
+///
+/// ```
+/// use resnext::trainer::EmaWeights;
+/// assert_eq!("ema".parse::<EmaWeights>(), Ok(EmaWeights::Ema));
+/// assert_eq!(EmaWeights::default(), EmaWeights::Raw);
+/// assert!("average".parse::<EmaWeights>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmaWeights {
+    /// The trained weights.
+    #[default]
+    Raw,
+    /// The EMA's averages of the weights and buffers.
+    Ema,
+}
+
+impl EmaWeights {
+    /// Every choice's name, as [`FromStr`] takes them.
+    pub const NAMES: [&'static str; 2] = ["raw", "ema"];
+}
+
+impl FromStr for EmaWeights {
+    type Err = String;
+
+    /// `raw` or `ema`; otherwise the accepted names, as an error.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "raw" => Ok(EmaWeights::Raw),
+            "ema" => Ok(EmaWeights::Ema),
+            _ => Err(format!("one of {}", EmaWeights::NAMES.join(", "))),
+        }
+    }
+}
 
 /// What can go wrong with an [`Ema`].
 #[derive(Debug, Error)]
@@ -343,33 +387,7 @@ impl Ema {
     /// [`EmaError::Mismatch`] for a missing or unknown tensor, [`EmaError::Shape`] for one of
     /// another shape (nothing is changed then); [`EmaError::Torch`] when copying fails.
     pub fn load_state(&mut self, state: Vec<(String, Tensor)>) -> Result<(), EmaError> {
-        let mut n_averaged = None;
-        let mut module = HashMap::new();
-        for (name, t) in state {
-            if name == N_AVERAGED {
-                if !t.size().is_empty() {
-                    return Err(EmaError::Shape {
-                        name,
-                        shape: t.size(),
-                        expected: vec![],
-                    });
-                }
-                n_averaged = Some(t.f_int64_value(&[])?);
-            } else if let Some(var) = name.strip_prefix(MODULE_PREFIX) {
-                module.insert(var.to_string(), t);
-            } else {
-                return Err(EmaError::Mismatch {
-                    what: "state tensor",
-                    name,
-                    problem: "is neither `n_averaged` nor `module.<variable>`".into(),
-                });
-            }
-        }
-        let n_averaged = n_averaged.ok_or_else(|| EmaError::Mismatch {
-            what: "state tensor",
-            name: N_AVERAGED.into(),
-            problem: "is missing".into(),
-        })?;
+        let (n_averaged, module) = parse_state(state)?;
         let pairs = self.pair(&module, "the saved state")?;
         tch::no_grad(|| {
             for (avg, saved) in pairs {
@@ -379,5 +397,106 @@ impl Ema {
         })?;
         self.n_averaged = n_averaged;
         Ok(())
+    }
+}
+
+impl Ema {
+    /// Checks `state` as [`load_state`](Self::load_state) does, changing nothing.
+    ///
+    /// # Errors
+    /// As [`load_state`](Self::load_state).
+    pub fn check_state(&self, state: &[(String, Tensor)]) -> Result<(), EmaError> {
+        let owned = state.iter().map(|(n, t)| (n.clone(), t.shallow_clone()));
+        let (_, module) = parse_state(owned.collect())?;
+        self.pair(&module, "the saved state").map(|_| ())
+    }
+}
+
+/// The update count and the averages by variable name of a saved state (see
+/// [`Ema::state_tensors`]).
+fn parse_state(state: Vec<(String, Tensor)>) -> Result<(i64, HashMap<String, Tensor>), EmaError> {
+    let mut n_averaged = None;
+    let mut module = HashMap::new();
+    for (name, t) in state {
+        if name == N_AVERAGED {
+            if !t.size().is_empty() {
+                return Err(EmaError::Shape {
+                    name,
+                    shape: t.size(),
+                    expected: vec![],
+                });
+            }
+            n_averaged = Some(t.f_int64_value(&[])?);
+        } else if let Some(var) = name.strip_prefix(MODULE_PREFIX) {
+            module.insert(var.to_string(), t);
+        } else {
+            return Err(EmaError::Mismatch {
+                what: "state tensor",
+                name,
+                problem: "is neither `n_averaged` nor `module.<variable>`".into(),
+            });
+        }
+    }
+    let n_averaged = n_averaged.ok_or_else(|| EmaError::Mismatch {
+        what: "state tensor",
+        name: N_AVERAGED.into(),
+        problem: "is missing".into(),
+    })?;
+    Ok((n_averaged, module))
+}
+
+/// The EMA of the weights as a trainer callback ([`TrainConfig::model_ema`]): updated on its
+/// [`EmaSchedule`] right after the optimiser update, evaluated beside the trained weights, its
+/// state the checkpoint section `ema` (torchvision's names, [`Ema::state_tensors`]).
+#[derive(Debug)]
+pub struct EmaCallback {
+    /// The average.
+    pub ema: Ema,
+    /// When it is updated.
+    pub schedule: EmaSchedule,
+}
+
+impl EmaCallback {
+    /// The EMA `config` asks for over `vs` for `world_size` processes (see
+    /// [`TrainConfig::build_ema`]); `None` without `model_ema`.
+    ///
+    /// # Errors
+    /// [`TrainError::Ema`] for a decay or count the EMA refuses.
+    pub fn from_config(
+        config: &TrainConfig,
+        vs: &nn::VarStore,
+        world_size: usize,
+    ) -> Result<Option<Self>, TrainError> {
+        let built = config.build_ema(vs, world_size)?;
+        Ok(built.map(|(ema, schedule)| EmaCallback { ema, schedule }))
+    }
+}
+
+impl TrainCallback for EmaCallback {
+    fn section(&self) -> &str {
+        "ema"
+    }
+
+    fn after_step(&mut self, ctx: &StepContext<'_>) -> Result<(), TrainError> {
+        // Right after the update, as torchvision's reference script.
+        self.schedule
+            .after_step(&mut self.ema, ctx.vars, ctx.epoch, ctx.batch)?;
+        Ok(())
+    }
+
+    fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        self.ema.state_tensors()
+    }
+
+    fn check_state(&self, tensors: &[(String, Tensor)]) -> Result<(), String> {
+        self.ema.check_state(tensors).map_err(|e| e.to_string())
+    }
+
+    fn load_state(&mut self, tensors: Vec<(String, Tensor)>) -> Result<(), TrainError> {
+        Ok(self.ema.load_state(tensors)?)
+    }
+
+    fn ema(&self) -> Option<&Ema> {
+        Some(&self.ema)
     }
 }

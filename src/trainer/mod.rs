@@ -8,7 +8,13 @@
 //! * [`TrainStep`]: one step (forward and loss under the run's precision, backward, the
 //!   [`GradientHook`], the SGD update), separate from the loop;
 //! * [`EpochAccumulator`]: the epoch's loss and accuracy sums, kept on the device;
-//! * [`Trainer`]: the loop over epochs and batches, evaluation, stop and resume;
+//! * [`Trainer`]: the loop over epochs and batches, evaluation, stop and resume, in modules
+//!   along its seams: construction and resume, the run directory it holds (lock,
+//!   `config.json`, checkpoint, repair of the other files), stop requests with the ranks' vote
+//!   on them, the epoch loop, the evaluations of a run;
+//! * [`TrainCallback`]: code run after every update and every epoch, with the variables and a
+//!   checkpoint section of its own ([`Trainer::with_callback`]); the EMA of the weights
+//!   ([`EmaCallback`], [`TrainConfig::model_ema`]) is one;
 //! * [`files`], [`epoch_line`], [`curves_svg`]: what a run writes and prints;
 //! * [`Schedule`] with [`TrainConfig::lr_at`]: the learning rate of every epoch;
 //! * [`recipe`]: named configurations (`cifar`, `tutorial`, `torchvision-v2`), each setting
@@ -23,16 +29,23 @@
 //! | `metrics.jsonl` | one [`EpochMetrics`] per line |
 //! | `curves.svg` | loss and accuracy of train and test against the epoch |
 //! | `summary.json` | a [`Summary`], once training is complete |
-//! | `checkpoint.safetensors` | weights, momentum buffers and [`TrainState`], after every epoch (and on stop) |
-//! | `last.safetensors`, `best.safetensors` | weights with torchvision's names |
+//! | `checkpoint.safetensors` | [`TrainState`] and named sections: `model/`, `optimizer/` (momentum buffers, AdamW's moments), one per callback (`ema/`); after every epoch (and on stop) |
+//! | `last.safetensors`, `best.safetensors` | weights with torchvision's names: the trained ones, or the EMA's with [`TrainConfig::model_ema_weights`] `ema` |
+//!
+//! Checkpoints are of format [`CHECKPOINT_FORMAT`] (2): each stateful component writes and
+//! reads its own section, listed in the metadata; format 1 (written before sections) is
+//! migrated on reading, so earlier run directories still resume.
 //!
 //! Every file is written atomically (temporary file, fsync, rename): a kill at any instant
 //! leaves the last complete checkpoint readable.
 mod accumulate;
+mod callback;
 mod checkpoint;
 mod config;
+mod control;
 mod data_parallel;
 mod ema;
+mod epoch;
 mod error;
 mod evaluate;
 mod float_json;
@@ -46,16 +59,22 @@ mod precision;
 mod process;
 mod progress;
 pub mod recipe;
+mod resume;
 mod run;
+mod run_dir;
+mod run_eval;
+mod sections;
 mod step;
 
 pub use accumulate::{EpochAccumulator, RunningMetrics};
+pub use callback::{Callbacks, EpochContext, StepContext, TrainCallback};
 pub use checkpoint::{
     load_checkpoint, read_checkpoint_state, save_checkpoint, EpochProgress, TrainState,
     CHECKPOINT_FORMAT,
 };
 pub use config::{DataLocation, TrainConfig};
-pub use ema::{ema_decay_for, Ema, EmaError, EmaSchedule};
+pub use control::BatchControl;
+pub use ema::{ema_decay_for, Ema, EmaCallback, EmaError, EmaSchedule, EmaWeights};
 pub use error::TrainError;
 pub use evaluate::evaluate;
 pub use lr_schedule::{Schedule, SCHEDULE_NAMES};
@@ -73,5 +92,5 @@ pub use precision::{set_cuda_autocast_dtype, Execution, LossScale, Precision, PR
 pub use process::tune_process_for_training;
 pub use progress::ProgressMode;
 pub use recipe::{check_same_recipe, recipe_config, recipe_names, Recipe, Setting, RECIPES};
-pub use run::{BatchControl, EvalForm, Outcome, Trainer};
+pub use run::{EvalForm, Outcome, Trainer};
 pub use step::{GradientHook, StepBatch, StepOutput, TrainStep};

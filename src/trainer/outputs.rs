@@ -18,7 +18,8 @@ pub mod files {
     pub const CURVES: &str = "curves.svg";
     /// The outcome of a completed run.
     pub const SUMMARY: &str = "summary.json";
-    /// Weights, momentum buffers and trainer state (see [`super::super::save_checkpoint`]).
+    /// Trainer state and the named sections of the weights, the optimiser and the callbacks
+    /// (see [`super::super::save_checkpoint`]).
     pub const CHECKPOINT: &str = "checkpoint.safetensors";
     /// Weights after the latest epoch (torchvision names).
     pub const LAST: &str = "last.safetensors";

@@ -4,8 +4,9 @@
 //! [`OptimizerConfig`]; and [`clip_grad_norm`] (`torch.nn.utils.clip_grad_norm_`).
 //!
 //! An optimiser's state is a list of named tensors, `<key>/<parameter>` (SGD: `momentum/…`,
-//! the names checkpoints have always used; AdamW: `step/…`, `exp_avg/…`, `exp_avg_sq/…`), so a
-//! checkpoint section holds any optimiser's state and [`Optimizer::load_state`] checks it.
+//! the names of format-1 checkpoints; AdamW: `step/…`, `exp_avg/…`, `exp_avg_sq/…`), so the
+//! checkpoint section `optimizer/` holds any optimiser's state and [`Optimizer::load_state`]
+//! checks it.
 //!
 //! Where clipping goes in a step: after backward, after the gradients of a data-parallel run
 //! are averaged, and under fp16 loss scaling after they are unscaled (as PyTorch's
