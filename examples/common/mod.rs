@@ -389,8 +389,7 @@ pub fn open_trainer(
     if let Some(d) = device {
         cfg.device = d;
     }
-    cfg.validate()?;
-    cfg.resolve_device()?;
+    // Trainer::resnext validates the configuration and checks the device (usage errors).
     let out = flags
         .out
         .clone()

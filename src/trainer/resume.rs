@@ -67,10 +67,9 @@ impl Trainer<ResNeXt> {
             image_size: config.image_size,
             normalization: config.normalization,
         };
-        let mut trainer =
-            Trainer::new(config, vs, model)?.with_eval_form(Box::new(|net: &ResNeXt| {
-                Ok(Box::new(InferenceModel::new(net)?) as Box<dyn ModuleT>)
-            }));
+        let mut trainer = Trainer::from_validated(config, vs, model)?.with_eval_form(Box::new(
+            |net: &ResNeXt| Ok(Box::new(InferenceModel::new(net)?) as Box<dyn ModuleT>),
+        ));
         trainer.weights_metadata = Some(metadata);
         trainer.pretrained = report;
         Ok(trainer)

@@ -125,6 +125,16 @@ impl<M: ModuleT> Trainer<M> {
     /// that has no `fc` classifier.
     pub fn new(config: TrainConfig, vs: nn::VarStore, model: M) -> Result<Self, TrainError> {
         config.validate()?;
+        Self::from_validated(config, vs, model)
+    }
+
+    /// [`Trainer::new`] for a configuration its caller has just validated (the one check at
+    /// the boundary).
+    pub(super) fn from_validated(
+        config: TrainConfig,
+        vs: nn::VarStore,
+        model: M,
+    ) -> Result<Self, TrainError> {
         if config.freeze_backbone {
             freeze_backbone(&vs)?;
         }
