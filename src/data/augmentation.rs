@@ -289,8 +289,9 @@ impl ImageDraws {
     }
 }
 
-/// Draws which mix of `mix` a batch gets, from the batch stage's stream: MixUp or CutMix
-/// (probability 1/2 each when both are on, torchvision's `RandomChoice`), then its λ / box.
+/// The batch stage's stream for batch stream `stream` of `epoch`, from which [`mix_batch`]
+/// draws MixUp or CutMix (probability 1/2 each when both are on, torchvision's
+/// `RandomChoice`), then its λ and box.
 pub(crate) fn mix_rng(seed: u64, epoch: u64, stream: usize) -> rand_chacha::ChaCha8Rng {
     stage_rng(seed, epoch, stream, Stage::Mix)
 }
