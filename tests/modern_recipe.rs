@@ -193,6 +193,42 @@ fn resuming_under_another_recipe_names_what_it_would_change() {
 }
 
 #[test]
+fn the_lr_multiplier_of_batch_norm_biases_reaches_their_group_only() {
+    let cfg = TrainConfig {
+        norm_bias_lr_multiplier: Some(64.0),
+        norm_weight_decay: Some(0.0),
+        ..plain()
+    };
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let _net = ResNeXt::new(&vs.root(), &cfg.model_config().unwrap());
+    let opt = cfg.build_optimizer(&vs).unwrap();
+    let settings: BTreeMap<String, (f64, f64)> = opt
+        .parameters()
+        .iter()
+        .zip(opt.settings())
+        .map(|((n, _), s)| (n.clone(), (s.lr_multiplier, s.weight_decay)))
+        .collect();
+    // A BN bias: 64x, and the norm parameters' decay (no bias decay of its own is set).
+    assert_eq!(settings["bn1.bias"], (64.0, 0.0));
+    assert_eq!(settings["layer1.0.downsample.1.bias"], (64.0, 0.0));
+    // A BN weight keeps the step's rate; a convolution its decay too; the classifier's bias is
+    // not a BN bias.
+    assert_eq!(settings["bn1.weight"], (1.0, 0.0));
+    assert_eq!(settings["conv1.weight"], (1.0, 5e-4));
+    assert_eq!(settings["fc.bias"], (1.0, 5e-4));
+    for bad in [0.0, -1.0, f64::INFINITY] {
+        let e = TrainConfig {
+            norm_bias_lr_multiplier: Some(bad),
+            ..plain()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("norm_bias_lr_multiplier"), "{e}");
+    }
+}
+
+#[test]
 fn bad_values_of_the_new_fields_are_named() {
     let bad = |cfg: TrainConfig| cfg.validate().unwrap_err().to_string();
     let e = bad(TrainConfig {

@@ -52,6 +52,14 @@ pub struct TrainFlags {
     /// Weight decay of biases instead of --weight-decay (before --norm-weight-decay).
     #[arg(long, allow_negative_numbers = true, help_heading = "Optimisation")]
     pub bias_weight_decay: Option<f64>,
+    /// Learning-rate multiplier of BatchNorm biases (airbench's 64) [default: 1].
+    #[arg(
+        long,
+        value_name = "M",
+        allow_negative_numbers = true,
+        help_heading = "Optimisation"
+    )]
+    pub norm_bias_lr_multiplier: Option<f64>,
     /// Clip the gradients to this total 2-norm before each update [default: no clipping].
     #[arg(long, allow_negative_numbers = true, help_heading = "Optimisation")]
     pub clip_grad_norm: Option<f64>,
@@ -85,7 +93,7 @@ pub struct TrainFlags {
     /// Continue the run in this directory with the configuration saved there.
     #[arg(long, value_name = "RUN_DIR", conflicts_with_all = [
         "model", "epochs", "batch_size", "lr", "opt", "momentum", "weight_decay", "nesterov",
-        "norm_weight_decay", "bias_weight_decay", "clip_grad_norm",
+        "norm_weight_decay", "bias_weight_decay", "norm_bias_lr_multiplier", "clip_grad_norm",
         "schedule", "warmup_epochs", "label_smoothing", "seed", "out", "limit_train",
         "limit_test", "eval_every", "config", "precision", "channels_last", "tta", "model_ema",
         "model_ema_decay", "model_ema_steps", "model_ema_weights", "auto_augment",
@@ -261,7 +269,12 @@ impl TrainFlags {
         macro_rules! set_optional {
             ($($field:ident),*) => { $( if self.$field.is_some() { cfg.$field = self.$field; } )* };
         }
-        set_optional!(norm_weight_decay, bias_weight_decay, clip_grad_norm);
+        set_optional!(
+            norm_weight_decay,
+            bias_weight_decay,
+            norm_bias_lr_multiplier,
+            clip_grad_norm
+        );
         set!(warmup_epochs, label_smoothing, seed, device, eval_every);
         set!(model_ema_decay, model_ema_steps);
         set!(

@@ -73,6 +73,10 @@ pub struct TrainConfig {
     /// Weight decay of every bias instead of `weight_decay`, before `norm_weight_decay`
     /// (torchvision's `--bias-weight-decay`); `null`: as the other parameters.
     pub bias_weight_decay: Option<f64>,
+    /// The learning rate of BatchNorm biases is the step's times this (airbench's larger rate
+    /// for them, 64 there); their weight decay stays that of a bias (`bias_weight_decay`, else
+    /// `norm_weight_decay`, else `weight_decay`). `null`: the step's rate.
+    pub norm_bias_lr_multiplier: Option<f64>,
     /// Nesterov momentum (SGD only).
     pub nesterov: bool,
     /// Clips the gradients to this total 2-norm before every update
@@ -188,6 +192,7 @@ impl Default for TrainConfig {
             weight_decay: 5e-4,
             norm_weight_decay: None,
             bias_weight_decay: None,
+            norm_bias_lr_multiplier: None,
             nesterov: false,
             clip_grad_norm: None,
             schedule: Schedule::Cosine,
@@ -467,6 +472,15 @@ impl TrainConfig {
         if self.model_ema_weights == EmaWeights::Ema && !self.model_ema {
             return Err(invalid("model_ema_weights", "ema", "raw without model_ema"));
         }
+        if let Some(m) = self.norm_bias_lr_multiplier {
+            if !(m.is_finite() && m > 0.0) {
+                return Err(invalid(
+                    "norm_bias_lr_multiplier",
+                    m,
+                    "a finite number above 0",
+                ));
+            }
+        }
         if let Some(c) = self.clip_grad_norm {
             if !(c.is_finite() && c > 0.0) {
                 return Err(invalid("clip_grad_norm", c, "a finite number above 0"));
@@ -557,7 +571,10 @@ impl TrainConfig {
         ParamGroups {
             norm: decay(self.norm_weight_decay),
             bias: decay(self.bias_weight_decay),
-            norm_bias: None,
+            norm_bias: self.norm_bias_lr_multiplier.map(|m| GroupOverride {
+                weight_decay: self.bias_weight_decay.or(self.norm_weight_decay),
+                lr_multiplier: m,
+            }),
         }
     }
 
