@@ -174,6 +174,15 @@ fn a_config_file_names_its_recipe_and_overrides_it() {
         e.contains("airbench") && e.contains("cifar, tutorial, torchvision-v2"),
         "{e}"
     );
+    // A file read over a recipe given apart (`--recipe` with `--config`): the file's fields
+    // over that recipe, whatever recipe the file names.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("run.json");
+    std::fs::write(&path, r#"{ "recipe": "torchvision-v2", "epochs": 7 }"#).unwrap();
+    let over = TrainConfig::read_file(&path, Some("tutorial")).unwrap();
+    assert_eq!((over.recipe.as_str(), over.epochs), ("tutorial", 7));
+    assert_eq!(over.schedule, Schedule::Constant);
+    assert_eq!(TrainConfig::read_file(&path, None).unwrap().lr, 0.0625);
     // Without a recipe, a file means what it always meant.
     let old = TrainConfig::from_json(r#"{ "model": "tiny" }"#).unwrap();
     assert_eq!(old.recipe, "cifar");

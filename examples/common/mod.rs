@@ -257,7 +257,8 @@ impl TrainFlags {
     /// `--recipe` names), then the flags given; not yet validated.
     pub fn config(&self, base: TrainConfig) -> Result<TrainConfig, TrainError> {
         let mut cfg = match (&self.config, &self.recipe) {
-            (Some(path), recipe) => config_file_over_recipe(path, recipe.as_deref())?,
+            (Some(path), None) => TrainConfig::from_file(path)?,
+            (Some(path), Some(name)) => TrainConfig::read_file(path, Some(name))?,
             (None, Some(name)) => recipe_config(name)?,
             (None, None) => base,
         };
@@ -324,37 +325,6 @@ impl TrainFlags {
         cfg.limit_test = self.limit_test.or(cfg.limit_test);
         Ok(cfg)
     }
-}
-
-/// The configuration file `path` over `recipe` when given (it replaces the file's own
-/// `recipe`), else over the recipe the file names.
-fn config_file_over_recipe(
-    path: &std::path::Path,
-    recipe: Option<&str>,
-) -> Result<TrainConfig, TrainError> {
-    let Some(name) = recipe else {
-        return TrainConfig::from_file(path);
-    };
-    let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
-        action: "reading",
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let mut value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| TrainError::ConfigJson {
-            path: Some(path.to_path_buf()),
-            message: e.to_string(),
-        })?;
-    if let Some(fields) = value.as_object_mut() {
-        fields.insert("recipe".into(), name.into());
-    }
-    TrainConfig::from_json_unchecked(&value.to_string()).map_err(|e| match e {
-        TrainError::ConfigJson { message, .. } => TrainError::ConfigJson {
-            path: Some(path.to_path_buf()),
-            message,
-        },
-        e => e,
-    })
 }
 
 /// A trainer could not be made: a usage error (exit code 2) or another failure.

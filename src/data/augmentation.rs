@@ -241,6 +241,16 @@ impl ImageDraws {
         self.policy
     }
 
+    /// The policy's ops on the 8-bit `image`, fill 0 (torchvision's default).
+    ///
+    /// Errors: a magnitude an op refuses (not with the policies' own tables).
+    pub fn apply_ops(&self, image: RgbPlanes) -> Result<RgbPlanes, DataError> {
+        match self.ops.is_empty() {
+            true => Ok(image),
+            false => apply_draws(&image, &self.ops, [0; 3]),
+        }
+    }
+
     /// The policy's ops on `out`, a `[3, side, side]` image of pixel values (0..=255 as `f32`,
     /// written with `UNIT_AFFINE`), then the normalisation `affine`, in place.
     ///
@@ -252,7 +262,7 @@ impl ImageDraws {
         affine: &Affine,
     ) -> Result<(), DataError> {
         let bytes: Vec<u8> = out.iter().map(|&v| v as u8).collect();
-        let image = apply_draws(&RgbPlanes::new(side, side, bytes)?, &self.ops, [0; 3])?;
+        let image = self.apply_ops(RgbPlanes::new(side, side, bytes)?)?;
         let plane = side * side;
         for (c, (dst, src)) in out
             .chunks_exact_mut(plane)

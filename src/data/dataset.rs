@@ -7,6 +7,7 @@ use tch::{Device, Kind, Tensor};
 use super::augment::{fill_image, PIXELS, SIDE};
 use super::augmentation::UNIT_AFFINE;
 use super::cifar::{check_images, check_labels};
+use super::ops::RgbPlanes;
 use super::{
     batch_augment_params, epoch_batches, image_draws, Affine, AugmentParams, BatchConfig,
     BatchRequest, Batches, Cifar10, DataError, DataSplits, Dataset, ImageDraws, CLASS_NAMES,
@@ -211,11 +212,13 @@ impl DeviceDataset {
         let mut batch_labels = Vec::with_capacity(count);
         for (k, (&i, dst)) in indices.iter().zip(out.iter_mut()).enumerate() {
             let p = draws.crop.as_ref().and_then(|p| p.get(k).copied());
-            match draws.images.get(k) {
-                Some(d) if d.needs_pixels() => fill_image(&images[i], p, &UNIT_AFFINE, dst),
-                _ => fill_image(&images[i], p, affine, dst),
-            }
-            if let Some(d) = draws.images.get(k) {
+            let stages = draws.images.get(k);
+            let first = match stages.is_some_and(ImageDraws::needs_pixels) {
+                true => &UNIT_AFFINE,
+                false => affine,
+            };
+            fill_image(&images[i], p, first, dst);
+            if let Some(d) = stages {
                 d.finish(dst, SIDE, affine)?;
             }
             batch_labels.push(labels[i]);
@@ -324,15 +327,9 @@ fn policy_on_host(x: &Tensor, draws: &[ImageDraws]) -> Result<Tensor, DataError>
     x.f_to_device(Device::Cpu)?
         .f_contiguous()?
         .f_copy_data_u8(&mut bytes, count * PIXELS)?;
-    let mut unit = vec![0f32; PIXELS];
     for (image, d) in bytes.chunks_exact_mut(PIXELS).zip(draws) {
-        for (u, &b) in unit.iter_mut().zip(image.iter()) {
-            *u = f32::from(b);
-        }
-        d.apply_policy(&mut unit, SIDE, &UNIT_AFFINE)?;
-        for (b, &u) in image.iter_mut().zip(&unit) {
-            *b = u as u8;
-        }
+        let done = d.apply_ops(RgbPlanes::new(SIDE, SIDE, image.to_vec())?)?;
+        image.copy_from_slice(done.as_slice());
     }
     Ok(Tensor::f_from_slice(&bytes)?
         .f_view([count as i64, 3, SIDE as i64, SIDE as i64])?

@@ -137,6 +137,9 @@ pub fn epoch_batches(
             indices,
         };
         let (images, labels) = data.make_batch(&request)?;
+        if !mix.is_on() {
+            return Ok((images, labels, None, indices.to_vec()));
+        }
         let mut rng = mix_rng(cfg.seed, epoch, request.augmentation_stream());
         let classes = data.classes().len() as i64;
         let (images, targets) = match mix_batch(&mix, &mut rng, &images, &labels, classes)? {

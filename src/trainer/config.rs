@@ -250,17 +250,25 @@ impl TrainConfig {
     /// [`TrainError::ConfigJson`] for bad JSON, a value that is not an object, or an unknown
     /// field; [`TrainError::InvalidConfig`] for an unknown recipe.
     pub fn from_json_unchecked(text: &str) -> Result<Self, TrainError> {
+        Self::parse_over(text, None)
+    }
+
+    /// [`TrainConfig::from_json_unchecked`] over `recipe` when given, else over the text's own.
+    fn parse_over(text: &str, recipe: Option<&str>) -> Result<Self, TrainError> {
         let json_error = |message: String| TrainError::ConfigJson {
             path: None,
             message,
         };
         let value: serde_json::Value =
             serde_json::from_str(text).map_err(|e| json_error(e.to_string()))?;
-        let serde_json::Value::Object(fields) = value else {
+        let serde_json::Value::Object(mut fields) = value else {
             return Err(json_error(format!(
                 "expected a JSON object of configuration fields, found {value}"
             )));
         };
+        if let Some(name) = recipe {
+            fields.insert("recipe".into(), name.into());
+        }
         let recipe = match fields.get("recipe") {
             None => super::recipe::DEFAULT_RECIPE,
             Some(serde_json::Value::String(name)) => name.as_str(),
@@ -281,12 +289,25 @@ impl TrainConfig {
     /// # Errors
     /// As [`TrainConfig::from_json`], naming the file; [`TrainError::Io`] when it cannot be read.
     pub fn from_file(path: &Path) -> Result<Self, TrainError> {
+        let cfg = Self::read_file(path, None)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads a JSON configuration file over `recipe` when given (it replaces the file's own
+    /// `recipe` field), else over the recipe the file names, without validating it (flags may
+    /// still change it).
+    ///
+    /// # Errors
+    /// As [`TrainConfig::from_json_unchecked`], naming the file; [`TrainError::Io`] when it
+    /// cannot be read.
+    pub fn read_file(path: &Path, recipe: Option<&str>) -> Result<Self, TrainError> {
         let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
             action: "reading",
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_json(&text).map_err(|e| match e {
+        Self::parse_over(&text, recipe).map_err(|e| match e {
             TrainError::ConfigJson { message, .. } => TrainError::ConfigJson {
                 path: Some(path.to_path_buf()),
                 message,
