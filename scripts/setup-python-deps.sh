@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Provision the Python packages that the PyTorch parity scripts (scripts/pytorch/) and the parity
 # tests (tests/weights.rs) need beside torch itself: torchvision 0.26.0 (the release that goes
-# with torch 2.11.0), safetensors (and what it needs: packaging), numpy and pillow.
+# with torch 2.11.0), safetensors (and what it needs: packaging), numpy, pillow, and airbench 0.1.8
+# (Keller Jordan's CIFAR-10 speed baselines: the reference of the fast recipe's pieces in the tests
+# and the anchor of benches/time_to_accuracy.sh).
 #
 # * torch is NOT installed here: the torch==2.11.0 wheel that scripts/setup-libtorch.sh put in
 #   ${RESNEXT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/resnext}/libtorch-2.11.0 is used, so Python
@@ -18,7 +20,7 @@ set -euo pipefail
 
 TORCH_VERSION=2.11.0
 TORCHVISION_VERSION=0.26.0
-PACKAGES=("torchvision==$TORCHVISION_VERSION" "safetensors==0.7.0" "numpy==2.3.5" "pillow==12.0.0" "packaging==25.0")
+PACKAGES=("torchvision==$TORCHVISION_VERSION" "safetensors==0.7.0" "numpy==2.3.5" "pillow==12.0.0" "packaging==25.0" "airbench==0.1.8")
 say() { printf '[setup-python-deps] %s\n' "$*" >&2; }
 
 cache=${RESNEXT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/resnext}
@@ -40,7 +42,7 @@ fi
 verify() {
     PYTHONPATH="$1:$torch_site" python3 - "$TORCH_VERSION" "$TORCHVISION_VERSION" "$torch_site" <<'PY'
 import os, sys
-import torch, torchvision, safetensors.torch, numpy, PIL  # noqa: F401
+import torch, torchvision, safetensors.torch, numpy, PIL, airbench  # noqa: F401
 want_torch, want_tv, torch_site = sys.argv[1], sys.argv[2], os.path.realpath(sys.argv[3])
 got_torch = torch.__version__.split("+")[0]
 got_tv = torchvision.__version__.split("+")[0]
@@ -56,7 +58,8 @@ stamp_text="${PACKAGES[*]} torch=$TORCH_VERSION torch_site=$torch_site"
 stamp="$target/.verified"
 
 if [ -d "$target" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$stamp_text" ] \
-    && [ -f "$target/torchvision/__init__.py" ] && [ -f "$target/safetensors/torch.py" ]; then
+    && [ -f "$target/torchvision/__init__.py" ] && [ -f "$target/safetensors/torch.py" ] \
+    && [ -f "$target/airbench/utils.py" ]; then
     say "torchvision $TORCHVISION_VERSION and safetensors found in $target (cached, verified before)"
 elif [ -d "$target" ] && verify "$target" 2>/dev/null; then
     printf '%s' "$stamp_text" > "$stamp"
