@@ -96,6 +96,22 @@ fn new_config(args: &Args, classes: usize) -> Result<TrainConfig, TrainError> {
         Recipe::ImageNet { .. } => Stem::ImageNet,
         Recipe::Small { .. } => Stem::Cifar,
     });
+    // The ImageNet transforms take only the default crop settings: a usage error now rather
+    // than at the first batch.
+    Recipe::for_size(size)
+        .check_crop(&cfg.crop_flip())
+        .map_err(|e| match e {
+            DataError::InvalidConfig {
+                field,
+                value,
+                expected,
+            } => TrainError::InvalidConfig {
+                field,
+                value,
+                expected,
+            },
+            e => TrainError::from(e),
+        })?;
     let dir = args.data_dir.as_deref().map(absolute);
     cfg.data = DataLocation {
         dir,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use resnext::data::ops::Policy;
-use resnext::data::DataSplits;
+use resnext::data::{DataSplits, FlipMode, PaddingMode};
 use resnext::device::DeviceSpec;
 use resnext::distributed::{DistEnv, EnvError, ProcessGroup};
 use resnext::inference::Tta;
@@ -98,6 +98,7 @@ pub struct TrainFlags {
         "limit_test", "eval_every", "config", "precision", "channels_last", "tta", "model_ema",
         "model_ema_decay", "model_ema_steps", "model_ema_weights", "auto_augment",
         "ra_magnitude", "random_erase", "mixup_alpha", "cutmix_alpha", "grad_accum_steps",
+        "crop_padding", "crop_padding_mode", "flip",
     ],
         help_heading = "Run directory"
     )]
@@ -139,6 +140,19 @@ pub struct TrainFlags {
     /// [default: cifar].
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(recipe_names()), help_heading = "Recipe and configuration")]
     pub recipe: Option<String>,
+    /// Pixels of padding on each side before the random crop, 0..=16 (airbench94: 2 with
+    /// --crop-padding-mode reflect) [default: 4].
+    #[arg(long, value_name = "P", help_heading = "Augmentation and mixing")]
+    pub crop_padding: Option<u8>,
+    /// What the crop pads with: zeros (torchvision's RandomCrop(padding=4)) or reflect
+    /// (padding_mode='reflect', airbench94's translation) [default: zeros].
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(PaddingMode::NAMES), help_heading = "Augmentation and mixing")]
+    pub crop_padding_mode: Option<String>,
+    /// Horizontal flip: random (a fresh coin per image and epoch), alternate (airbench's
+    /// altflip: one coin per image, then mirrored in exactly every other epoch) or none
+    /// [default: random].
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(FlipMode::NAMES), help_heading = "Augmentation and mixing")]
+    pub flip: Option<String>,
     /// Auto-augmentation policy after crop and flip: ta_wide (TrivialAugmentWide), ra
     /// (RandAugment, 2 ops), cifar10 / imagenet / svhn (AutoAugment) [default: none].
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(Policy::NAMES), help_heading = "Augmentation and mixing")]
@@ -253,6 +267,20 @@ fn parse_flag<T: std::str::FromStr<Err = String>>(
 }
 
 impl TrainFlags {
+    /// `--crop-padding`, `--crop-padding-mode` and `--flip`, when given, into `cfg`.
+    fn set_crop_flip(&self, cfg: &mut TrainConfig) -> Result<(), TrainError> {
+        if let Some(p) = self.crop_padding {
+            cfg.crop_padding = p;
+        }
+        if let Some(m) = &self.crop_padding_mode {
+            cfg.crop_padding_mode = parse_flag("crop_padding_mode", m)?;
+        }
+        if let Some(f) = &self.flip {
+            cfg.flip = parse_flag("flip", f)?;
+        }
+        Ok(())
+    }
+
     /// `base` (or the `--recipe` named), then the config file (over the recipe it or
     /// `--recipe` names), then the flags given; not yet validated.
     pub fn config(&self, base: TrainConfig) -> Result<TrainConfig, TrainError> {
@@ -288,6 +316,7 @@ impl TrainFlags {
         if self.auto_augment.is_some() {
             cfg.auto_augment = self.auto_augment.clone();
         }
+        self.set_crop_flip(&mut cfg)?;
         cfg.model_ema |= self.model_ema;
         if let Some(s) = &self.schedule {
             cfg.schedule = s.parse()?;

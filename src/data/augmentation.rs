@@ -3,7 +3,8 @@
 //! torchvision's reference recipe (`references/classification/presets.py`):
 //!
 //! 1. random crop + horizontal flip ([`BatchConfig::augment`](super::BatchConfig::augment):
-//!    pad-and-crop for small images, `RandomResizedCrop` for image folders at ImageNet sizes);
+//!    pad-and-crop for small images, with the padding, padding mode and flip mode of
+//!    `crop_flip` ([`CropFlip`]), `RandomResizedCrop` for image folders at ImageNet sizes);
 //! 2. an auto-augmentation [`Policy`] (`auto_augment`: TrivialAugmentWide, RandAugment,
 //!    AutoAugment) on the cropped 8-bit image, fill 0;
 //! 3. normalisation;
@@ -23,16 +24,21 @@ use serde::{Deserialize, Serialize};
 
 use super::ops::{apply_draws, EraseBox, OpDraw, Policy, RandAugment, RandomErasing, RgbPlanes};
 use super::random::{stage_rng, Stage};
-use super::{Affine, DataError};
+use super::{Affine, CropFlip, DataError};
 
-/// The stages of the data pipeline after crop and flip, in torchvision's order: an
-/// auto-augmentation policy on the cropped 8-bit image, normalisation, random erasing on the
-/// normalised image, then per batch MixUp or CutMix into soft targets. Each stage draws from
-/// its own random stream ([`stage_rng`](super::stage_rng)), so turning one on moves no other
-/// stage's draws, and with all off (the default) batches are those of earlier versions.
+/// The settings of crop and flip ([`CropFlip`]; the stage itself is on with
+/// [`BatchConfig::augment`](super::BatchConfig::augment)) and the stages of the data pipeline
+/// after it, in torchvision's order: an auto-augmentation policy on the cropped 8-bit image,
+/// normalisation, random erasing on the normalised image, then per batch MixUp or CutMix into
+/// soft targets. Each stage draws from its own random stream ([`stage_rng`](super::stage_rng)),
+/// so turning one on moves no other stage's draws, and with all off (the default) batches are
+/// those of earlier versions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Augmentation {
+    /// Padding, padding mode and flip mode of the crop and flip (4 pixels of zeros and a
+    /// random flip by default).
+    pub crop_flip: CropFlip,
     /// Auto-augmentation policy, torchvision's reference-script names: `ta_wide`, `ra`,
     /// `cifar10`, `imagenet`, `svhn` (see [`Policy::from_name`]); `None` for none.
     pub auto_augment: Option<String>,
@@ -50,6 +56,7 @@ pub struct Augmentation {
 impl Default for Augmentation {
     fn default() -> Self {
         Augmentation {
+            crop_flip: CropFlip::default(),
             auto_augment: None,
             ra_magnitude: RandAugment::DEFAULT.magnitude(),
             random_erase: 0.0,
@@ -124,11 +131,14 @@ impl Augmentation {
         })
     }
 
-    /// Checks every stage, and that a mixing stage has batches of at least 2 images.
+    /// Checks every stage, and that a mixing stage has batches of at least 2 images. The crop
+    /// padding is checked against [`MAX_PADDING`](super::MAX_PADDING) here, against the side
+    /// of the images by the pipelines.
     ///
-    /// Errors: as [`policy`](Self::policy), [`erasing`](Self::erasing) and
-    /// [`batch_mix`](Self::batch_mix); mixing with `batch_size < 2`.
+    /// Errors: as [`CropFlip::validate`], [`policy`](Self::policy), [`erasing`](Self::erasing)
+    /// and [`batch_mix`](Self::batch_mix); mixing with `batch_size < 2`.
     pub fn validate(&self, batch_size: usize) -> Result<(), DataError> {
+        self.crop_flip.validate(usize::MAX)?;
         self.policy()?;
         self.erasing()?;
         if self.batch_mix()?.is_on() && batch_size < 2 {
@@ -150,9 +160,11 @@ impl Augmentation {
 }
 
 impl fmt::Display for Augmentation {
-    /// The stages after crop and flip, as `ta_wide, erase 0.25, mixup 0.2 | cutmix 1`, or
-    /// `none`.
+    /// The crop and flip settings when not the default, then the stages after crop and flip,
+    /// as `crop: reflect padding 2, alternate flip; ta_wide, erase 0.25, mixup 0.2 | cutmix 1`,
+    /// or `none`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let crop = (!self.crop_flip.is_default()).then(|| format!("crop: {}", self.crop_flip));
         let mut parts = Vec::new();
         match self.auto_augment.as_deref() {
             Some("ra") => parts.push(format!("ra (magnitude {})", self.ra_magnitude)),
@@ -170,10 +182,11 @@ impl fmt::Display for Augmentation {
         if !mix.is_empty() {
             parts.push(mix.join(" or "));
         }
-        if parts.is_empty() {
-            f.write_str("none")
-        } else {
-            f.write_str(&parts.join(", "))
+        match (crop, parts.is_empty()) {
+            (None, true) => f.write_str("none"),
+            (None, false) => f.write_str(&parts.join(", ")),
+            (Some(crop), true) => f.write_str(&crop),
+            (Some(crop), false) => write!(f, "{crop}; {}", parts.join(", ")),
         }
     }
 }

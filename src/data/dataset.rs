@@ -4,13 +4,14 @@ use std::sync::Arc;
 
 use tch::{Device, Kind, Tensor};
 
-use super::augment::{fill_image, PIXELS, SIDE};
+use super::augment::{fill_image, reflect, PIXELS, SIDE};
 use super::augmentation::UNIT_AFFINE;
 use super::cifar::{check_images, check_labels};
 use super::ops::RgbPlanes;
 use super::{
-    batch_augment_params, epoch_batches, image_draws, Affine, AugmentParams, BatchConfig,
-    BatchRequest, Batches, Cifar10, DataError, DataSplits, Dataset, ImageDraws, CLASS_NAMES,
+    crop_flip_params, epoch_batches, image_draws, Affine, AugmentParams, BatchConfig, BatchRequest,
+    Batches, Cifar10, CropFlip, DataError, DataSplits, Dataset, ImageDraws, PaddingMode,
+    CLASS_NAMES,
 };
 
 impl Cifar10 {
@@ -38,7 +39,8 @@ pub enum Pipeline {
     /// (then moved to the device). The default on the CPU.
     HostLoop,
     /// The `uint8` images live on the device and every batch is gathered, padded, cropped,
-    /// flipped and normalised there in a few batched tensor operations (no per-image kernel).
+    /// flipped and normalised there in a few batched tensor operations (no per-image kernel;
+    /// reflection padding is gathered straight from the unpadded images).
     /// The default on CUDA. The random draws are the same as with [`Pipeline::HostLoop`].
     TensorOps,
 }
@@ -217,7 +219,7 @@ impl DeviceDataset {
                 true => &UNIT_AFFINE,
                 false => affine,
             };
-            fill_image(&images[i], p, first, dst);
+            fill_image(&images[i], p, &draws.crop_flip, first, dst);
             if let Some(d) = stages {
                 d.finish(dst, SIDE, affine)?;
             }
@@ -245,7 +247,7 @@ impl DeviceDataset {
         let mut x = images.f_index_select(0, &idx)?;
         let y = labels.f_index_select(0, &idx)?;
         if let Some(params) = &draws.crop {
-            x = crop_and_flip(&x, params)?;
+            x = crop_and_flip(&x, params, &draws.crop_flip)?;
         }
         if draws.images.iter().any(ImageDraws::needs_pixels) {
             x = policy_on_host(&x, &draws.images)?;
@@ -269,8 +271,8 @@ impl Dataset for DeviceDataset {
         self.device
     }
 
-    /// The images `request.indices`, randomly cropped (4 pixels of zero padding) and flipped
-    /// with [`batch_augment_params`] when `request.config.augment`, then normalised.
+    /// The images `request.indices`, randomly cropped (4 pixels of zero padding by default) and
+    /// flipped with [`crop_flip_params`] when `request.config.augment`, then normalised.
     fn make_batch(&self, request: &BatchRequest<'_>) -> Result<(Tensor, Tensor), DataError> {
         let draws = BatchDraws::new(request)?;
         let affine = request.config.normalization.affine();
@@ -297,25 +299,35 @@ impl Dataset for DeviceDataset {
     }
 }
 
-/// The random choices of one batch: crop and flip (when `augment`), then the later stages.
+/// The random choices of one batch: crop and flip (when `augment`) with its settings, then
+/// the later stages.
 struct BatchDraws {
     crop: Option<Vec<AugmentParams>>,
+    crop_flip: CropFlip,
     images: Vec<ImageDraws>,
 }
 
 impl BatchDraws {
     /// The draws of `request`'s images, each stage from its own stream.
+    ///
+    /// Errors: a crop padding too wide for 32-pixel images, bad later stages.
     fn new(request: &BatchRequest<'_>) -> Result<BatchDraws, DataError> {
         let cfg = request.config;
         let (n, stream) = (request.indices.len(), request.augmentation_stream());
-        let crop = cfg
-            .augment
-            .then(|| batch_augment_params(cfg.seed, request.epoch, stream, n));
+        let crop_flip = cfg.augmentation.crop_flip;
+        crop_flip.validate(SIDE)?;
+        let crop = cfg.augment.then(|| {
+            crop_flip_params(&crop_flip, cfg.seed, request.epoch, stream, request.indices)
+        });
         let images = match cfg.augmentation.has_image_stages() {
             true => image_draws(&cfg.augmentation, cfg.seed, request.epoch, stream, n, SIDE)?,
             false => Vec::new(),
         };
-        Ok(BatchDraws { crop, images })
+        Ok(BatchDraws {
+            crop,
+            crop_flip,
+            images,
+        })
     }
 }
 
@@ -356,35 +368,53 @@ fn erase_batched(x: Tensor, draws: &[ImageDraws]) -> Result<Tensor, DataError> {
     Ok(x.f_masked_fill(&mask, 0.0)?)
 }
 
-/// Pads a `uint8 [B, 3, 32, 32]` batch by 4 zero pixels and crops and flips every image as
-/// `params` says, in two gathers on the batch's device.
-fn crop_and_flip(x: &Tensor, params: &[AugmentParams]) -> Result<Tensor, DataError> {
+/// Crops and flips every image of a `uint8 [B, 3, 32, 32]` batch as `params` and `crop` say,
+/// in two gathers on the batch's device: from the batch zero-padded by `crop.padding`, or,
+/// with reflection, from the batch itself at reflected rows and columns.
+fn crop_and_flip(
+    x: &Tensor,
+    params: &[AugmentParams],
+    crop: &CropFlip,
+) -> Result<Tensor, DataError> {
     let count = params.len() as i64;
-    let dev = x.device();
-    // Row and column gather indices into the zero-padded [B, 3, 40, 40] batch, built on the
-    // host from the same draws as the host loop and uploaded in one copy.
-    let mut rc = Vec::with_capacity(params.len() * 64);
+    let side = SIDE as i64;
+    let (pad, reflected) = match crop.padding_mode {
+        PaddingMode::Zeros => (i64::from(crop.padding), false),
+        PaddingMode::Reflect => (0, true),
+    };
+    // Row and column gather indices, built on the host from the same draws as the host loop
+    // and uploaded in one copy: into the padded [B, 3, 32 + 2p, 32 + 2p] batch, or reflected
+    // into the unpadded one.
+    let to_source = |i: i64| match reflected {
+        true => reflect((i - i64::from(crop.padding)) as isize, SIDE as isize) as i64,
+        false => i,
+    };
+    let mut rc = Vec::with_capacity(params.len() * 2 * SIDE);
     for p in params {
-        rc.extend((0..32).map(|y| y + i64::from(p.dy)));
+        rc.extend((0..side).map(|y| to_source(y + i64::from(p.dy))));
     }
     for p in params {
         let dx = i64::from(p.dx);
         if p.flip {
-            rc.extend((0..32).map(|x| 31 - x + dx));
+            rc.extend((0..side).map(|x| to_source(side - 1 - x + dx)));
         } else {
-            rc.extend((0..32).map(|x| x + dx));
+            rc.extend((0..side).map(|x| to_source(x + dx)));
         }
     }
-    let rc = Tensor::f_from_slice(&rc)?.f_to_device(dev)?;
+    let rc = Tensor::f_from_slice(&rc)?.f_to_device(x.device())?;
     let rows = rc
-        .f_narrow(0, 0, count * 32)?
-        .f_view([count, 1, 32, 1])?
-        .f_expand([count, 3, 32, 40], false)?;
+        .f_narrow(0, 0, count * side)?
+        .f_view([count, 1, side, 1])?
+        .f_expand([count, 3, side, side + 2 * pad], false)?;
     let cols = rc
-        .f_narrow(0, count * 32, count * 32)?
-        .f_view([count, 1, 1, 32])?
-        .f_expand([count, 3, 32, 32], false)?;
-    Ok(x.f_constant_pad_nd([4, 4, 4, 4])?
+        .f_narrow(0, count * side, count * side)?
+        .f_view([count, 1, 1, side])?
+        .f_expand([count, 3, side, side], false)?;
+    let source = match pad {
+        0 => x.shallow_clone(),
+        _ => x.f_constant_pad_nd([pad, pad, pad, pad])?,
+    };
+    Ok(source
         .f_gather(2, &rows, false)?
         .f_gather(3, &cols, false)?)
 }

@@ -11,10 +11,10 @@ use tch::{Device, Kind, Tensor};
 use super::augmentation::UNIT_AFFINE;
 use super::decode::{decode_rgb8, MAX_PIXELS};
 use super::folder::FolderIndex;
-use super::transform::{prepare, Draw, Recipe};
+use super::transform::{prepare_with_crop, Draw, Recipe};
 use super::{
-    augmentation_rng, batch_augment_params, image_draws, BatchRequest, DataError, DataSplits,
-    Dataset, ImageDraws,
+    augmentation_rng, crop_flip_params, image_draws, BatchRequest, DataError, DataSplits, Dataset,
+    ImageDraws,
 };
 
 /// How an [`ImageFolder`] reads and prepares its pictures.
@@ -245,25 +245,29 @@ impl ImageFolder {
     }
 
     /// The random choice of every image of the batch `request` asks for.
-    fn draws(&self, request: &BatchRequest<'_>) -> Vec<Draw> {
+    ///
+    /// Errors: crop settings the recipe cannot honour (see [`Recipe::check_crop`]).
+    fn draws(&self, request: &BatchRequest<'_>) -> Result<Vec<Draw>, DataError> {
         let n = request.indices.len();
         let cfg = request.config;
         if !cfg.augment {
-            return vec![Draw::None; n];
+            return Ok(vec![Draw::None; n]);
         }
-        match self.options.recipe {
+        let crop = &cfg.augmentation.crop_flip;
+        self.options.recipe.check_crop(crop)?;
+        let stream = request.augmentation_stream();
+        Ok(match self.options.recipe {
             Recipe::Small { .. } => {
-                batch_augment_params(cfg.seed, request.epoch, request.augmentation_stream(), n)
+                crop_flip_params(crop, cfg.seed, request.epoch, stream, request.indices)
                     .into_iter()
                     .map(Draw::Small)
                     .collect()
             }
             Recipe::ImageNet { .. } => {
-                let mut rng =
-                    augmentation_rng(cfg.seed, request.epoch, request.augmentation_stream());
+                let mut rng = augmentation_rng(cfg.seed, request.epoch, stream);
                 (0..n).map(|_| Draw::Seed(rng.gen())).collect()
             }
-        }
+        })
     }
 }
 
@@ -338,7 +342,8 @@ impl Dataset for ImageFolder {
         let plane = 3 * side * side;
         let n = request.indices.len();
         let affine = request.config.normalization.affine();
-        let draws = self.draws(request);
+        let draws = self.draws(request)?;
+        let crop = request.config.augmentation.crop_flip;
         let stages = self.stage_draws(request, side)?;
         let dims = [n as i64, 3, side as i64, side as i64];
         let images = Tensor::f_empty(dims, (Kind::Float, Device::Cpu))?;
@@ -358,7 +363,7 @@ impl Dataset for ImageFolder {
                     let picture = self.picture(i)?;
                     let pixels = stage.needs_pixels();
                     let first = if pixels { &UNIT_AFFINE } else { &affine };
-                    prepare(&picture, recipe, draw, first, chunk)?;
+                    prepare_with_crop(&picture, recipe, draw, &crop, first, chunk)?;
                     stage.finish(chunk, side, &affine)
                 })
         })?;

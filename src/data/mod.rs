@@ -16,9 +16,11 @@
 //!   copy;
 //! * [`batches`] / [`DeviceDataset::batches`]: shuffled, augmented (random crop with 4 pixels
 //!   of zero padding + horizontal flip, as torchvision's `RandomCrop(32, padding=4)` +
-//!   `RandomHorizontalFlip()`) and normalised batches, prefetched on a background thread and
+//!   `RandomHorizontalFlip()`; [`CropFlip`] sets another padding, reflection padding and
+//!   airbench's alternating flip) and normalised batches, prefetched on a background thread and
 //!   reproducible from a seed, epoch and batch index (resumable mid-epoch);
-//! * [`augment_image`]: the per-image kernel, and [`AugmentParams`]: its random draw;
+//! * [`augment_image`] / [`augment_image_with`]: the per-image kernel, and
+//!   [`AugmentParams`]: its random draw ([`crop_flip_params`] for a batch);
 //! * [`Augmentation`]: the stages after crop and flip (an auto-augmentation policy, random
 //!   erasing, MixUp / CutMix; the ops themselves in [`ops`]), in torchvision's order, each
 //!   from its own random stream ([`stage_rng`]), run the same way by every pipeline;
@@ -55,7 +57,10 @@ mod random;
 mod source;
 mod transform;
 
-pub use augment::{augment_image, AugmentParams, MAX_OFFSET, PADDING};
+pub use augment::{
+    augment_image, augment_image_with, AugmentParams, CropFlip, FlipMode, PaddingMode, MAX_OFFSET,
+    MAX_PADDING, PADDING,
+};
 pub use augmentation::{image_draws, mix_batch, Augmentation, BatchMix, ImageDraws};
 pub use batches::{batches, Batch, Batches};
 pub use cifar::{
@@ -73,11 +78,11 @@ pub use error::DataError;
 pub use folder::{FolderIndex, Ignored, IMAGE_EXTENSIONS};
 pub use image_folder::{FolderSplit, ImageFolder, ImageFolderOptions};
 pub use random::{
-    augmentation_rng, batch_augment_params, batch_indices, epoch_order, permutation_rng, stage_rng,
-    Stage,
+    alternate_flip, augmentation_rng, base_flip, batch_augment_params, batch_indices,
+    crop_flip_params, epoch_order, permutation_rng, stage_rng, Stage,
 };
 pub use source::{epoch_batches, BatchRequest, DataSplits, Dataset, Subset};
 pub use transform::{
-    center_crop_box, prepare, random_resized_crop, resize_crop, CropBox, Draw, Recipe,
-    EVAL_CROP_FRACTION, IMAGENET_NORMALIZATION,
+    center_crop_box, prepare, prepare_with_crop, random_resized_crop, resize_crop, CropBox, Draw,
+    Recipe, EVAL_CROP_FRACTION, IMAGENET_NORMALIZATION,
 };

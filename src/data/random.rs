@@ -10,17 +10,21 @@
 //!   `seed_from_u64(mix(mix(seed, AUGMENTATION), e))` and the ChaCha stream `b`,
 //!
 //! where `mix(a, b) = splitmix64(splitmix64(a) ^ b)`. The other stages of the pipeline
-//! ([`Stage`]) draw from streams of the same form under their own tags ([`stage_rng`]).
+//! ([`Stage`]) draw from streams of the same form under their own tags ([`stage_rng`]). The
+//! one draw that is not per epoch, the base flip of [`FlipMode::Alternate`] ([`base_flip`]),
+//! is the top bit of `mix(mix(seed, FLIP_BASE), index)` for the image's index in the dataset.
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::{AugmentParams, BatchConfig};
+use super::{AugmentParams, BatchConfig, CropFlip, FlipMode};
 
 /// Domain tag of the permutation streams.
 const PERMUTATION: u64 = 0x7065_726d_7574_6521;
 /// Domain tag of the augmentation streams.
 const AUGMENTATION: u64 = 0x6175_676d_656e_7421;
+/// Domain tag of the base flips of [`FlipMode::Alternate`].
+const FLIP_BASE: u64 = 0x666c_6970_6261_7365;
 
 /// The SplitMix64 finaliser (a bijection of `u64`).
 fn splitmix64(mut z: u64) -> u64 {
@@ -111,4 +115,43 @@ pub fn batch_augment_params(
 ) -> Vec<AugmentParams> {
     let mut rng = augmentation_rng(seed, epoch, batch);
     (0..count).map(|_| AugmentParams::draw(&mut rng)).collect()
+}
+
+/// The coin of image `index` (its index in the dataset) for [`FlipMode::Alternate`], drawn
+/// once for the whole run: the top bit of `mix(mix(seed, FLIP_BASE), index)`.
+pub fn base_flip(seed: u64, index: usize) -> bool {
+    mix(mix(seed, FLIP_BASE), index as u64) >> 63 == 1
+}
+
+/// Whether image `index` is flipped at `epoch` under [`FlipMode::Alternate`]: its
+/// [`base_flip`] XOR `epoch` is odd (airbench's `altflip`).
+pub fn alternate_flip(seed: u64, index: usize, epoch: u64) -> bool {
+    base_flip(seed, index) ^ (epoch % 2 == 1)
+}
+
+/// The crops and flips of the images `indices` (dataset indices, in batch order) of batch
+/// stream `stream` of `epoch` under `crop`: one [`CropFlip::draw`] per image from
+/// [`augmentation_rng`], its coin kept for [`FlipMode::Random`], replaced by
+/// [`alternate_flip`] for [`FlipMode::Alternate`] and by `false` for [`FlipMode::None`]. With
+/// the default `crop` this is [`batch_augment_params`].
+pub fn crop_flip_params(
+    crop: &CropFlip,
+    seed: u64,
+    epoch: u64,
+    stream: usize,
+    indices: &[usize],
+) -> Vec<AugmentParams> {
+    let mut rng = augmentation_rng(seed, epoch, stream);
+    indices
+        .iter()
+        .map(|&i| {
+            let mut p = crop.draw(&mut rng);
+            p.flip = match crop.flip {
+                FlipMode::Random => p.flip,
+                FlipMode::Alternate => alternate_flip(seed, i, epoch),
+                FlipMode::None => false,
+            };
+            p
+        })
+        .collect()
 }

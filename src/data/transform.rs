@@ -9,7 +9,8 @@ use image::RgbImage;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::{Affine, AugmentParams, DataError, Normalization, PADDING};
+use super::augment::reflect;
+use super::{Affine, AugmentParams, CropFlip, DataError, FlipMode, Normalization, PaddingMode};
 
 /// ImageNet's per-channel mean and standard deviation (torchvision's pretrained weights).
 pub const IMAGENET_NORMALIZATION: Normalization = Normalization {
@@ -33,8 +34,9 @@ pub enum Recipe {
         size: u32,
     },
     /// Pictures already at the network's size (others are resized to `size` x `size`).
-    /// Training: 4 pixels of zero padding, a random `size` x `size` crop and a horizontal flip,
-    /// exactly as the CIFAR-10 pipeline; evaluation: the picture as it is.
+    /// Training: 4 pixels of zero padding (or the padding of a [`CropFlip`]), a random
+    /// `size` x `size` crop and a horizontal flip, exactly as the CIFAR-10 pipeline;
+    /// evaluation: the picture as it is.
     Small {
         /// Side of the network input.
         size: u32,
@@ -57,6 +59,45 @@ impl Recipe {
         match *self {
             Recipe::ImageNet { size } | Recipe::Small { size } => size,
         }
+    }
+
+    /// Refuses crop settings this recipe cannot honour: [`Recipe::Small`] takes any valid
+    /// [`CropFlip`] for its side; [`Recipe::ImageNet`]'s `RandomResizedCrop` does not pad and
+    /// flips with a fresh coin, so it takes only the default padding, mode and flip.
+    ///
+    /// Errors: [`DataError::InvalidConfig`] naming `crop_padding`, `crop_padding_mode` or
+    /// `flip`.
+    pub fn check_crop(self, crop: &CropFlip) -> Result<(), DataError> {
+        let size = self.size();
+        if let Recipe::Small { .. } = self {
+            return crop.validate(size as usize);
+        }
+        let default = CropFlip::default();
+        let refuse = |field: &'static str, value: String, default: String| {
+            Err(DataError::InvalidConfig {
+                field,
+                value,
+                expected: format!(
+                    "{default} (the default) with the ImageNet transforms (image size {size}, \
+                     above 64): RandomResizedCrop does not pad and flips with a fresh coin"
+                ),
+            })
+        };
+        if crop.padding != default.padding {
+            return refuse(
+                "crop_padding",
+                crop.padding.to_string(),
+                default.padding.to_string(),
+            );
+        }
+        if crop.padding_mode != default.padding_mode {
+            let (value, default) = (crop.padding_mode.to_string(), default.padding_mode);
+            return refuse("crop_padding_mode", value, default.to_string());
+        }
+        if crop.flip != FlipMode::Random {
+            return refuse("flip", crop.flip.to_string(), FlipMode::Random.to_string());
+        }
+        Ok(())
     }
 }
 
@@ -181,31 +222,43 @@ pub fn resize_crop(image: &RgbImage, crop: CropBox, size: u32) -> Result<Vec<u8>
     Ok(dst.into_vec())
 }
 
+/// Where padded index `i` of an axis of `side` pixels reads from under `mode`: the pixel
+/// itself, `None` outside the picture with zeros, the reflected pixel with reflection.
+fn source_index(i: isize, side: usize, mode: PaddingMode) -> Option<usize> {
+    let n = side as isize;
+    match mode {
+        _ if (0..n).contains(&i) => Some(i as usize),
+        PaddingMode::Zeros => None,
+        PaddingMode::Reflect => Some(reflect(i, n)),
+    }
+}
+
 /// Writes the packed RGB `side` x `side` picture `rgb` into `out` as normalised CHW floats,
-/// shifted by `(sx, sy)` (pixels outside are padding: a zero byte) and mirrored after the
-/// shift when `flip`: `out[c][y][x] = rgb[y + sy][(flip ? side-1-x : x) + sx][c]`.
+/// shifted by `(sx, sy)` (pixels outside are padding of `mode`: a zero byte, or reflected)
+/// and mirrored after the shift when `flip`:
+/// `out[c][y][x] = rgb[y + sy][(flip ? side-1-x : x) + sx][c]`.
 fn write_chw(
     rgb: &[u8],
     side: usize,
     shift: (isize, isize),
-    flip: bool,
+    (flip, mode): (bool, PaddingMode),
     a: &Affine,
     out: &mut [f32],
 ) {
     let plane = side * side;
     let (sx, sy) = shift;
     for y in 0..side {
-        let row_y = y as isize + sy;
-        let row_ok = (0..side as isize).contains(&row_y);
+        let row_y = source_index(y as isize + sy, side, mode);
         for x in 0..side {
             let col = if flip { side - 1 - x } else { x } as isize + sx;
-            let inside = row_ok && (0..side as isize).contains(&col);
+            let source = row_y.zip(source_index(col, side, mode));
             for c in 0..3 {
-                out[c * plane + y * side + x] = if inside {
-                    let px = rgb[(row_y as usize * side + col as usize) * 3 + c];
-                    f32::from(px) * a.scale[c] + a.shift[c]
-                } else {
-                    a.shift[c]
+                out[c * plane + y * side + x] = match source {
+                    Some((row, col)) => {
+                        let px = rgb[(row * side + col) * 3 + c];
+                        f32::from(px) * a.scale[c] + a.shift[c]
+                    }
+                    None => a.shift[c],
                 };
             }
         }
@@ -213,7 +266,8 @@ fn write_chw(
 }
 
 /// Makes the network input of one decoded picture under `recipe` and `draw` into `out`
-/// (`3 * size * size` floats, CHW, normalised by `affine`).
+/// (`3 * size * size` floats, CHW, normalised by `affine`), with the default crop (4 pixels
+/// of zero padding for [`Recipe::Small`]).
 ///
 /// # Errors
 /// [`DataError::InvalidTensor`] when `out` has another length or a resize fails.
@@ -221,6 +275,24 @@ pub fn prepare(
     image: &RgbImage,
     recipe: Recipe,
     draw: Draw,
+    affine: &Affine,
+    out: &mut [f32],
+) -> Result<(), DataError> {
+    prepare_with_crop(image, recipe, draw, &CropFlip::default(), affine, out)
+}
+
+/// [`prepare`] with the padding and padding mode of `crop` for [`Recipe::Small`] (the offsets
+/// of a [`Draw::Small`] are in the picture padded by `crop.padding`; the flip is the draw's).
+/// [`Recipe::ImageNet`] does not pad and does not read `crop`.
+///
+/// # Errors
+/// [`DataError::InvalidTensor`] when `out` has another length or a resize fails;
+/// [`DataError::InvalidConfig`] for a padding too wide for the recipe's size.
+pub fn prepare_with_crop(
+    image: &RgbImage,
+    recipe: Recipe,
+    draw: Draw,
+    crop: &CropFlip,
     affine: &Affine,
     out: &mut [f32],
 ) -> Result<(), DataError> {
@@ -247,13 +319,15 @@ pub fn prepare(
             (Some(resize_crop(image, crop, size)?), (0, 0), false)
         }
         (Recipe::Small { .. }, draw) => {
+            crop.validate(side)?;
             let p = match draw {
                 Draw::Small(p) => p,
-                _ => AugmentParams::IDENTITY,
+                _ => crop.identity(),
             };
+            p.validate_for(crop)?;
             let shift = (
-                isize::from(p.dx) - isize::from(PADDING),
-                isize::from(p.dy) - isize::from(PADDING),
+                isize::from(p.dx) - isize::from(crop.padding),
+                isize::from(p.dy) - isize::from(crop.padding),
             );
             let resized = match image.dimensions() == (size, size) {
                 true => None,
@@ -263,7 +337,7 @@ pub fn prepare(
         }
     };
     let rgb = pixels.as_deref().unwrap_or(image.as_raw());
-    write_chw(rgb, side, shift, flip, affine, out);
+    write_chw(rgb, side, shift, (flip, crop.padding_mode), affine, out);
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use super::{
     ema_decay_for, AdamWConfig, Ema, EmaSchedule, EmaWeights, GroupOverride, Optimizer,
     OptimizerConfig, ParamGroups, Precision, Schedule, SgdConfig, TrainError, OPTIMIZER_NAMES,
 };
-use crate::data::{Augmentation, Normalization};
+use crate::data::{Augmentation, CropFlip, FlipMode, Normalization, PaddingMode};
 use crate::device::{DeviceError, DeviceSpec, DEVICE_FORMS};
 use crate::inference::Tta;
 use crate::resnext::{ResNeXtConfig, Stem, MODEL_NAMES};
@@ -120,6 +120,18 @@ pub struct TrainConfig {
     pub tta: Tta,
     /// Random crop + flip augmentation of training images.
     pub augment: bool,
+    /// Pixels of padding on each side before the random crop of the CIFAR-style pipelines
+    /// (`--crop-padding`): 0..=16, and below `image_size` with `reflect` (airbench94: 2). The
+    /// ImageNet transforms take only the default, 4.
+    pub crop_padding: u8,
+    /// What the crop pads with (`--crop-padding-mode`): `zeros` (torchvision's
+    /// `RandomCrop(padding=4)`, the default) or `reflect` (`padding_mode='reflect'`, airbench's
+    /// translation).
+    pub crop_padding_mode: PaddingMode,
+    /// How the horizontal flip is chosen (`--flip`): `random` (a fresh coin per image and
+    /// epoch, the default), `alternate` (airbench's `altflip`: one coin per image for the
+    /// run, the image mirrored in exactly every other epoch) or `none`.
+    pub flip: FlipMode,
     /// Auto-augmentation policy after crop and flip: `ta_wide`, `ra`, `cifar10`, `imagenet`,
     /// `svhn` (torchvision's `--auto-augment`); `null` for none.
     pub auto_augment: Option<String>,
@@ -209,6 +221,9 @@ impl Default for TrainConfig {
             model_ema_steps: 32,
             model_ema_weights: EmaWeights::Raw,
             augment: true,
+            crop_padding: crate::data::PADDING,
+            crop_padding_mode: PaddingMode::Zeros,
+            flip: FlipMode::Random,
             auto_augment: None,
             ra_magnitude: 9,
             random_erase: 0.0,
@@ -390,6 +405,7 @@ impl TrainConfig {
 
     /// The augmentation stages and gradient accumulation.
     fn validate_augmentation(&self) -> Result<(), TrainError> {
+        self.validate_crop()?;
         self.augmentation()
             .validate(self.batch_size)
             .map_err(|e| match e {
@@ -422,10 +438,43 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// The data pipeline's stages after crop and flip, from `auto_augment`, `ra_magnitude`,
-    /// `random_erase`, `mixup_alpha` and `cutmix_alpha`.
+    /// The crop padding: at most [`MAX_PADDING`](crate::data::MAX_PADDING), and below
+    /// `image_size` with reflection.
+    fn validate_crop(&self) -> Result<(), TrainError> {
+        let side = usize::try_from(self.image_size).unwrap_or(0);
+        self.crop_flip().validate(side).map_err(|_| {
+            invalid(
+                "crop_padding",
+                self.crop_padding,
+                match self.crop_padding_mode {
+                    PaddingMode::Zeros => format!("0..={}", crate::data::MAX_PADDING),
+                    PaddingMode::Reflect => format!(
+                        "0..={} and below image_size {} with crop_padding_mode reflect",
+                        crate::data::MAX_PADDING,
+                        self.image_size
+                    ),
+                },
+            )
+        })?;
+        Ok(())
+    }
+
+    /// The data pipeline's crop and flip settings, from `crop_padding`, `crop_padding_mode`
+    /// and `flip`.
+    pub fn crop_flip(&self) -> CropFlip {
+        CropFlip {
+            padding: self.crop_padding,
+            padding_mode: self.crop_padding_mode,
+            flip: self.flip,
+        }
+    }
+
+    /// The data pipeline's crop and flip settings ([`crop_flip`](Self::crop_flip)) and its
+    /// stages after crop and flip, from `auto_augment`, `ra_magnitude`, `random_erase`,
+    /// `mixup_alpha` and `cutmix_alpha`.
     pub fn augmentation(&self) -> Augmentation {
         Augmentation {
+            crop_flip: self.crop_flip(),
             auto_augment: self.auto_augment.clone(),
             ra_magnitude: self.ra_magnitude,
             random_erase: self.random_erase,
