@@ -459,8 +459,7 @@ fn default_settings_give_the_batches_of_earlier_versions() {
     }
 }
 
-/// Bad values are typed errors naming the setting, never panics; configurations of earlier
-/// versions load with the defaults; the ImageNet transforms refuse what they cannot do.
+/// Bad crop values are typed errors naming the setting, never panics.
 #[test]
 fn bad_crop_settings_are_errors_naming_the_setting() {
     let e = crop(17, PaddingMode::Zeros, FlipMode::Random)
@@ -507,7 +506,12 @@ fn bad_crop_settings_are_errors_naming_the_setting() {
         .unwrap()
         .batches(&bad, 0, 0)
         .is_err());
+}
 
+/// Configurations of earlier versions load with the defaults; airbench's settings load,
+/// survive a JSON round trip and reach the pipeline; bad values are errors naming the field.
+#[test]
+fn train_config_crop_fields_load_and_are_checked() {
     let cfg = TrainConfig::from_json(r#"{ "model": "tiny" }"#).unwrap();
     assert_eq!(
         (cfg.crop_padding, cfg.crop_padding_mode, cfg.flip),
@@ -515,7 +519,8 @@ fn bad_crop_settings_are_errors_naming_the_setting() {
     );
     let airbench = r#"{ "crop_padding": 2, "crop_padding_mode": "reflect", "flip": "alternate" }"#;
     let cfg = TrainConfig::from_json(airbench).unwrap();
-    assert_eq!(cfg.augmentation().crop_flip, reflect2_alternate());
+    let airbench_crop = crop(2, PaddingMode::Reflect, FlipMode::Alternate);
+    assert_eq!(cfg.augmentation().crop_flip, airbench_crop);
     assert_eq!(TrainConfig::from_json(&cfg.to_json()).unwrap(), cfg);
     for (json, field) in [
         (r#"{ "crop_padding": 20 }"#, "crop_padding"),
@@ -544,15 +549,11 @@ fn bad_crop_settings_are_errors_naming_the_setting() {
         "x".parse::<FlipMode>().unwrap_err(),
         "one of random, alternate, none"
     );
-    imagenet_folders_refuse_other_crop_settings();
-}
-
-fn reflect2_alternate() -> CropFlip {
-    crop(2, PaddingMode::Reflect, FlipMode::Alternate)
 }
 
 /// The ImageNet transforms (`RandomResizedCrop`) neither pad nor flip otherwise: a batch
 /// asked with other settings fails with an error naming the setting.
+#[test]
 fn imagenet_folders_refuse_other_crop_settings() {
     let (bytes, _, _) = synthetic(4, 2);
     let dir = scratch("imagenet");
