@@ -69,6 +69,17 @@ pub struct TrainFlags {
     /// Learning-rate schedule [default: cosine].
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(SCHEDULE_NAMES), help_heading = "Schedule")]
     pub schedule: Option<String>,
+    /// With --schedule triangle: the lr factor at the first step (airbench's 0.2) [default: 0.2].
+    #[arg(long, allow_negative_numbers = true, help_heading = "Schedule")]
+    pub lr_start_factor: Option<f64>,
+    /// With --schedule triangle: the share of the steps where the factor peaks at 1, in
+    /// (0, 1) (airbench's 0.23) [default: 0.23].
+    #[arg(long, allow_negative_numbers = true, help_heading = "Schedule")]
+    pub lr_peak_fraction: Option<f64>,
+    /// With --schedule triangle: the lr factor at the end of the run (airbench's 0.07)
+    /// [default: 0.07].
+    #[arg(long, allow_negative_numbers = true, help_heading = "Schedule")]
+    pub lr_end_factor: Option<f64>,
     /// Epochs of linear warm-up [default: 0].
     #[arg(long, help_heading = "Schedule")]
     pub warmup_epochs: Option<usize>,
@@ -94,9 +105,10 @@ pub struct TrainFlags {
     #[arg(long, value_name = "RUN_DIR", conflicts_with_all = [
         "model", "epochs", "batch_size", "lr", "opt", "momentum", "weight_decay", "nesterov",
         "norm_weight_decay", "bias_weight_decay", "norm_bias_lr_multiplier", "clip_grad_norm",
-        "schedule", "warmup_epochs", "label_smoothing", "seed", "out", "limit_train",
+        "schedule", "lr_start_factor", "lr_peak_fraction", "lr_end_factor", "warmup_epochs", "label_smoothing", "seed", "out", "limit_train",
         "limit_test", "eval_every", "config", "precision", "channels_last", "tta", "model_ema",
-        "model_ema_decay", "model_ema_steps", "model_ema_weights", "auto_augment",
+        "model_ema_decay", "model_ema_steps", "model_ema_weights", "lookahead",
+        "lookahead_steps", "lookahead_decay", "auto_augment",
         "ra_magnitude", "random_erase", "mixup_alpha", "cutmix_alpha", "grad_accum_steps",
         "crop_padding", "crop_padding_mode", "flip",
     ],
@@ -131,6 +143,21 @@ pub struct TrainFlags {
     /// EMA's averages); best is the epoch of the best raw test accuracy [default: raw].
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(EmaWeights::NAMES), help_heading = "Weight averaging (EMA)")]
     pub model_ema_weights: Option<String>,
+    /// airbench's lookahead: a slow copy of the weights and BN statistics, pulled towards
+    /// them every --lookahead-steps updates, the weights then set to it (and to it at the end).
+    #[arg(long, help_heading = "Weight averaging (EMA)")]
+    pub lookahead: bool,
+    /// Updates between lookahead steps [default: 5].
+    #[arg(long, value_name = "K", help_heading = "Weight averaging (EMA)")]
+    pub lookahead_steps: Option<usize>,
+    /// The lookahead's per-step decay base, in [0, 1]: the slow copy keeps
+    /// decay^K * (t/T)^3 after update t of T [default: 0.95].
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        help_heading = "Weight averaging (EMA)"
+    )]
+    pub lookahead_decay: Option<f64>,
     /// Test-time augmentation of the evaluation: none, flip (the mirror too), flip-translate
     /// (also one-pixel shifts; airbench's levels) [default: none].
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(Tta::NAMES), help_heading = "Evaluation and data limits")]
@@ -305,7 +332,13 @@ impl TrainFlags {
             clip_grad_norm
         );
         set!(warmup_epochs, label_smoothing, seed, device, eval_every);
-        set!(model_ema_decay, model_ema_steps);
+        set!(lr_start_factor, lr_peak_fraction, lr_end_factor);
+        set!(
+            model_ema_decay,
+            model_ema_steps,
+            lookahead_steps,
+            lookahead_decay
+        );
         set!(
             ra_magnitude,
             random_erase,
@@ -318,6 +351,7 @@ impl TrainFlags {
         }
         self.set_crop_flip(&mut cfg)?;
         cfg.model_ema |= self.model_ema;
+        cfg.lookahead |= self.lookahead;
         if let Some(s) = &self.schedule {
             cfg.schedule = s.parse()?;
         }

@@ -1,13 +1,14 @@
 //! Callbacks: code the trainer runs right after every optimiser update and after every epoch,
 //! with the model's variables, and whose state is a section of the checkpoint of its own, so
-//! that a resumed run continues it exactly. The EMA of the weights ([`EmaCallback`]) is one.
+//! that a resumed run continues it exactly. The EMA of the weights ([`EmaCallback`]) and
+//! airbench's lookahead ([`LookaheadCallback`]) are two.
 //!
 //! A new callback is one type implementing [`TrainCallback`], registered either by the
 //! configuration (one line in [`Callbacks::for_config`]) or by the caller
 //! ([`Trainer::with_callback`](super::Trainer::with_callback)).
 use tch::{nn, Tensor};
 
-use super::{Ema, EmaCallback, EpochMetrics, TrainConfig, TrainError};
+use super::{Ema, EmaCallback, EpochMetrics, LookaheadCallback, TrainConfig, TrainError};
 
 /// The sections of a checkpoint that belong to the trainer itself, which no callback may take.
 pub(super) const RESERVED_SECTIONS: [&str; 2] = ["model", "optimizer"];
@@ -23,6 +24,13 @@ pub struct StepContext<'a> {
     pub batch: usize,
     /// Whether fp16 loss scaling skipped this update (non-finite gradients).
     pub skipped: bool,
+    /// The learning rate of this update (before any parameter group's multiplier).
+    pub lr: f64,
+    /// Updates of the run so far, this one included (1-based: airbench's `current_steps`),
+    /// `epoch * batches_per_epoch + batch + 1`; counted the same in a resumed run.
+    pub step: usize,
+    /// The updates of the whole run, `epochs * batches_per_epoch`.
+    pub total_steps: usize,
 }
 
 /// What a callback sees after an epoch, once its metrics are recorded and before its
@@ -133,6 +141,8 @@ impl Callbacks {
         world_size: usize,
     ) -> Result<Self, TrainError> {
         let mut configured: Vec<Box<dyn TrainCallback>> = Vec::new();
+        // The lookahead first: it changes the weights, which the EMA then averages.
+        configured.extend(LookaheadCallback::from_config(config, vs)?.map(boxed));
         configured.extend(EmaCallback::from_config(config, vs, world_size)?.map(boxed));
         Ok(Callbacks {
             configured,
@@ -228,6 +238,7 @@ impl Callbacks {
                 "it has a section `{name}` that no callback of this trainer reads{}",
                 match name.as_str() {
                     "ema" => " (its configuration has no model_ema)",
+                    "lookahead" => " (its configuration has no lookahead)",
                     _ => "",
                 }
             ));

@@ -6,7 +6,8 @@ use tch::{nn, Device};
 
 use super::{
     ema_decay_for, AdamWConfig, Ema, EmaSchedule, EmaWeights, GroupOverride, Optimizer,
-    OptimizerConfig, ParamGroups, Precision, Schedule, SgdConfig, TrainError, OPTIMIZER_NAMES,
+    OptimizerConfig, ParamGroups, Precision, Schedule, SgdConfig, TrainError, TriangleShape,
+    OPTIMIZER_NAMES,
 };
 use crate::data::{Augmentation, CropFlip, FlipMode, Normalization, PaddingMode};
 use crate::device::{DeviceError, DeviceSpec, DEVICE_FORMS};
@@ -85,6 +86,15 @@ pub struct TrainConfig {
     pub clip_grad_norm: Option<f64>,
     /// Learning-rate schedule.
     pub schedule: Schedule,
+    /// With `schedule` `triangle`: the lr factor at the first step (airbench's `start`, 0.2),
+    /// `>= 0` ([`TriangleShape::start`]).
+    pub lr_start_factor: f64,
+    /// With `schedule` `triangle`: the share of the run's steps where the factor peaks at 1,
+    /// in `(0, 1)` (airbench's `peak`, 0.23; [`TriangleShape::peak`]).
+    pub lr_peak_fraction: f64,
+    /// With `schedule` `triangle`: the lr factor at the end of the run (airbench's `end`,
+    /// 0.07), `>= 0` ([`TriangleShape::end`]).
+    pub lr_end_factor: f64,
     /// Epochs of linear warm-up before the schedule (0 for none).
     pub warmup_epochs: usize,
     /// Label smoothing of the cross-entropy loss, in `[0, 1)`.
@@ -115,6 +125,15 @@ pub struct TrainConfig {
     /// `ema`, the EMA's averages. Either way `best` is the epoch of the best test accuracy of
     /// the trained weights (`best_test_acc`). `ema` needs `model_ema`.
     pub model_ema_weights: EmaWeights,
+    /// airbench's lookahead ([`LookaheadCallback`](super::LookaheadCallback)): a slow copy of
+    /// the weights and BatchNorm statistics, pulled towards the trained ones every
+    /// `lookahead_steps` updates, which are then set to it; the weights end as the slow copy.
+    pub lookahead: bool,
+    /// Updates between two lookahead steps (airbench's 5), at least 1.
+    pub lookahead_steps: usize,
+    /// The lookahead's per-step decay base, in `[0, 1]` (airbench's 0.95): after update `t` of
+    /// `T` the slow copy keeps the share `lookahead_decay^lookahead_steps * (t / T)^3`.
+    pub lookahead_decay: f64,
     /// Test-time augmentation of the evaluation (`none`, `flip`, `flip_translate`: see
     /// [`Tta`]); the test loss and accuracy, and so `best`, are those of the averaged logits.
     pub tta: Tta,
@@ -208,6 +227,9 @@ impl Default for TrainConfig {
             nesterov: false,
             clip_grad_norm: None,
             schedule: Schedule::Cosine,
+            lr_start_factor: TriangleShape::AIRBENCH.start,
+            lr_peak_fraction: TriangleShape::AIRBENCH.peak,
+            lr_end_factor: TriangleShape::AIRBENCH.end,
             warmup_epochs: 0,
             label_smoothing: 0.0,
             seed: 1,
@@ -220,6 +242,9 @@ impl Default for TrainConfig {
             model_ema_decay: 0.99998,
             model_ema_steps: 32,
             model_ema_weights: EmaWeights::Raw,
+            lookahead: false,
+            lookahead_steps: 5,
+            lookahead_decay: 0.95,
             augment: true,
             crop_padding: crate::data::PADDING,
             crop_padding_mode: PaddingMode::Zeros,
@@ -331,11 +356,51 @@ impl TrainConfig {
         })
     }
 
-    /// The learning rate of (0-based) `epoch`: the one place a run computes it, from
-    /// [`Schedule::lr`] with this configuration's `lr`, `epochs` and `warmup_epochs`.
+    /// The learning rate of (0-based) `epoch`, from [`Schedule::lr`] with this
+    /// configuration's `lr`, `epochs` and `warmup_epochs`. For the per-step `triangle`, the
+    /// rate as if every epoch were one step ([`Self::lr_at_step`]`(epoch, 0, 1)`, with this
+    /// configuration's shape); a run reads [`Self::lr_at_step`].
     pub fn lr_at(&self, epoch: usize) -> f64 {
-        self.schedule
-            .lr(self.lr, epoch, self.epochs, self.warmup_epochs)
+        match self.schedule {
+            Schedule::Triangle => self.lr_at_step(epoch, 0, 1),
+            s => s.lr(self.lr, epoch, self.epochs, self.warmup_epochs),
+        }
+    }
+
+    /// The learning rate of the update of (0-based) `batch` of (0-based) `epoch`, with
+    /// `batches_per_epoch` updates an epoch: the one place a run computes it. For the epoch
+    /// schedules it is [`Self::lr_at`]`(epoch)`, exactly; for `triangle` it is
+    /// `lr * factor(s, T)` ([`TriangleShape::factor`]) at the global step
+    /// `s = epoch * batches_per_epoch + batch` of `T = epochs * batches_per_epoch`.
+    ///
+    /// ```
+    /// use resnext::trainer::{Schedule, TrainConfig};
+    /// let cfg = TrainConfig { schedule: Schedule::Triangle, epochs: 2, lr: 1.0, ..TrainConfig::default() };
+    /// // 50 steps an epoch, 100 in all: 0.2 at the first, 1 at step int(0.23 * 100) = 23.
+    /// assert!((cfg.lr_at_step(0, 0, 50) - 0.2).abs() < 1e-12);
+    /// assert!((cfg.lr_at_step(0, 23, 50) - 1.0).abs() < 1e-12);
+    /// assert!(cfg.lr_at_step(1, 49, 50) > 0.07);
+    /// let cosine = TrainConfig::default();
+    /// assert_eq!(cosine.lr_at_step(3, 17, 50), cosine.lr_at(3));
+    /// ```
+    pub fn lr_at_step(&self, epoch: usize, batch: usize, batches_per_epoch: usize) -> f64 {
+        match self.schedule {
+            Schedule::Triangle => {
+                let step = epoch * batches_per_epoch + batch;
+                let total = self.epochs * batches_per_epoch;
+                self.lr * self.triangle_shape().factor(step, total)
+            }
+            _ => self.lr_at(epoch),
+        }
+    }
+
+    /// The triangle schedule's shape: `lr_start_factor`, `lr_peak_fraction`, `lr_end_factor`.
+    pub fn triangle_shape(&self) -> TriangleShape {
+        TriangleShape {
+            start: self.lr_start_factor,
+            peak: self.lr_peak_fraction,
+            end: self.lr_end_factor,
+        }
     }
 
     /// The configuration as pretty JSON.
@@ -579,8 +644,35 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// The triangle schedule's shape and the lookahead (checked whether used or not, as every
+    /// other value).
+    fn validate_schedule(&self) -> Result<(), TrainError> {
+        for (field, value) in [
+            ("lr_start_factor", self.lr_start_factor),
+            ("lr_end_factor", self.lr_end_factor),
+        ] {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(invalid(field, value, "a finite number >= 0"));
+            }
+        }
+        let peak = self.lr_peak_fraction;
+        if !(peak > 0.0 && peak < 1.0) {
+            return Err(invalid("lr_peak_fraction", peak, "in (0, 1)"));
+        }
+        super::lookahead::check_values(self.lookahead_steps, self.lookahead_decay)?;
+        if self.schedule == Schedule::Triangle && self.warmup_epochs > 0 {
+            return Err(invalid(
+                "warmup_epochs",
+                self.warmup_epochs,
+                "0 with schedule triangle (its rise from lr_start_factor is the warm-up)",
+            ));
+        }
+        Ok(())
+    }
+
     /// Epochs, batches, evaluation, processes and device.
     fn validate_run(&self) -> Result<(), TrainError> {
+        self.validate_schedule()?;
         if self.epochs == 0 {
             return Err(invalid("epochs", self.epochs, "at least 1"));
         }

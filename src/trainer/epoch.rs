@@ -160,7 +160,6 @@ impl<M: ModuleT> Trainer<M> {
         num_batches: usize,
     ) -> Result<Option<Outcome>, TrainError> {
         let epoch = self.state.epoch;
-        let lr = self.state.config.lr_at(epoch);
         let epochs = self.state.config.epochs;
         let bar = self
             .shown()
@@ -171,6 +170,10 @@ impl<M: ModuleT> Trainer<M> {
         let mut control = BatchControl::Continue;
         let fp16 = self.step.execution().precision == Precision::Fp16;
         for batch in &mut batches {
+            let lr = self
+                .state
+                .config
+                .lr_at_step(epoch, batch.index, num_batches);
             let images = batch.images.f_to_device(self.device)?;
             let labels = batch.labels.f_to_device(self.device)?;
             // Loss scaling only where fp16 runs (a run moved to the CPU keeps its scale).
@@ -200,6 +203,9 @@ impl<M: ModuleT> Trainer<M> {
                 epoch,
                 batch: batch.index,
                 skipped: out.skipped,
+                lr,
+                step: epoch * num_batches + batch.index + 1,
+                total_steps: epochs * num_batches,
             };
             self.callbacks.after_step(&step)?;
             sums.add(&out);
@@ -328,7 +334,8 @@ impl<M: ModuleT> Trainer<M> {
             test_acc: eval.as_ref().map(|e| e.acc),
             ema_test_loss: ema_eval.as_ref().map(|e| e.loss),
             ema_test_acc: ema_eval.as_ref().map(|e| e.acc),
-            lr: self.state.config.lr_at(epoch - 1),
+            // The rate of the epoch's first update (per-step schedules move within it).
+            lr: self.state.config.lr_at_step(epoch - 1, 0, num_batches),
             seconds: p.seconds + started.elapsed().as_secs_f64(),
             train_images: p.seen,
             train_images_per_sec: p.seen as f64 / p.train_seconds.max(1e-9),

@@ -34,7 +34,8 @@ pub struct EpochMetrics {
         skip_serializing_if = "Option::is_none"
     )]
     pub ema_test_acc: Option<f64>,
-    /// Learning rate of the epoch.
+    /// Learning rate of the epoch: of its first update, for a schedule that moves every step
+    /// (`triangle`).
     #[serde(with = "super::float_json::any")]
     pub lr: f64,
     /// Wall-clock seconds of the epoch, training and evaluation (summed over resumed pieces).

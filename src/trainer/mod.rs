@@ -14,9 +14,11 @@
 //!   on them, the epoch loop, the evaluations of a run;
 //! * [`TrainCallback`]: code run after every update and every epoch, with the variables and a
 //!   checkpoint section of its own ([`Trainer::with_callback`]); the EMA of the weights
-//!   ([`EmaCallback`], [`TrainConfig::model_ema`]) is one;
+//!   ([`EmaCallback`], [`TrainConfig::model_ema`]) is one, airbench's lookahead
+//!   ([`LookaheadCallback`], [`TrainConfig::lookahead`]) another;
 //! * [`files`], [`epoch_line`], [`curves_svg`]: what a run writes and prints;
-//! * [`Schedule`] with [`TrainConfig::lr_at`]: the learning rate of every epoch;
+//! * [`Schedule`] with [`TrainConfig::lr_at_step`]: the learning rate of every update (once
+//!   per epoch, or every step for airbench's `triangle`, [`TriangleShape`]);
 //! * [`recipe`]: named configurations (`cifar`, `tutorial`, `torchvision-v2`), each setting
 //!   with its reason;
 //! * [`tune_process_for_training`]: the process-wide settings, made explicit.
@@ -29,7 +31,7 @@
 //! | `metrics.jsonl` | one [`EpochMetrics`] per line |
 //! | `curves.svg` | loss and accuracy of train and test against the epoch |
 //! | `summary.json` | a [`Summary`], once training is complete |
-//! | `checkpoint.safetensors` | [`TrainState`] and named sections: `model/`, `optimizer/` (momentum buffers, AdamW's moments), one per callback (`ema/`); after every epoch (and on stop) |
+//! | `checkpoint.safetensors` | [`TrainState`] and named sections: `model/`, `optimizer/` (momentum buffers, AdamW's moments), one per callback (`ema/`, `lookahead/`); after every epoch (and on stop) |
 //! | `last.safetensors`, `best.safetensors` | weights with torchvision's names: the trained ones, or the EMA's with [`TrainConfig::model_ema_weights`] `ema` |
 //!
 //! Checkpoints are of format [`CHECKPOINT_FORMAT`] (2): each stateful component writes and
@@ -50,6 +52,7 @@ mod error;
 mod evaluate;
 mod float_json;
 mod guard;
+mod lookahead;
 mod lr_schedule;
 mod metrics;
 mod optim;
@@ -77,7 +80,8 @@ pub use control::BatchControl;
 pub use ema::{ema_decay_for, Ema, EmaCallback, EmaError, EmaSchedule, EmaWeights};
 pub use error::TrainError;
 pub use evaluate::evaluate;
-pub use lr_schedule::{Schedule, SCHEDULE_NAMES};
+pub use lookahead::LookaheadCallback;
+pub use lr_schedule::{Schedule, TriangleShape, SCHEDULE_NAMES};
 pub use metrics::{ClassAccuracy, EpochMetrics, Evaluation, Summary};
 pub use optim::{
     clip_grad_norm, gradient_clipper, is_bias, is_norm_parameter, total_grad_norm,
