@@ -59,18 +59,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-archive=${RESNEXT_CIFAR10_ARCHIVE:-$repo/../shared/data/cifar-10-binary.tar.gz}
-[ -f "$archive" ] || { say "error: the CIFAR-10 archive $archive is absent (set RESNEXT_CIFAR10_ARCHIVE)"; exit 1; }
-data=${RESNEXT_BENCH_CACHE:-$HOME/.cache/resnext}/cifar10-bench
-if [ ! -f "$data/cifar-10-batches-bin/test_batch.bin" ]; then
-    say "extracting $archive into $data"
-    mkdir -p "$data"
-    tmp=$(mktemp -d "$data/.partial.XXXXXX")
-    tar -xzf "$archive" -C "$tmp"
-    rm -rf "$data/cifar-10-batches-bin"
-    mv "$tmp/cifar-10-batches-bin" "$data/"
-    rmdir "$tmp"
-fi
+data=$(bash benches/cifar_data.sh)
 
 say "building examples/train_cifar10 (release)"
 eval "$(bash scripts/setup-libtorch.sh | tail -n1)"

@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --example model_summary -- resnext50_32x4d
 //! cargo run --example model_summary -- resnext50_32x4d --imagenet --classes 1000
+//! cargo run --example model_summary -- resnext_fast --json
 //! ```
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -27,6 +28,9 @@ struct Args {
     /// Input size (square); defaults to 32 for the CIFAR stem and 224 for the ImageNet stem.
     #[arg(long)]
     size: Option<i64>,
+    /// Print the configuration as JSON (as `resnext.model` in a weights file) and exit.
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() -> Result<()> {
@@ -35,8 +39,12 @@ fn main() -> Result<()> {
     if args.imagenet {
         config.stem = Stem::ImageNet;
     }
+    if args.json {
+        println!("{}", serde_json::to_string(&config)?);
+        return Ok(());
+    }
     let size = args.size.unwrap_or(match config.stem {
-        Stem::Cifar => 32,
+        Stem::Cifar | Stem::Whitening => 32,
         Stem::ImageNet => 224,
     });
     let vs = nn::VarStore::new(Device::Cpu);

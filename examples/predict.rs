@@ -153,7 +153,7 @@ impl Prep {
     fn new(stem: Stem, meta: Option<&WeightsMetadata>) -> Result<Self> {
         let (size, norm) = match (meta, stem) {
             (Some(m), _) => (m.image_size, m.normalization),
-            (None, Stem::Cifar) => (32, Normalization::default()),
+            (None, Stem::Cifar | Stem::Whitening) => (32, Normalization::default()),
             (None, Stem::ImageNet) => (224, IMAGENET_NORMALIZATION),
         };
         let size = u32::try_from(size)

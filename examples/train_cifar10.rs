@@ -20,7 +20,7 @@ use resnext::data::{ensure_cifar10, Cifar10, DownloadOptions};
 use resnext::trainer::{DataLocation, TrainConfig};
 
 mod common;
-use common::{exit_code, exit_with, open_trainer, start, train, Start, TrainFlags};
+use common::{exit_code, exit_with, open_trainer, print_config, start, train, Start, TrainFlags};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -107,14 +107,17 @@ fn load_data(location: &DataLocation, resumed: bool, quiet: bool) -> Result<Cifa
 }
 
 fn run(args: Args) -> Result<ExitCode> {
-    let rank = match start(&args.train)? {
-        Start::Launched(code) => return Ok(code),
-        Start::Train(rank) => rank,
-    };
     let config = || {
         let mut cfg = args.train.config(TrainConfig::default())?;
         cfg.data = data_location(&args, &DataLocation::default());
         Ok(cfg)
+    };
+    if args.train.print_config {
+        return print_config(config());
+    }
+    let rank = match start(&args.train)? {
+        Start::Launched(code) => return Ok(code),
+        Start::Train(rank) => rank,
     };
     let mut trainer = match open_trainer(&args.train, config, rank) {
         Ok(t) => t,

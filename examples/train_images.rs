@@ -30,7 +30,7 @@ use resnext::trainer::{DataLocation, TrainConfig, TrainError, Trainer};
 use resnext::{ResNeXt, Stem};
 
 mod common;
-use common::{exit_code, exit_with, open_trainer, start, train, Start, TrainFlags};
+use common::{exit_code, exit_with, open_trainer, print_config, start, train, Start, TrainFlags};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -221,6 +221,9 @@ fn run(args: Args) -> Result<ExitCode> {
         None => count_classes(&args)?,
     };
     let config = || new_config(&args, classes);
+    if args.train.print_config {
+        return print_config(config());
+    }
     let mut trainer: Trainer<ResNeXt> = match open_trainer(&args.train, config, rank) {
         Ok(t) => t,
         Err(e) => return Ok(exit_with(e)),

@@ -125,7 +125,10 @@ fn a_run_with_every_new_stage_resumes_bitwise_and_each_stage_acts() {
 
 #[test]
 fn recipes_are_configurations_with_a_reason_for_every_setting() {
-    assert_eq!(recipe_names(), ["cifar", "tutorial", "torchvision-v2"]);
+    assert_eq!(
+        recipe_names(),
+        ["cifar", "tutorial", "torchvision-v2", "fast"]
+    );
     // `cifar` is the defaults.
     assert_eq!(recipe_config("cifar").unwrap(), TrainConfig::default());
     for recipe in RECIPES {

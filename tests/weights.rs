@@ -65,6 +65,7 @@ fn stem_arg(stem: Stem) -> &'static str {
     match stem {
         Stem::Cifar => "cifar",
         Stem::ImageNet => "imagenet",
+        Stem::Whitening => panic!("torchvision has no whitening stem"),
     }
 }
 
@@ -86,6 +87,7 @@ fn pytorch_fixture(stem: Stem) -> &'static Path {
     let cell = match stem {
         Stem::Cifar => &CIFAR,
         Stem::ImageNet => &IMAGENET,
+        Stem::Whitening => panic!("torchvision has no whitening stem"),
     };
     cell.get_or_init(|| {
         let dir = work_dir(&format!("pytorch-{}", stem_arg(stem)));

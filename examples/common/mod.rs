@@ -106,7 +106,7 @@ pub struct TrainFlags {
         "model", "epochs", "batch_size", "lr", "opt", "momentum", "weight_decay", "nesterov",
         "norm_weight_decay", "bias_weight_decay", "norm_bias_lr_multiplier", "clip_grad_norm",
         "schedule", "lr_start_factor", "lr_peak_fraction", "lr_end_factor", "warmup_epochs", "label_smoothing", "seed", "out", "limit_train",
-        "limit_test", "eval_every", "config", "precision", "channels_last", "tta", "model_ema",
+        "limit_test", "eval_every", "config", "precision", "channels_last", "tta", "tta_last_only", "model_ema",
         "model_ema_decay", "model_ema_steps", "model_ema_weights", "lookahead",
         "lookahead_steps", "lookahead_decay", "auto_augment",
         "ra_magnitude", "random_erase", "mixup_alpha", "cutmix_alpha", "grad_accum_steps",
@@ -162,6 +162,10 @@ pub struct TrainFlags {
     /// (also one-pixel shifts; airbench's levels) [default: none].
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(Tta::NAMES), help_heading = "Evaluation and data limits")]
     pub tta: Option<String>,
+    /// Apply --tta at the last evaluation only (the others run one pass: cheaper curves,
+    /// airbench's practice).
+    #[arg(long, help_heading = "Evaluation and data limits")]
+    pub tta_last_only: bool,
     /// Start from this named recipe (cifar = the defaults, tutorial, torchvision-v2; each
     /// setting with its reason in docs/training.md); a --config file and flags override it
     /// [default: cifar].
@@ -218,6 +222,9 @@ pub struct TrainFlags {
     /// JSON configuration file (a TrainConfig; flags override it).
     #[arg(long, value_name = "FILE", help_heading = "Recipe and configuration")]
     pub config: Option<PathBuf>,
+    /// Print the configuration these settings give, as JSON (what --config reads), and exit.
+    #[arg(long, help_heading = "Recipe and configuration")]
+    pub print_config: bool,
     /// No progress bar, only one line per epoch.
     #[arg(long, help_heading = "Run directory")]
     pub quiet: bool,
@@ -351,6 +358,7 @@ impl TrainFlags {
         }
         self.set_crop_flip(&mut cfg)?;
         cfg.model_ema |= self.model_ema;
+        cfg.tta_last_only |= self.tta_last_only;
         cfg.lookahead |= self.lookahead;
         if let Some(s) = &self.schedule {
             cfg.schedule = s.parse()?;
@@ -410,6 +418,14 @@ impl From<TrainError> for OpenError {
             e => OpenError::Other(e),
         }
     }
+}
+
+/// `--print-config`: the configuration as JSON on stdout (what `--config` reads back), or the
+/// error that building it gave.
+pub fn print_config(config: Result<TrainConfig, TrainError>) -> anyhow::Result<ExitCode> {
+    let cfg = config.context("building the configuration (--print-config)")?;
+    println!("{}", cfg.to_json());
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The trainer of `flags`: the run in `--resume` (on `--device` when given), or a new one

@@ -18,7 +18,11 @@ pub(crate) const OUTPUT: &str = "logits";
 /// `BatchNormalization` nodes.
 pub(crate) fn lower(g: &mut GraphBuilder, net: &ResNeXt, fold_bn: bool) -> Result<(), ExportError> {
     let mut lw = Lowering { g, fold_bn };
-    let (stem, conv, bn) = net.stem_parts();
+    let (stem, conv, bn) = net
+        .stem_parts("ONNX export")
+        .map_err(|e| ExportError::Unsupported {
+            what: e.to_string(),
+        })?;
     let x = lw.conv_bn(("conv1", "bn1"), stem.conv, conv, bn, INPUT)?;
     let mut x = lw.g.node("Relu", "relu", &[&x], vec![]);
     if let Some(pool) = stem.max_pool {

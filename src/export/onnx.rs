@@ -215,6 +215,11 @@ pub(crate) fn check_model(
     net: &ResNeXt,
     meta: Option<&WeightsMetadata>,
 ) -> Result<(), ExportError> {
+    if let Some(part) = net.config().nonstandard_part() {
+        return Err(ExportError::Unsupported {
+            what: format!("the exporters cover torchvision's layout; this network has {part}"),
+        });
+    }
     let kind = net.classifier().ws.kind();
     if !matches!(
         kind,

@@ -137,7 +137,7 @@ fn frozen_copy(net: &ResNeXt) -> Result<(nn::VarStore, ResNeXt), TchError> {
     let kind = net.classifier().ws.kind();
     vs.set_kind(kind);
     tch::no_grad(|| -> Result<(), TchError> {
-        for (dst, src) in tensors(&copy).into_iter().zip(tensors(net)) {
+        for (dst, src) in tensors(&copy)?.into_iter().zip(tensors(net)?) {
             dst.shallow_clone().f_copy_(src)?;
         }
         Ok(())
@@ -147,9 +147,11 @@ fn frozen_copy(net: &ResNeXt) -> Result<(nn::VarStore, ResNeXt), TchError> {
 }
 
 /// Every tensor of `net` (parameters and BN running statistics) in one fixed order.
-fn tensors(net: &ResNeXt) -> Vec<&Tensor> {
+fn tensors(net: &ResNeXt) -> Result<Vec<&Tensor>, TchError> {
     let mut out = Vec::new();
-    let (_, conv, bn) = net.stem_parts();
+    let (_, conv, bn) = net
+        .stem_parts("TorchScript export")
+        .map_err(|e| TchError::Kind(e.to_string()))?;
     push_conv_bn(&mut out, conv, bn);
     for block in net.stages().iter().flatten() {
         for (_, conv, bn) in block.main_path() {
@@ -162,7 +164,7 @@ fn tensors(net: &ResNeXt) -> Vec<&Tensor> {
     let fc = net.classifier();
     out.push(&fc.ws);
     out.extend(fc.bs.as_ref());
-    out
+    Ok(out)
 }
 
 fn push_conv_bn<'a>(out: &mut Vec<&'a Tensor>, conv: &'a nn::Conv2D, bn: &'a nn::BatchNorm) {
@@ -180,6 +182,7 @@ fn trace(net: &ResNeXt) -> Result<CModule, TchError> {
     let side = match net.config().stem {
         Stem::Cifar => 32,
         Stem::ImageNet => 224,
+        Stem::Whitening => 32,
     };
     let kind = net.classifier().ws.kind();
     let example = Tensor::f_zeros([2, 3, side, side], (kind, Device::Cpu))?;

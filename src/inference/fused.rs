@@ -127,9 +127,11 @@ impl FusedNet {
     /// The fused form of `net` (call under [`tch::no_grad`]), with weights laid out for the
     /// stem's usual image size (32 for the CIFAR stem, 224 for the ImageNet one).
     pub(super) fn build(net: &ResNeXt) -> Result<Self, TchError> {
-        let (stem_spec, conv, bn) = net.stem_parts();
+        let (stem_spec, conv, bn) = net
+            .stem_parts("the fused inference form")
+            .map_err(|e| TchError::Kind(e.to_string()))?;
         let mut side = match net.config().stem {
-            Stem::Cifar => 32,
+            Stem::Cifar | Stem::Whitening => 32,
             Stem::ImageNet => 224,
         };
         let stem = PackedConv::new(stem_spec.conv, conv, bn, side)?;

@@ -125,7 +125,9 @@ pub(super) struct MatmulNet {
 impl MatmulNet {
     /// The generic form of `net` (call under [`tch::no_grad`]).
     pub(super) fn build(net: &ResNeXt) -> Result<Self, TchError> {
-        let (stem_spec, stem_conv, stem_bn) = net.stem_parts();
+        let (stem_spec, stem_conv, stem_bn) = net
+            .stem_parts("the inference form")
+            .map_err(|e| TchError::Kind(e.to_string()))?;
         let stem = folded_conv(stem_spec.conv, stem_conv, stem_bn)?;
         let blocks = net
             .stages()

@@ -118,6 +118,8 @@ impl InferenceModel {
     /// on the kernels of [`Kernels::Auto`].
     ///
     /// # Errors
+    /// [`ModelError::Unsupported`] for a network outside torchvision's layout
+    /// ([`ResNeXtConfig::nonstandard_part`](crate::ResNeXtConfig::nonstandard_part): the whitening stem, max-pool downsampling, GELU);
     /// [`ModelError::Torch`] if libtorch fails (for example when out of memory).
     pub fn new(net: &ResNeXt) -> Result<Self, ModelError> {
         Self::with_kernels(net, Kernels::Auto)
@@ -130,6 +132,7 @@ impl InferenceModel {
     /// on the CPU or this libtorch lacks the fused operators; [`ModelError::Torch`] if libtorch
     /// fails.
     pub fn with_kernels(net: &ResNeXt, kernels: Kernels) -> Result<Self, ModelError> {
+        net.stem_parts("the inference form")?;
         let fused = match kernels {
             Kernels::Auto => false,
             Kernels::Generic => false,

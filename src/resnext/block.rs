@@ -1,7 +1,9 @@
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
+use super::config::DEFAULT_BN_MOMENTUM;
 use super::spec::{BlockSpec, ConvSpec};
+use super::Activation;
 
 /// Kaiming-normal initialisation with fan-out and ReLU gain, as torchvision does for convolutions.
 pub(crate) const CONV_INIT: nn::Init = nn::Init::Kaiming {
@@ -27,16 +29,47 @@ pub(crate) fn conv2d(p: nn::Path, spec: &ConvSpec) -> nn::Conv2D {
 /// `BatchNorm`'s configuration private, so code that folds BN layers reads it from here.
 pub(crate) const BN_EPS: f64 = 1e-5;
 
-/// Batch normalisation with weight 1 (or 0) and bias 0, PyTorch's eps and momentum.
-pub(crate) fn batch_norm(p: nn::Path, channels: i64, zero_weight: bool) -> nn::BatchNorm {
+/// Batch normalisation with weight 1 (or 0) and bias 0, PyTorch's eps and the given momentum.
+pub(crate) fn batch_norm(
+    p: nn::Path,
+    channels: i64,
+    zero_weight: bool,
+    momentum: f64,
+) -> nn::BatchNorm {
     let cfg = nn::BatchNormConfig {
         ws_init: nn::Init::Const(if zero_weight { 0.0 } else { 1.0 }),
         bs_init: nn::Init::Const(0.0),
         eps: BN_EPS,
-        momentum: 0.1,
+        momentum,
         ..Default::default()
     };
     nn::batch_norm2d(p, channels, cfg)
+}
+
+impl Activation {
+    /// The nonlinearity on `x`, in place.
+    pub(crate) fn apply_(self, x: &mut Tensor) {
+        match self {
+            Activation::Relu => {
+                let _ = x.relu_();
+            }
+            Activation::Gelu => {
+                let _ = x.gelu_("none");
+            }
+        }
+    }
+}
+
+/// How a block is built beyond its geometry: the nonlinearity, the BN momentum, and whether
+/// its last BN starts at zero.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct BlockStyle {
+    /// The nonlinearity after each BN.
+    pub activation: Activation,
+    /// Momentum of its BN layers (PyTorch's convention).
+    pub bn_momentum: f64,
+    /// torchvision's `zero_init_residual`.
+    pub zero_init_residual: bool,
 }
 
 /// The ResNeXt bottleneck block (torchvision's `Bottleneck` with `groups = cardinality`).
@@ -58,6 +91,7 @@ pub(crate) fn batch_norm(p: nn::Path, channels: i64, zero_weight: bool) -> nn::B
 #[derive(Debug)]
 pub struct ResNeXtBlock {
     spec: BlockSpec,
+    activation: Activation,
     conv1: nn::Conv2D,
     bn1: nn::BatchNorm,
     conv2: nn::Conv2D,
@@ -87,6 +121,17 @@ impl ResNeXtBlock {
     /// The block `spec` describes, with its variables under `p` (see [`ResNeXtBlock::new`]);
     /// with `zero_init_residual` the weight of `bn3` starts at 0.
     pub fn from_spec(p: nn::Path, spec: BlockSpec, zero_init_residual: bool) -> Self {
+        let style = BlockStyle {
+            activation: Activation::Relu,
+            bn_momentum: DEFAULT_BN_MOMENTUM,
+            zero_init_residual,
+        };
+        Self::build(p, spec, style)
+    }
+
+    /// The block `spec` describes in `style`, with its variables under `p`.
+    pub(crate) fn build(p: nn::Path, spec: BlockSpec, style: BlockStyle) -> Self {
+        let m = style.bn_momentum;
         let [reduce, grouped, expand] = spec.main_path();
         // The shortcut is created before the main path: another order would change the
         // weights a given seed produces.
@@ -94,17 +139,18 @@ impl ResNeXtBlock {
             let d = &p / "downsample";
             (
                 conv2d(&d / "0", &conv),
-                batch_norm(&d / "1", conv.out_channels, false),
+                batch_norm(&d / "1", conv.out_channels, false, m),
             )
         });
         Self {
             spec,
+            activation: style.activation,
             conv1: conv2d(&p / "conv1", &reduce),
-            bn1: batch_norm(&p / "bn1", reduce.out_channels, false),
+            bn1: batch_norm(&p / "bn1", reduce.out_channels, false, m),
             conv2: conv2d(&p / "conv2", &grouped),
-            bn2: batch_norm(&p / "bn2", grouped.out_channels, false),
+            bn2: batch_norm(&p / "bn2", grouped.out_channels, false, m),
             conv3: conv2d(&p / "conv3", &expand),
-            bn3: batch_norm(&p / "bn3", expand.out_channels, zero_init_residual),
+            bn3: batch_norm(&p / "bn3", expand.out_channels, style.zero_init_residual, m),
             downsample,
         }
     }
@@ -139,16 +185,23 @@ impl ResNeXtBlock {
 
 impl ModuleT for ResNeXtBlock {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let act = self.activation;
         let mut out = x.apply(&self.conv1).apply_t(&self.bn1, train);
-        let _ = out.relu_();
-        let mut out = out.apply(&self.conv2).apply_t(&self.bn2, train);
-        let _ = out.relu_();
+        act.apply_(&mut out);
+        let out = out.apply(&self.conv2);
+        // A pooling block reduces here, and pools its input for the shortcut.
+        let (out, shortcut_input) = match self.spec.max_pool() {
+            Some(pool) => (pool.forward(&out), pool.forward(x)),
+            None => (out, x.shallow_clone()),
+        };
+        let mut out = out.apply_t(&self.bn2, train);
+        act.apply_(&mut out);
         let mut out = out.apply(&self.conv3).apply_t(&self.bn3, train);
         match &self.downsample {
-            Some((conv, bn)) => out += x.apply(conv).apply_t(bn, train),
-            None => out += x,
+            Some((conv, bn)) => out += shortcut_input.apply(conv).apply_t(bn, train),
+            None => out += shortcut_input,
         }
-        let _ = out.relu_();
+        act.apply_(&mut out);
         out
     }
 }

@@ -11,6 +11,66 @@ pub enum Stem {
     Cifar,
     /// As torchvision for 224x224 images: 7x7 conv, stride 2, BN, ReLU, 3x3 max-pool, stride 2.
     ImageNet,
+    /// airbench's patch-whitening stem for 32x32 images: a 2x2 convolution without padding
+    /// (32x32 becomes 31x31) to `stem_channels` channels, with a bias and without BN, then the
+    /// activation. Its weights are not trained: [`whiten_stem`](super::whiten_stem) sets them
+    /// from the covariance of the training images' 2x2 patches (each eigenvector scaled by its
+    /// inverse square root eigenvalue, and its negation), so `stem_channels` must be
+    /// `2 * 3 * 2 * 2 = 24`.
+    Whitening,
+}
+
+/// How stages reduce the resolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Downsample {
+    /// torchvision's: the first stage keeps the resolution, the first block of every later
+    /// stage has stride 2 in its grouped convolution and its projection shortcut.
+    #[default]
+    Stride,
+    /// Every stage halves the resolution with a 2x2 max-pool (stride 2) right after the first
+    /// block's grouped convolution (which then has stride 1), before its BN; the shortcut pools
+    /// the block's input the same way before its 1x1 projection. The convolution runs at the
+    /// full resolution, as airbench's `ConvGroup` (convolution, then pool).
+    MaxPool,
+}
+
+/// The nonlinearity after every BN (and after the stem).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// ReLU (the paper's, torchvision's).
+    #[default]
+    Relu,
+    /// GELU, exact (erf) form, as PyTorch's `nn.GELU()` (airbench's).
+    Gelu,
+}
+
+/// Channels of the whitening stem: each eigenvector of the 12-dimensional 2x2 RGB patches and
+/// its negation.
+pub const WHITENING_CHANNELS: i64 = 24;
+
+/// PyTorch's BatchNorm momentum (the weight of the new batch statistics in the running ones).
+pub(crate) const DEFAULT_BN_MOMENTUM: f64 = 0.1;
+
+fn default_bn_momentum() -> f64 {
+    DEFAULT_BN_MOMENTUM
+}
+
+fn is_default_bn_momentum(m: &f64) -> bool {
+    *m == DEFAULT_BN_MOMENTUM
+}
+
+fn default_logit_scale() -> f64 {
+    1.0
+}
+
+fn is_default_logit_scale(s: &f64) -> bool {
+    *s == 1.0
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 /// A ResNeXt architecture, as data.
@@ -49,9 +109,51 @@ pub struct ResNeXtConfig {
     /// Initialise the last BN weight of every block to zero, so each block starts as the
     /// identity (torchvision's `zero_init_residual`). Off by default.
     pub zero_init_residual: bool,
+    /// How the stages reduce the resolution ([`Downsample::Stride`], torchvision's, by
+    /// default; absent from JSON when it is the default).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub downsample: Downsample,
+    /// The nonlinearity ([`Activation::Relu`] by default).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub activation: Activation,
+    /// Momentum of every BatchNorm, PyTorch's convention (0.1 by default; airbench's 0.6 is
+    /// 0.4 here, since airbench passes `1 - momentum` to PyTorch).
+    #[serde(
+        default = "default_bn_momentum",
+        skip_serializing_if = "is_default_bn_momentum"
+    )]
+    pub bn_momentum: f64,
+    /// The logits are the classifier's output times this (1 by default; airbench's
+    /// `scaling_factor` 1/9 keeps the logits, and the gradients flowing back from them, small
+    /// early in training).
+    #[serde(
+        default = "default_logit_scale",
+        skip_serializing_if = "is_default_logit_scale"
+    )]
+    pub logit_scale: f64,
 }
 
 impl ResNeXtConfig {
+    /// Whether this is torchvision's layout ([`Stem::Cifar`] or [`Stem::ImageNet`], strided
+    /// downsampling, ReLU): what the inference form, the ONNX and TorchScript exporters and
+    /// torchvision's weights cover. `None` when it is; otherwise what differs, for an error.
+    pub fn nonstandard_part(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if self.stem == Stem::Whitening {
+            parts.push("the whitening stem".to_string());
+        }
+        if self.downsample != Downsample::Stride {
+            parts.push(format!("downsampling {:?}", self.downsample));
+        }
+        if self.activation != Activation::Relu {
+            parts.push(format!("activation {:?}", self.activation));
+        }
+        if self.logit_scale != 1.0 {
+            parts.push(format!("logit scale {}", self.logit_scale));
+        }
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
+
     /// This configuration with another stem.
     pub fn with_stem(mut self, stem: Stem) -> Self {
         self.stem = stem;
@@ -115,7 +217,34 @@ impl ResNeXtConfig {
                 return bad(field, value.to_string(), expected);
             }
         }
-        self.validate_stages()
+        self.validate_stages()?;
+        self.validate_layout()
+    }
+
+    /// The whitening stem's width and the BN momentum.
+    fn validate_layout(&self) -> Result<(), ModelError> {
+        if self.stem == Stem::Whitening && self.stem_channels != WHITENING_CHANNELS {
+            return Err(ModelError::InvalidConfig {
+                field: "stem_channels",
+                value: self.stem_channels.to_string(),
+                expected: "24 with the whitening stem (2 x 3 channels x 2 x 2 pixels)",
+            });
+        }
+        if !(self.logit_scale.is_finite() && self.logit_scale > 0.0) {
+            return Err(ModelError::InvalidConfig {
+                field: "logit_scale",
+                value: self.logit_scale.to_string(),
+                expected: "a finite number above 0",
+            });
+        }
+        if !(0.0..=1.0).contains(&self.bn_momentum) {
+            return Err(ModelError::InvalidConfig {
+                field: "bn_momentum",
+                value: self.bn_momentum.to_string(),
+                expected: "a number from 0 to 1",
+            });
+        }
+        Ok(())
     }
 
     fn validate_stages(&self) -> Result<(), ModelError> {

@@ -21,11 +21,15 @@ mod flops;
 mod network;
 mod presets;
 mod spec;
+mod whitening;
 
 pub use block::ResNeXtBlock;
-pub use config::{ConfigLimits, ResNeXtConfig, Stem, CONFIG_LIMITS};
+pub use config::{
+    Activation, ConfigLimits, Downsample, ResNeXtConfig, Stem, CONFIG_LIMITS, WHITENING_CHANNELS,
+};
 pub use error::ModelError;
 pub use flops::StageShape;
 pub use network::ResNeXt;
-pub use presets::{Preset, MODEL_NAMES, PRESETS};
+pub use presets::{Layout, Preset, MODEL_NAMES, PRESETS};
 pub use spec::{BlockSpec, ConvSpec, FeatureInfo, PoolSpec, StageSpec, StemSpec};
+pub use whitening::{whiten_stem, WHITENING_EPS, WHITENING_IMAGES};

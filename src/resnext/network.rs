@@ -1,9 +1,9 @@
 use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
 
-use super::block::{batch_norm, conv2d, ResNeXtBlock, BN_EPS};
+use super::block::{batch_norm, conv2d, BlockStyle, ResNeXtBlock, BN_EPS};
 use super::spec::{StageSpec, StemSpec};
-use super::{ModelError, ResNeXtConfig};
+use super::{Activation, ModelError, ResNeXtConfig};
 
 /// A ResNeXt network: stem, residual stages, global average pooling, linear classifier.
 ///
@@ -25,7 +25,9 @@ pub struct ResNeXt {
     config: ResNeXtConfig,
     stem: StemSpec,
     conv1: nn::Conv2D,
-    bn1: nn::BatchNorm,
+    /// `None` for a stem without BN (the whitening stem, whose convolution has a bias).
+    bn1: Option<nn::BatchNorm>,
+    activation: Activation,
     stages: Vec<Vec<ResNeXtBlock>>,
     fc: nn::Linear,
 }
@@ -53,12 +55,22 @@ impl ResNeXt {
     pub fn try_new(p: &nn::Path, config: &ResNeXtConfig) -> Result<Self, ModelError> {
         config.validate()?;
         let stem = config.stem_spec();
-        let conv1 = conv2d(p / "conv1", &stem.conv);
-        let bn1 = batch_norm(p / "bn1", stem.channels(), false);
+        let conv1 = match stem.batch_norm {
+            true => conv2d(p / "conv1", &stem.conv),
+            false => frozen_conv_with_bias(p / "conv1", &stem.conv),
+        };
+        let bn1 = stem
+            .batch_norm
+            .then(|| batch_norm(p / "bn1", stem.channels(), false, config.bn_momentum));
+        let style = BlockStyle {
+            activation: config.activation,
+            bn_momentum: config.bn_momentum,
+            zero_init_residual: config.zero_init_residual,
+        };
         let stages = config
             .stages()
             .iter()
-            .map(|stage| make_layer(p, stage, config.zero_init_residual))
+            .map(|stage| make_layer(p, stage, style))
             .collect();
         let fc_in = config.feature_channels();
         let bound = 1.0 / (fc_in as f64).sqrt();
@@ -83,6 +95,7 @@ impl ResNeXt {
             stem,
             conv1,
             bn1,
+            activation: config.activation,
             stages,
             fc,
         })
@@ -94,9 +107,36 @@ impl ResNeXt {
     }
 
     /// The stem's geometry, its convolution and its BN, for crate-internal transformations
-    /// (BN folding).
-    pub(crate) fn stem_parts(&self) -> (&StemSpec, &nn::Conv2D, &nn::BatchNorm) {
-        (&self.stem, &self.conv1, &self.bn1)
+    /// (BN folding, export) of torchvision's layout.
+    ///
+    /// # Errors
+    /// [`ModelError::Unsupported`] naming `what` for a network outside torchvision's layout
+    /// ([`ResNeXtConfig::nonstandard_part`]), which those transformations do not cover.
+    pub(crate) fn stem_parts(
+        &self,
+        what: &str,
+    ) -> Result<(&StemSpec, &nn::Conv2D, &nn::BatchNorm), ModelError> {
+        let unsupported = |part: String| ModelError::Unsupported {
+            what: format!("{what} covers torchvision's layout; this network has {part}"),
+        };
+        if let Some(part) = self.config.nonstandard_part() {
+            return Err(unsupported(part));
+        }
+        match &self.bn1 {
+            Some(bn1) => Ok((&self.stem, &self.conv1, bn1)),
+            None => Err(unsupported("a stem without BN".into())),
+        }
+    }
+
+    /// The device of the weights.
+    pub(crate) fn stem_device(&self) -> tch::Device {
+        self.conv1.ws.device()
+    }
+
+    /// The stem's convolution (`conv1`): for the whitening stem, the weight and bias that
+    /// [`whiten_stem`](super::whiten_stem) sets.
+    pub(crate) fn stem_conv(&self) -> &nn::Conv2D {
+        &self.conv1
     }
 
     /// The residual stages, each a list of blocks.
@@ -184,34 +224,54 @@ impl ResNeXt {
     }
 
     fn forward_stem(&self, xs: &Tensor, train: bool) -> Tensor {
-        let mut x = xs.apply(&self.conv1).apply_t(&self.bn1, train);
-        let _ = x.relu_();
+        let mut x = xs.apply(&self.conv1);
+        if let Some(bn1) = &self.bn1 {
+            x = x.apply_t(bn1, train);
+        }
+        self.activation.apply_(&mut x);
         match self.stem.max_pool {
             None => x,
-            Some(pool) => x.max_pool2d(
-                [pool.kernel; 2],
-                [pool.stride; 2],
-                [pool.padding; 2],
-                [1, 1],
-                false,
-            ),
+            Some(pool) => pool.forward(&x),
         }
     }
 
     fn head(&self, x: &Tensor) -> Tensor {
-        x.adaptive_avg_pool2d([1, 1]).flatten(1, -1).apply(&self.fc)
+        let logits = x.adaptive_avg_pool2d([1, 1]).flatten(1, -1).apply(&self.fc);
+        match self.config.logit_scale {
+            1.0 => logits,
+            scale => logits * scale,
+        }
     }
 }
 
 /// torchvision's `_make_layer`: the blocks of `stage`, with their variables under
 /// `p / stage.name` (`layer1.0.conv1`, …); the first block has the stage's stride and a
 /// projection shortcut when needed.
-fn make_layer(p: &nn::Path, stage: &StageSpec, zero_init_residual: bool) -> Vec<ResNeXtBlock> {
+fn make_layer(p: &nn::Path, stage: &StageSpec, style: BlockStyle) -> Vec<ResNeXtBlock> {
     let layer = p / stage.name.as_str();
     stage
         .block_specs()
-        .map(|block| ResNeXtBlock::from_spec(&layer / block.index, block, zero_init_residual))
+        .map(|block| ResNeXtBlock::build(&layer / block.index, block, style))
         .collect()
+}
+
+/// The whitening stem's convolution: a weight that is not trained (set from the data by
+/// [`whiten_stem`](super::whiten_stem); torchvision's initialisation until then) and a trained
+/// bias starting at 0, as airbench's whitening layer.
+fn frozen_conv_with_bias(p: nn::Path, spec: &super::ConvSpec) -> nn::Conv2D {
+    let cfg = nn::ConvConfig {
+        stride: spec.stride,
+        padding: spec.padding,
+        groups: spec.groups,
+        bias: true,
+        ws_init: super::block::CONV_INIT,
+        bs_init: nn::Init::Const(0.0),
+        ..Default::default()
+    };
+    let conv = nn::conv2d(&p, spec.in_channels, spec.out_channels, spec.kernel, cfg);
+    // Not trained: out of every optimiser's parameters (which take what requires a gradient).
+    let _ = conv.ws.set_requires_grad(false);
+    conv
 }
 
 impl ModuleT for ResNeXt {

@@ -1,11 +1,14 @@
 //! The preset table: every named architecture, once. [`MODEL_NAMES`],
 //! [`ResNeXtConfig::from_name`] and the named constructors all read it, so adding a preset is
 //! one line in [`PRESETS`].
-use super::{ModelError, ResNeXtConfig, Stem};
+use super::config::DEFAULT_BN_MOMENTUM;
+use super::{Activation, Downsample, ModelError, ResNeXtConfig, Stem};
 
-/// A named ResNeXt architecture: everything a [`ResNeXtConfig`] holds but the stem, the number
-/// of classes and `zero_init_residual` (presets use the CIFAR stem and no zero init).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A named ResNeXt architecture: everything a [`ResNeXtConfig`] holds but the number of
+/// classes and `zero_init_residual` (presets use no zero init). Every preset but the
+/// time-to-accuracy one ([`Layout::FAST`]) has torchvision's layout with the CIFAR stem
+/// ([`Layout::TORCHVISION`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Preset {
     /// The name [`ResNeXtConfig::from_name`] accepts.
     pub name: &'static str,
@@ -19,6 +22,46 @@ pub struct Preset {
     pub cardinality: i64,
     /// Width of each group at `planes = 64` (d).
     pub base_width: i64,
+    /// Stem, downsampling, activation and BN momentum.
+    pub layout: Layout,
+}
+
+/// The parts of an architecture beyond its sizes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Layout {
+    /// The stem.
+    pub stem: Stem,
+    /// How stages reduce the resolution.
+    pub downsample: Downsample,
+    /// The nonlinearity.
+    pub activation: Activation,
+    /// The BN momentum (PyTorch's convention).
+    pub bn_momentum: f64,
+    /// The factor on the logits.
+    pub logit_scale: f64,
+}
+
+impl Layout {
+    /// torchvision's, with the CIFAR stem: 3x3 stem convolution, strided downsampling, ReLU,
+    /// BN momentum 0.1.
+    pub const TORCHVISION: Layout = Layout {
+        stem: Stem::Cifar,
+        downsample: Downsample::Stride,
+        activation: Activation::Relu,
+        bn_momentum: DEFAULT_BN_MOMENTUM,
+        logit_scale: 1.0,
+    };
+    /// The time-to-accuracy layout, airbench's around ResNeXt blocks: the whitening stem,
+    /// max-pool downsampling in every stage, GELU, BN momentum 0.4 (airbench's 0.6 in its
+    /// convention), logits times 1/9 (airbench's `scaling_factor`). See
+    /// docs/time-to-accuracy.md for the reasons and measurements.
+    pub const FAST: Layout = Layout {
+        stem: Stem::Whitening,
+        downsample: Downsample::MaxPool,
+        activation: Activation::Gelu,
+        bn_momentum: 0.4,
+        logit_scale: 1.0 / 9.0,
+    };
 }
 
 /// Every preset, in the order [`MODEL_NAMES`] lists them: ResNeXt-50 and ResNeXt-101 as
@@ -26,14 +69,15 @@ pub struct Preset {
 /// line here adds a name to [`MODEL_NAMES`] and to [`ResNeXtConfig::from_name`].
 #[rustfmt::skip]
 pub const PRESETS: &[Preset] = &[
-    Preset { name: "resnext50_32x4d", stem_channels: 64, blocks: &[3, 4, 6, 3], planes: &[64, 128, 256, 512], cardinality: 32, base_width: 4 },
-    Preset { name: "resnext101_32x8d", stem_channels: 64, blocks: &[3, 4, 23, 3], planes: &[64, 128, 256, 512], cardinality: 32, base_width: 8 },
-    Preset { name: "resnext101_64x4d", stem_channels: 64, blocks: &[3, 4, 23, 3], planes: &[64, 128, 256, 512], cardinality: 64, base_width: 4 },
-    Preset { name: "resnext29_8x64d", stem_channels: 64, blocks: &[3, 3, 3], planes: &[64, 128, 256], cardinality: 8, base_width: 64 },
-    Preset { name: "resnext29_16x64d", stem_channels: 64, blocks: &[3, 3, 3], planes: &[64, 128, 256], cardinality: 16, base_width: 64 },
-    Preset { name: "resnext29_32x4d", stem_channels: 64, blocks: &[3, 3, 3], planes: &[64, 128, 256], cardinality: 32, base_width: 4 },
-    Preset { name: "resnext29_2x64d", stem_channels: 64, blocks: &[3, 3, 3], planes: &[64, 128, 256], cardinality: 2, base_width: 64 },
-    Preset { name: "tiny", stem_channels: 32, blocks: &[1, 1, 1], planes: &[16, 32, 64], cardinality: 8, base_width: 8 },
+    Preset { name: "resnext50_32x4d", stem_channels: 64, blocks: &[3, 4, 6, 3], planes: &[64, 128, 256, 512], cardinality: 32, base_width: 4, layout: Layout::TORCHVISION },
+    Preset { name: "resnext101_32x8d", stem_channels: 64, blocks: &[3, 4, 23, 3], planes: &[64, 128, 256, 512], cardinality: 32, base_width: 8, layout: Layout::TORCHVISION },
+    Preset { name: "resnext101_64x4d", stem_channels: 64, blocks: &[3, 4, 23, 3], planes: &[64, 128, 256, 512], cardinality: 64, base_width: 4, layout: Layout::TORCHVISION },
+    Preset { name: "resnext29_8x64d", stem_channels: 64, blocks: &[3, 3, 3], planes: &[64, 128, 256], cardinality: 8, base_width: 64, layout: Layout::TORCHVISION },
+    Preset { name: "resnext29_16x64d", stem_channels: 64, blocks: &[3, 3, 3], planes: &[64, 128, 256], cardinality: 16, base_width: 64, layout: Layout::TORCHVISION },
+    Preset { name: "resnext29_32x4d", stem_channels: 64, blocks: &[3, 3, 3], planes: &[64, 128, 256], cardinality: 32, base_width: 4, layout: Layout::TORCHVISION },
+    Preset { name: "resnext29_2x64d", stem_channels: 64, blocks: &[3, 3, 3], planes: &[64, 128, 256], cardinality: 2, base_width: 64, layout: Layout::TORCHVISION },
+    Preset { name: "tiny", stem_channels: 32, blocks: &[1, 1, 1], planes: &[16, 32, 64], cardinality: 8, base_width: 8, layout: Layout::TORCHVISION },
+    Preset { name: "resnext_fast", stem_channels: 24, blocks: &[1, 1, 1], planes: &[16, 64, 64], cardinality: 8, base_width: 32, layout: Layout::FAST },
 ];
 
 /// Names accepted by [`ResNeXtConfig::from_name`]: the names of [`PRESETS`], in order.
@@ -56,11 +100,11 @@ impl Preset {
         PRESETS.iter().find(|p| p.name == name)
     }
 
-    /// This architecture with the CIFAR stem and `num_classes` classes.
+    /// This architecture with its layout and `num_classes` classes.
     pub fn config(&self, num_classes: i64) -> ResNeXtConfig {
         ResNeXtConfig {
             name: self.name.to_string(),
-            stem: Stem::Cifar,
+            stem: self.layout.stem,
             stem_channels: self.stem_channels,
             blocks: self.blocks.to_vec(),
             planes: self.planes.to_vec(),
@@ -68,6 +112,10 @@ impl Preset {
             base_width: self.base_width,
             num_classes,
             zero_init_residual: false,
+            downsample: self.layout.downsample,
+            activation: self.layout.activation,
+            bn_momentum: self.layout.bn_momentum,
+            logit_scale: self.layout.logit_scale,
         }
     }
 }

@@ -4,7 +4,7 @@
 //! The network builder ([`ResNeXt`](super::ResNeXt)), the FLOP count and stage shapes
 //! ([`ResNeXtConfig::stage_shapes`]) and the inference form ([`crate::inference`]) all read
 //! these specs, so each fact about the geometry is written here and nowhere else.
-use super::{ResNeXtConfig, Stem};
+use super::{Downsample, ResNeXtConfig, Stem};
 
 /// Block expansion of the bottleneck: a block outputs `EXPANSION * planes` channels.
 pub(crate) const EXPANSION: i64 = 4;
@@ -96,6 +96,13 @@ impl PoolSpec {
         )
     }
 
+    /// [`PoolSpec::apply`] in a forward pass, panicking on libtorch's error as tch's
+    /// operations do (the network checks its input first).
+    pub(crate) fn forward(&self, x: &tch::Tensor) -> tch::Tensor {
+        self.apply(x)
+            .unwrap_or_else(|e| panic!("max-pool {self:?}: {e}"))
+    }
+
     /// Output `(height, width)` for a `height x width` input.
     pub fn output_size(&self, height: i64, width: i64) -> (i64, i64) {
         let size = |s| out_size(s, self.kernel, self.stride, self.padding);
@@ -103,12 +110,16 @@ impl PoolSpec {
     }
 }
 
-/// The stem: a convolution from the 3 input channels, BN, ReLU and an optional max-pool.
+/// The stem: a convolution from the 3 input channels, BN (or a bias), the activation and an
+/// optional max-pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StemSpec {
     /// The stem convolution (`conv1`).
     pub conv: ConvSpec,
-    /// The max-pool after the ReLU, if any.
+    /// Whether BN (`bn1`) follows the convolution; without it the convolution has a bias
+    /// (`conv1.bias`), as the whitening stem.
+    pub batch_norm: bool,
+    /// The max-pool after the activation, if any.
     pub max_pool: Option<PoolSpec>,
 }
 
@@ -144,8 +155,13 @@ pub struct BlockSpec {
     pub groups: i64,
     /// Output channels (`4 * planes`).
     pub out_channels: i64,
-    /// Stride of the grouped convolution and of the projection shortcut.
+    /// How much the block reduces the resolution: the stride of the grouped convolution and of
+    /// the projection shortcut, or, with `pool`, of the max-pools after them.
     pub stride: i64,
+    /// Whether a `stride x stride` max-pool reduces the resolution (after the grouped
+    /// convolution, which then has stride 1, and before the shortcut's projection) instead of
+    /// the convolutions' stride ([`Downsample::MaxPool`]).
+    pub pool: bool,
 }
 
 impl BlockSpec {
@@ -165,7 +181,27 @@ impl BlockSpec {
             groups: cardinality,
             out_channels: EXPANSION * planes,
             stride,
+            pool: false,
         }
+    }
+
+    /// Stride of the grouped convolution and the projection: 1 when a max-pool reduces.
+    fn conv_stride(&self) -> i64 {
+        if self.pool {
+            1
+        } else {
+            self.stride
+        }
+    }
+
+    /// The max-pool that reduces the resolution in a pooling block (after the grouped
+    /// convolution, and on the shortcut's input).
+    pub fn max_pool(&self) -> Option<PoolSpec> {
+        (self.pool && self.stride > 1).then_some(PoolSpec {
+            kernel: self.stride,
+            stride: self.stride,
+            padding: 0,
+        })
     }
 
     /// Whether the shortcut is a projection (strided 1x1 convolution and BN) rather than the
@@ -175,7 +211,8 @@ impl BlockSpec {
     }
 
     /// The three convolutions of the main path, in order: `conv1` (1x1 reduce), `conv2`
-    /// (grouped 3x3 with the block's stride), `conv3` (1x1 expand).
+    /// (grouped 3x3 with the block's stride, or stride 1 before the max-pool), `conv3` (1x1
+    /// expand).
     pub fn main_path(&self) -> [ConvSpec; 3] {
         [
             ConvSpec::new(self.in_channels, self.width, 1, 1, 1),
@@ -183,32 +220,45 @@ impl BlockSpec {
                 self.width,
                 self.width,
                 GROUPED_KERNEL,
-                self.stride,
+                self.conv_stride(),
                 self.groups,
             ),
             ConvSpec::new(self.width, self.out_channels, 1, 1, 1),
         ]
     }
 
-    /// The projection shortcut's convolution (`downsample.0`), if the block has one.
+    /// The projection shortcut's convolution (`downsample.0`), if the block has one (in a
+    /// pooling block it reads the pooled input).
     pub fn projection(&self) -> Option<ConvSpec> {
-        self.has_projection()
-            .then(|| ConvSpec::new(self.in_channels, self.out_channels, 1, self.stride, 1))
+        self.has_projection().then(|| {
+            ConvSpec::new(
+                self.in_channels,
+                self.out_channels,
+                1,
+                self.conv_stride(),
+                1,
+            )
+        })
     }
 
     /// Output `(height, width)` for a `height x width` input.
     pub fn output_size(&self, height: i64, width: i64) -> (i64, i64) {
-        self.main_path()[1].output_size(height, width)
+        let (h, w) = self.main_path()[1].output_size(height, width);
+        self.max_pool().map_or((h, w), |p| p.output_size(h, w))
     }
 
     /// Forward FLOPs of the block's convolutions for one `height x width` input.
     pub fn flops(&self, height: i64, width: i64) -> u64 {
         let [reduce, grouped, expand] = self.main_path();
-        let (h, w) = grouped.output_size(height, width);
+        let (h, w) = self.output_size(height, width);
+        let (sh, sw) = match self.max_pool() {
+            Some(pool) => pool.output_size(height, width),
+            None => (height, width),
+        };
         reduce.flops(height, width)
             + grouped.flops(height, width)
             + expand.flops(h, w)
-            + self.projection().map_or(0, |p| p.flops(height, width))
+            + self.projection().map_or(0, |p| p.flops(sh, sw))
     }
 }
 
@@ -232,6 +282,9 @@ pub struct StageSpec {
     pub in_channels: i64,
     /// Output channels of every block.
     pub out_channels: i64,
+    /// Whether the first block reduces the resolution with a max-pool
+    /// ([`Downsample::MaxPool`]) rather than a stride.
+    pub pool: bool,
 }
 
 impl StageSpec {
@@ -262,6 +315,7 @@ impl StageSpec {
             groups: self.groups,
             out_channels: self.out_channels,
             stride: self.block_stride(j),
+            pool: self.pool && j == 0,
         }
     }
 
@@ -286,26 +340,38 @@ pub struct FeatureInfo {
 
 impl ResNeXtConfig {
     /// The stem: for [`Stem::Cifar`] a 3x3 convolution with stride 1 and no pooling, for
-    /// [`Stem::ImageNet`] a 7x7 convolution with stride 2 and a 3x3 max-pool with stride 2.
+    /// [`Stem::ImageNet`] a 7x7 convolution with stride 2 and a 3x3 max-pool with stride 2, for
+    /// [`Stem::Whitening`] a 2x2 convolution without padding, with a bias and no BN.
     pub fn stem_spec(&self) -> StemSpec {
         match self.stem {
             Stem::Cifar => StemSpec {
                 conv: ConvSpec::new(3, self.stem_channels, 3, 1, 1),
+                batch_norm: true,
                 max_pool: None,
             },
             Stem::ImageNet => StemSpec {
                 conv: ConvSpec::new(3, self.stem_channels, 7, 2, 1),
+                batch_norm: true,
                 max_pool: Some(PoolSpec {
                     kernel: 3,
                     stride: 2,
                     padding: 1,
                 }),
             },
+            Stem::Whitening => StemSpec {
+                conv: ConvSpec {
+                    padding: 0,
+                    ..ConvSpec::new(3, self.stem_channels, 2, 1, 1)
+                },
+                batch_norm: false,
+                max_pool: None,
+            },
         }
     }
 
     /// The residual stages, in order. The first stage keeps the resolution, every later one
-    /// halves it in its first block; each stage reads the previous one's output channels.
+    /// halves it in its first block (with [`Downsample::MaxPool`], every stage halves it, with
+    /// a max-pool); each stage reads the previous one's output channels.
     ///
     /// ```
     /// use resnext::ResNeXtConfig;
@@ -319,7 +385,8 @@ impl ResNeXtConfig {
         let mut in_channels = self.stem_channels;
         let mut stages = Vec::with_capacity(self.blocks.len());
         for (i, (&blocks, &planes)) in self.blocks.iter().zip(&self.planes).enumerate() {
-            let stride = if i == 0 { 1 } else { 2 };
+            let pool = self.downsample == Downsample::MaxPool;
+            let stride = if i == 0 && !pool { 1 } else { 2 };
             let first = BlockSpec::bottleneck(
                 in_channels,
                 planes,
@@ -336,6 +403,7 @@ impl ResNeXtConfig {
                 stride,
                 in_channels,
                 out_channels: first.out_channels,
+                pool,
             });
             in_channels = first.out_channels;
         }

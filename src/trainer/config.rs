@@ -137,6 +137,9 @@ pub struct TrainConfig {
     /// Test-time augmentation of the evaluation (`none`, `flip`, `flip_translate`: see
     /// [`Tta`]); the test loss and accuracy, and so `best`, are those of the averaged logits.
     pub tta: Tta,
+    /// Apply [`tta`](Self::tta) at the last evaluation only; the earlier ones run one pass
+    /// (airbench's practice: cheap per-epoch curves, the augmented figure at the end).
+    pub tta_last_only: bool,
     /// Random crop + flip augmentation of training images.
     pub augment: bool,
     /// Pixels of padding on each side before the random crop of the CIFAR-style pipelines
@@ -238,6 +241,7 @@ impl Default for TrainConfig {
             limit_test: None,
             eval_every: 1,
             tta: Tta::None,
+            tta_last_only: false,
             model_ema: false,
             model_ema_decay: 0.99998,
             model_ema_steps: 32,

@@ -13,8 +13,8 @@ use super::outputs;
 use super::progress::bar_message;
 use super::run_dir::RunDir;
 use super::{
-    EmaWeights, EpochAccumulator, EpochContext, EpochMetrics, Outcome, Precision, RunningMetrics,
-    StepBatch, StepContext, Summary, TrainError, Trainer,
+    Callbacks, EmaWeights, EpochAccumulator, EpochContext, EpochMetrics, Outcome, Precision,
+    RunningMetrics, StepBatch, StepContext, Summary, TrainError, Trainer,
 };
 use crate::data::{epoch_batches, BatchConfig, DataSplits, Dataset};
 
@@ -46,6 +46,9 @@ impl<M: ModuleT> Trainer<M> {
             return Ok(Outcome::AlreadyComplete);
         }
         let batch_cfg = self.batch_config();
+        if self.state.steps == 0 {
+            self.init_from_data(data, &batch_cfg)?;
+        }
         let num_batches = batch_cfg.num_batches(data.train.len());
         self.announce(data, &batch_cfg, num_batches);
         while !self.state.finished() {
@@ -59,6 +62,22 @@ impl<M: ModuleT> Trainer<M> {
         let summary = self.write_summary(data.train.classes())?;
         self.say(&outputs::done_line(&summary));
         Ok(Outcome::Completed(summary))
+    }
+
+    /// A fresh run's [`Trainer::with_data_init`]: the model set from the training data, then
+    /// the configured callbacks built again over the weights it set.
+    fn init_from_data(
+        &mut self,
+        data: &DataSplits,
+        batch_cfg: &BatchConfig,
+    ) -> Result<(), TrainError> {
+        let Some(init) = self.data_init.as_ref() else {
+            return Ok(());
+        };
+        init(&self.model, data.train.as_ref(), batch_cfg)?;
+        let fresh = Callbacks::for_config(&self.state.config, &self.vs, self.world_size())?;
+        self.callbacks.reconfigured(fresh);
+        Ok(())
     }
 
     /// Completes the metadata of the saved weights: the data's class names and the run's image
@@ -138,6 +157,9 @@ impl<M: ModuleT> Trainer<M> {
                 cfg.batch_size,
                 cfg.limit_test.map_or(test, |l| l.min(test)),
             ));
+            if let Some(warning) = super::recipe_warning(cfg) {
+                self.say(&warning);
+            }
             if let (Some(report), Some(path)) = (&self.pretrained, &cfg.pretrained) {
                 self.say(&format!("pretrained weights {}: {report}", path.display()));
             }

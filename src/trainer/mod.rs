@@ -62,6 +62,7 @@ mod precision;
 mod process;
 mod progress;
 pub mod recipe;
+pub mod recipe_fast;
 mod resume;
 mod run;
 mod run_dir;
@@ -95,6 +96,8 @@ pub use precision::{autocast_dtype_code, set_autocast_dtype_code};
 pub use precision::{set_cuda_autocast_dtype, Execution, LossScale, Precision, PRECISION_NAMES};
 pub use process::tune_process_for_training;
 pub use progress::ProgressMode;
-pub use recipe::{check_same_recipe, recipe_config, recipe_names, Recipe, Setting, RECIPES};
+pub use recipe::{
+    check_same_recipe, recipe_config, recipe_names, recipe_warning, Recipe, Setting, RECIPES,
+};
 pub use run::{EvalForm, Outcome, Trainer};
 pub use step::{GradientHook, StepBatch, StepOutput, TrainStep};

@@ -5,11 +5,14 @@
 //!
 //! * `cifar`: the defaults ([`TrainConfig::default`]), the widely used PyTorch CIFAR-10 recipe;
 //! * `tutorial`: the tutorial this crate started from, literally;
+//! * `fast`: airbench94's hyper-parameters on the `resnext_fast` network, for time to
+//!   accuracy (see [`recipe_fast`](super::recipe_fast));
 //! * `torchvision-v2`: torchvision's "How to train state-of-the-art models using TorchVision's
 //!   latest primitives" recipe (the one that took ResNet-50 from 76.1% to 80.9% on ImageNet),
 //!   adapted to CIFAR-10 where its numbers are ImageNet's, each adaptation said.
 use serde_json::Value;
 
+use super::recipe_fast::{FAST, FAST_MODEL};
 use super::{TrainConfig, TrainError};
 
 /// One setting of a recipe: a [`TrainConfig`] field, its value as JSON, and why.
@@ -34,7 +37,7 @@ pub struct Recipe {
     pub settings: &'static [Setting],
 }
 
-const fn set(field: &'static str, value: &'static str, reason: &'static str) -> Setting {
+pub(super) const fn set(field: &'static str, value: &'static str, reason: &'static str) -> Setting {
     Setting {
         field,
         value,
@@ -46,7 +49,7 @@ const fn set(field: &'static str, value: &'static str, reason: &'static str) -> 
 pub const DEFAULT_RECIPE: &str = "cifar";
 
 /// Every recipe, `cifar` (the defaults) first.
-pub const RECIPES: [Recipe; 3] = [
+pub const RECIPES: [Recipe; 4] = [
     Recipe {
         name: "cifar",
         about: "the defaults: SGD lr 0.1, momentum 0.9, weight decay 5e-4, cosine over 200 \
@@ -75,7 +78,43 @@ pub const RECIPES: [Recipe; 3] = [
                 adapted to CIFAR-10 where its numbers are ImageNet's",
         settings: TORCHVISION_V2,
     },
+    Recipe {
+        name: "fast",
+        about: "time to accuracy on CIFAR-10: airbench94's hyper-parameters on the resnext_fast \
+                network (10 epochs of 1024, Nesterov SGD, triangle lr, lookahead, label smoothing \
+                0.2, alternating flip, reflect translation, TTA)",
+        settings: FAST,
+    },
 ];
+
+/// A warning for a configuration that uses a recipe outside what it was designed for (`fast`
+/// with another model than `resnext_fast` or images that are not 32x32), once per run; `None`
+/// otherwise.
+pub fn recipe_warning(cfg: &TrainConfig) -> Option<String> {
+    if cfg.recipe != "fast" {
+        return None;
+    }
+    let mut off = Vec::new();
+    if cfg.model != FAST_MODEL {
+        off.push(format!(
+            "model {} (it was designed for {FAST_MODEL})",
+            cfg.model
+        ));
+    }
+    if cfg.image_size != 32 {
+        off.push(format!(
+            "{0}x{0} images (it was designed for 32x32)",
+            cfg.image_size
+        ));
+    }
+    (!off.is_empty()).then(|| {
+        format!(
+            "warning: the fast recipe runs with {}; its settings were tuned for {FAST_MODEL} \
+             on 32x32 images",
+            off.join(" and ")
+        )
+    })
+}
 
 /// torchvision's blog recipe: `--lr 0.5 --lr-scheduler cosineannealinglr --lr-warmup-epochs 5
 /// --auto-augment ta_wide --epochs 600 --random-erase 0.1 --weight-decay 0.00002

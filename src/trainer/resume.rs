@@ -13,10 +13,11 @@ use super::run_dir::RunDir;
 use super::{
     tune_process_for_training, Execution, LossScale, Precision, TrainConfig, TrainError, Trainer,
 };
+use crate::data::{Augmentation, BatchConfig, BatchRequest, Dataset, Shard};
 use crate::distributed::ProcessGroup;
 use crate::inference::InferenceModel;
 use crate::layout::{vars_to_channels_last, vars_to_contiguous};
-use crate::resnext::ResNeXt;
+use crate::resnext::{whiten_stem, ResNeXt, Stem, WHITENING_IMAGES};
 use crate::weights::{PretrainedReport, WeightsFile, WeightsMetadata};
 
 impl Trainer<ResNeXt> {
@@ -61,15 +62,25 @@ impl Trainer<ResNeXt> {
             Some(file) => Some(file.load_pretrained(&mut vs, &model_config)?),
             None => None,
         };
+        let standard = model_config.nonstandard_part().is_none();
+        let whitening = model_config.stem == Stem::Whitening;
         let metadata = WeightsMetadata {
             model: model_config,
             classes: Vec::new(),
             image_size: config.image_size,
             normalization: config.normalization,
         };
-        let mut trainer = Trainer::from_validated(config, vs, model)?.with_eval_form(Box::new(
-            |net: &ResNeXt| Ok(Box::new(InferenceModel::new(net)?) as Box<dyn ModuleT>),
-        ));
+        let mut trainer = Trainer::from_validated(config, vs, model)?;
+        if standard {
+            // The inference form covers torchvision's layout; other networks evaluate
+            // themselves in eval mode.
+            trainer = trainer.with_eval_form(Box::new(|net: &ResNeXt| {
+                Ok(Box::new(InferenceModel::new(net)?) as Box<dyn ModuleT>)
+            }));
+        }
+        if whitening {
+            trainer = trainer.with_data_init(Box::new(whiten_from_training_set));
+        }
         trainer.weights_metadata = Some(metadata);
         trainer.pretrained = report;
         Ok(trainer)
@@ -267,4 +278,35 @@ impl<M: ModuleT> Trainer<M> {
         self.step.set_grad_accum_steps(config.grad_accum_steps);
         Ok(())
     }
+}
+
+/// The whitening stem of a fresh run set from the first [`WHITENING_IMAGES`] training images
+/// (airbench's), as training normalises them, without augmentation: the same images whatever
+/// the seed, the shuffling or the process of a data-parallel run.
+fn whiten_from_training_set(
+    net: &ResNeXt,
+    train: &dyn Dataset,
+    batching: &BatchConfig,
+) -> Result<(), TrainError> {
+    let count = train
+        .len()
+        .min(batching.limit.unwrap_or(usize::MAX))
+        .min(WHITENING_IMAGES);
+    let indices: Vec<usize> = (0..count).collect();
+    let plain = BatchConfig {
+        augment: false,
+        augmentation: Augmentation::default(),
+        shard: Shard::default(),
+        ..batching.clone()
+    };
+    let request = BatchRequest {
+        config: &plain,
+        epoch: 0,
+        index: 0,
+        indices: &indices,
+    };
+    let (images, _) = train.make_batch(&request)?;
+    let device = net.stem_device();
+    whiten_stem(net, &images.f_to_device(device)?)?;
+    Ok(())
 }

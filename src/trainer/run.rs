@@ -43,6 +43,11 @@ pub enum Outcome {
 /// [`Trainer::with_eval_form`]).
 pub type EvalForm<M> = Box<dyn Fn(&M) -> Result<Box<dyn ModuleT>, TrainError>>;
 
+/// Sets part of a fresh run's model from its training set and batching settings, before the
+/// first step (see [`Trainer::with_data_init`]).
+pub type DataInit<M> =
+    Box<dyn Fn(&M, &dyn crate::data::Dataset, &crate::data::BatchConfig) -> Result<(), TrainError>>;
+
 /// Trains any [`ModuleT`] whose variables live in a [`nn::VarStore`] on any [`Dataset`](crate::data::Dataset) with
 /// SGD, cross-entropy and a learning-rate schedule, checkpointing after every epoch.
 ///
@@ -74,6 +79,8 @@ pub struct Trainer<M: ModuleT> {
     pub(super) control: Control,
     progress: ProgressMode,
     pub(super) eval_form: Option<EvalForm<M>>,
+    /// Run on the training data before a fresh run's first step.
+    pub(super) data_init: Option<DataInit<M>>,
     /// Written with `last.safetensors` and `best.safetensors` (classes filled in by `fit`).
     pub(super) weights_metadata: Option<WeightsMetadata>,
     /// What loading `config.pretrained` did, when the trainer loaded it.
@@ -162,10 +169,23 @@ impl<M: ModuleT> Trainer<M> {
             control: Control::new(),
             progress: ProgressMode::Auto,
             eval_form: None,
+            data_init: None,
             weights_metadata: None,
             pretrained: None,
             dist: None,
         })
+    }
+
+    /// Runs `init` with the model, the training set and its batching settings when a fresh
+    /// run starts (before its first step; not when a run resumes from a checkpoint, whose
+    /// weights already hold what it set), then takes the configured callbacks' copies of the
+    /// weights again (the EMA starts from the initialised weights, as torchvision's, which
+    /// builds its EMA after the model). [`Trainer::resnext`] sets the whitening of
+    /// [`Stem::Whitening`](crate::Stem::Whitening) this way. Callbacks added with
+    /// [`Trainer::with_callback`] keep what they took.
+    pub fn with_data_init(mut self, init: DataInit<M>) -> Self {
+        self.data_init = Some(init);
+        self
     }
 
     /// Evaluates the test set with the module `form` builds from the trained one at each

@@ -13,6 +13,7 @@ use super::{
     Ema, Evaluation, Precision, TrainError, Trainer,
 };
 use crate::data::{BatchConfig, BatchRequest, DataSplits, Dataset, Subset};
+use crate::inference::Tta;
 
 impl<M: ModuleT> Trainer<M> {
     /// Refuses, before anything is trained or written, data whose classes the model's output
@@ -74,6 +75,11 @@ impl<M: ModuleT> Trainer<M> {
         if let Some(dp) = &self.dist {
             dp.broadcast_buffers(&self.vs)?;
         }
+        let last = self.state.epoch + 1 >= cfg.epochs;
+        let tta = match cfg.tta_last_only && !last {
+            true => Tta::None,
+            false => cfg.tta,
+        };
         let fast = match &self.eval_form {
             Some(form) if self.step.execution().precision == Precision::Fp32 => {
                 Some(form(&self.model)?)
@@ -96,7 +102,7 @@ impl<M: ModuleT> Trainer<M> {
             let control = EvalControl {
                 stop: self.control.flag(),
                 reduce: None,
-                tta: cfg.tta,
+                tta,
             };
             return evaluate_until(model, test, &batches, classes, exec, control);
         };
@@ -112,7 +118,7 @@ impl<M: ModuleT> Trainer<M> {
         let control = EvalControl {
             stop: &never,
             reduce: Some(&reduce),
-            tta: cfg.tta,
+            tta,
         };
         evaluate_until(model, &part, &batches, classes, exec, control)
     }

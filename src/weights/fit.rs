@@ -44,7 +44,13 @@ pub fn expected_shapes(config: &ResNeXtConfig) -> Shapes {
     let mut shapes = Shapes::new();
     let stem = config.stem_spec();
     add_conv(&mut shapes, "conv1", &stem.conv);
-    add_batch_norm(&mut shapes, "bn1", stem.channels());
+    match stem.batch_norm {
+        true => add_batch_norm(&mut shapes, "bn1", stem.channels()),
+        // A stem without BN (the whitening stem) has a bias instead.
+        false => {
+            shapes.insert("conv1.bias".into(), vec![stem.channels()]);
+        }
+    }
     for stage in config.stages() {
         for block in stage.block_specs() {
             let prefix = format!("{}.{}", stage.name, block.index);
@@ -101,7 +107,8 @@ pub fn matching_preset(shapes: &Shapes) -> Option<ResNeXtConfig> {
     PRESETS
         .iter()
         .flat_map(|preset: &Preset| {
-            [Stem::Cifar, Stem::ImageNet].map(|stem| preset.config(classes).with_stem(stem))
+            [Stem::Cifar, Stem::ImageNet, Stem::Whitening]
+                .map(|stem| preset.config(classes).with_stem(stem))
         })
         .find(|config| expected_shapes(config) == shapes)
 }
@@ -152,8 +159,11 @@ mod tests {
     /// block code with the ones built here.
     #[test]
     fn expected_shapes_are_those_of_the_built_network() {
-        for name in ["tiny", "resnext29_2x64d", "resnext29_32x4d"] {
-            for stem in [Stem::Cifar, Stem::ImageNet] {
+        for name in ["tiny", "resnext29_2x64d", "resnext29_32x4d", "resnext_fast"] {
+            for stem in [Stem::Cifar, Stem::ImageNet, Stem::Whitening] {
+                if stem == Stem::Whitening && name != "resnext_fast" {
+                    continue; // the whitening stem is 24 channels wide
+                }
                 let config = ResNeXtConfig::from_name(name, 5).unwrap().with_stem(stem);
                 let vs = nn::VarStore::new(Device::Cpu);
                 let _net = ResNeXt::new(&vs.root(), &config);

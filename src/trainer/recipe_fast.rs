@@ -1,0 +1,99 @@
+//! The `fast` recipe: airbench94's hyper-parameters (Jordan 2024, `airbench==0.1.8`,
+//! `lib_airbench94.py`'s `hyp`) on the `resnext_fast` network, translated into this trainer's
+//! parametrisation, each with its reason. airbench states its learning rate and weight decay
+//! "per 1024 examples" in a form decoupled from the momentum, for a loss summed over the batch;
+//! the trainer takes PyTorch's `lr` and `weight_decay` for a loss averaged over the batch, so
+//! `lr = 11.5 / (1 + 1 / (1 - 0.85)) = 1.5` and `weight_decay = 0.0153 / 11.5`.
+//!
+//! What differs from airbench94, and why: the network is a ResNeXt (grouped bottleneck blocks
+//! with shortcuts) rather than airbench's plain convolution pairs; its BatchNorm weights are
+//! trained (airbench freezes them at 1) and the stem's bias trains throughout (airbench
+//! freezes it after 3 epochs); its classifier has a bias and no 1/9 output scale; training
+//! runs 10 whole epochs with the last, smaller batch of each kept (airbench: 9.9 epochs of
+//! full batches). docs/time-to-accuracy.md has the measurements.
+use super::recipe::{set, Setting};
+
+/// The preset the `fast` recipe is designed for; another model (or image size) runs with a
+/// warning ([`recipe_warning`](super::recipe::recipe_warning)).
+pub const FAST_MODEL: &str = "resnext_fast";
+
+/// The `fast` recipe's settings over the defaults.
+pub(super) const FAST: &[Setting] = &[
+    set(
+        "model",
+        "\"resnext_fast\"",
+        "the time-to-accuracy ResNeXt: whitening stem, a max-pool in every stage, GELU, BN \
+         momentum 0.4 (airbench94's layout around grouped bottleneck blocks)",
+    ),
+    set("epochs", "10", "airbench94's 9.9, in whole epochs"),
+    set(
+        "batch_size",
+        "1024",
+        "airbench94's; large batches also give these 2 cores their best images per second",
+    ),
+    set("opt", "\"sgd\"", "airbench94's"),
+    set("nesterov", "true", "airbench94's"),
+    set("momentum", "0.85", "airbench94's"),
+    set(
+        "lr",
+        "1.5",
+        "airbench94's 11.5 per 1024 examples, decoupled from the momentum: 11.5 / (1 + 1 / \
+         (1 - 0.85)), for the mean loss of a batch",
+    ),
+    set(
+        "weight_decay",
+        "0.0013304347826086957",
+        "airbench94's 0.0153 per 1024 examples, decoupled from the lr: 0.0153 / 11.5",
+    ),
+    set(
+        "norm_bias_lr_multiplier",
+        "64.0",
+        "airbench94's bias_scaler: BatchNorm biases learn 64 times faster",
+    ),
+    set(
+        "bias_weight_decay",
+        "2.0788043478260870e-5",
+        "weight_decay / 64, so that lr x decay of the BatchNorm biases is that of the other \
+         parameters (airbench94's weight_decay = wd / lr_biases); it applies to the classifier's \
+         and the stem's biases too",
+    ),
+    set("label_smoothing", "0.2", "airbench94's"),
+    set(
+        "schedule",
+        "\"triangle\"",
+        "airbench94's: linear from 0.2 x lr up to lr at 23% of the steps, then down to 0.07 x lr",
+    ),
+    set("lr_start_factor", "0.2", "airbench94's triangle start"),
+    set("lr_peak_fraction", "0.23", "airbench94's triangle peak"),
+    set("lr_end_factor", "0.07", "airbench94's triangle end"),
+    set(
+        "lookahead",
+        "true",
+        "airbench94's lookahead every 5 steps, decay 0.95^5 x (t/T)^3, the slow weights at the end",
+    ),
+    set(
+        "crop_padding",
+        "2",
+        "airbench94's translation by up to 2 pixels",
+    ),
+    set(
+        "crop_padding_mode",
+        "\"reflect\"",
+        "airbench94's reflect padding",
+    ),
+    set(
+        "flip",
+        "\"alternate\"",
+        "airbench94's derandomised flip: each image mirrored in every other epoch",
+    ),
+    set(
+        "tta",
+        "\"flip_translate\"",
+        "airbench94's TTA level 2: the image, its mirror and their one-pixel shifts",
+    ),
+    set(
+        "tta_last_only",
+        "true",
+        "as airbench94: one pass per epoch for the curve, the 6 passes at the end",
+    ),
+];
