@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use resnext::data::{Cifar10, DataSplits, CLASS_NAMES};
+use resnext::data::DataSplits;
 use resnext::export::onnx::{onnx_bytes, OnnxOptions};
 use resnext::inference::InferenceModel;
 use resnext::resnext::{whiten_stem, Activation, Downsample, WHITENING_IMAGES};
@@ -250,6 +250,25 @@ fn whitening_refuses_other_stems_and_bad_images() {
             "{bad:?}"
         );
     }
+    // Images the pools shrink to nothing are an error, not a panic.
+    let tiny_image = Tensor::zeros([1, 3, 4, 4], (Kind::Float, Device::Cpu));
+    let err = net.try_forward_t(&tiny_image, false).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ModelError::InputTooSmall {
+                height: 4,
+                width: 4
+            }
+        ),
+        "{err}"
+    );
+    assert!(net
+        .try_forward_t(
+            &Tensor::zeros([1, 3, 16, 16], (Kind::Float, Device::Cpu)),
+            false
+        )
+        .is_ok());
     let mut wrong = fast(10);
     wrong.stem_channels = 32;
     let err = ResNeXt::try_new(&nn::VarStore::new(Device::Cpu).root(), &wrong).unwrap_err();
@@ -277,15 +296,7 @@ fn the_inference_form_and_the_exporters_name_what_they_do_not_cover() {
 }
 
 fn data(train: i64) -> DataSplits {
-    let (tr, te) = seeded(|| {
-        tch::manual_seed(23);
-        let images = |n| Tensor::randint(256, [n, 3, 32, 32], (Kind::Uint8, Device::Cpu));
-        let labels = |n| Tensor::randint(10, [n], (Kind::Int64, Device::Cpu));
-        ((images(train), labels(train)), (images(32), labels(32)))
-    });
-    let classes = CLASS_NAMES.iter().map(|s| s.to_string()).collect();
-    let cifar = Cifar10::from_tensors(tr.0, tr.1, te.0, te.1, classes).unwrap();
-    cifar.splits(Device::Cpu).unwrap()
+    common::random_cifar(23, train, 32)
 }
 
 fn variables(t: &Trainer<ResNeXt>) -> BTreeMap<String, Tensor> {

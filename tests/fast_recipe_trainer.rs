@@ -8,14 +8,14 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::rc::Rc;
 
-use resnext::data::{Cifar10, DataSplits, CLASS_NAMES};
+use resnext::data::DataSplits;
 use resnext::io::{read_safetensors, write_safetensors};
 use resnext::trainer::{
     BatchControl, LookaheadCallback, Outcome, ProgressMode, Schedule, StepContext, TrainCallback,
     TrainConfig, TrainError, Trainer,
 };
 use resnext::ResNeXt;
-use tch::{nn, Device, Kind, Tensor};
+use tch::{nn, Device, Tensor};
 
 mod common;
 #[path = "common/python.rs"]
@@ -168,15 +168,7 @@ impl TrainCallback for LrLog {
 }
 
 fn data() -> DataSplits {
-    let (train, test) = seeded(|| {
-        tch::manual_seed(21);
-        let images = |n| Tensor::randint(256, [n, 3, 32, 32], (Kind::Uint8, Device::Cpu));
-        let labels = |n| Tensor::randint(10, [n], (Kind::Int64, Device::Cpu));
-        ((images(96), labels(96)), (images(32), labels(32)))
-    });
-    let classes = CLASS_NAMES.iter().map(|s| s.to_string()).collect();
-    let cifar = Cifar10::from_tensors(train.0, train.1, test.0, test.1, classes).unwrap();
-    cifar.splits(Device::Cpu).unwrap()
+    common::random_cifar(21, 96, 32)
 }
 
 /// Two epochs of 6 batches of 16 on a tiny model.

@@ -6,27 +6,19 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use resnext::data::{Cifar10, DataSplits, CLASS_NAMES};
+use resnext::data::DataSplits;
 use resnext::trainer::{
     check_same_recipe, recipe_config, recipe_names, BatchControl, Outcome, ProgressMode, Schedule,
     TrainConfig, Trainer, RECIPES,
 };
 use resnext::ResNeXt;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 mod common;
 use common::seeded;
 
 fn data() -> DataSplits {
-    let (train, test) = seeded(|| {
-        tch::manual_seed(21);
-        let images = |n| Tensor::randint(256, [n, 3, 32, 32], (Kind::Uint8, Device::Cpu));
-        let labels = |n| Tensor::randint(10, [n], (Kind::Int64, Device::Cpu));
-        ((images(96), labels(96)), (images(32), labels(32)))
-    });
-    let classes = CLASS_NAMES.iter().map(|s| s.to_string()).collect();
-    let cifar = Cifar10::from_tensors(train.0, train.1, test.0, test.1, classes).unwrap();
-    cifar.splits(Device::Cpu).unwrap()
+    common::random_cifar(21, 96, 32)
 }
 
 fn plain() -> TrainConfig {

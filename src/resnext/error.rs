@@ -41,6 +41,14 @@ pub enum ModelError {
         /// The weights' device.
         weights_device: tch::Device,
     },
+    /// The input images are too small for the network: a stage would get an empty feature map.
+    #[error("bad input: {height}x{width} images are too small for this network (a stage's feature map would be empty)")]
+    InputTooSmall {
+        /// The input's height.
+        height: i64,
+        /// The input's width.
+        width: i64,
+    },
     /// Something asked of the model that this network or this libtorch cannot do.
     #[error("unsupported: {what}")]
     Unsupported {

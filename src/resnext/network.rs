@@ -186,7 +186,23 @@ impl ResNeXt {
                 weights_device,
             });
         }
-        Ok(())
+        self.check_spatial_size(&xs.size())
+    }
+
+    /// Checks that every feature map of an `[N, 3, H, W]` input keeps at least one pixel (the
+    /// whitening stem and the max-pools of [`Downsample::MaxPool`](super::Downsample) shrink
+    /// small images to nothing; torchvision's layout never does).
+    fn check_spatial_size(&self, shape: &[i64]) -> Result<(), ModelError> {
+        let (height, width) = (shape[2], shape[3]);
+        let empty = self
+            .config
+            .stage_shapes(height, width)
+            .iter()
+            .any(|s| s.shape[1] < 1 || s.shape[2] < 1);
+        match empty {
+            true => Err(ModelError::InputTooSmall { height, width }),
+            false => Ok(()),
+        }
     }
 
     /// The output of the stem and of every stage, in order: `[stem, layer1, layer2, …]`.

@@ -15,9 +15,15 @@ pub(crate) const STEM_NAME: &str = "stem";
 /// Kernel size of the grouped convolution of every block.
 const GROUPED_KERNEL: i64 = 3;
 
-/// Output size of a convolution or pooling along one axis.
+/// Output size of a convolution or pooling along one axis; 0 when the padded input is
+/// smaller than the kernel.
 fn out_size(size: i64, kernel: i64, stride: i64, padding: i64) -> i64 {
-    (size + 2 * padding - kernel) / stride + 1
+    let span = size + 2 * padding - kernel;
+    if span < 0 {
+        0
+    } else {
+        span / stride + 1
+    }
 }
 
 /// Width of the grouped convolution of a bottleneck with `planes` planes:

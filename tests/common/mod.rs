@@ -44,3 +44,20 @@ pub fn seeded<T>(f: impl FnOnce() -> T) -> T {
     let _init = SEEDED_INIT.lock().unwrap_or_else(|e| e.into_inner());
     f()
 }
+
+/// CIFAR-10-shaped random data for training tests: `train` and `test` uint8 32x32 images with
+/// labels in 0..10, drawn from libtorch's generator seeded with `seed` (under [`SEEDED_INIT`]).
+#[allow(dead_code)]
+pub fn random_cifar(seed: i64, train: i64, test: i64) -> resnext::data::DataSplits {
+    use resnext::data::{Cifar10, CLASS_NAMES};
+    use tch::{Device, Kind, Tensor};
+    let (tr, te) = seeded(|| {
+        tch::manual_seed(seed);
+        let images = |n| Tensor::randint(256, [n, 3, 32, 32], (Kind::Uint8, Device::Cpu));
+        let labels = |n| Tensor::randint(10, [n], (Kind::Int64, Device::Cpu));
+        ((images(train), labels(train)), (images(test), labels(test)))
+    });
+    let classes = CLASS_NAMES.iter().map(|s| s.to_string()).collect();
+    let cifar = Cifar10::from_tensors(tr.0, tr.1, te.0, te.1, classes).unwrap();
+    cifar.splits(Device::Cpu).unwrap()
+}
