@@ -466,3 +466,128 @@ fn old_configurations_load_with_the_defaults() {
     let back = TrainConfig::from_json(&cfg.to_json()).unwrap();
     assert_eq!(back, cfg);
 }
+
+/// The BatchNorm weights of `vars` (torchvision's names: `bn*.weight`, `downsample.1.weight`).
+fn norm_weights(vars: &BTreeMap<String, Tensor>) -> Vec<(&String, &Tensor)> {
+    vars.iter()
+        .filter(|(n, _)| {
+            n.ends_with(".weight")
+                && (n.contains(".bn") || n.starts_with("bn") || n.contains("downsample.1"))
+        })
+        .collect()
+}
+
+#[test]
+fn frozen_norm_weights_stay_at_one_while_everything_else_trains() {
+    let data = data();
+    let start = {
+        let t = trainer(plain(), tempfile::tempdir().unwrap().path());
+        variables(&t)
+    };
+    // Weight decay is on: a frozen weight that reached the optimiser would shrink.
+    let cfg = |freeze| TrainConfig {
+        freeze_norm_weights: freeze,
+        weight_decay: 5e-2,
+        limit_test: Some(16),
+        ..plain()
+    };
+    let frozen = run(cfg(true), &data);
+    let trained = run(cfg(false), &data);
+    let bn = norm_weights(&frozen);
+    assert_eq!(
+        bn.len(),
+        13,
+        "tiny: the stem's BN, 3 stages of 3 BN and a projection's: {:?}",
+        bn.iter().map(|b| b.0).collect::<Vec<_>>()
+    );
+    for (name, w) in bn {
+        assert!(w.equal(&start[name]), "{name} changed although frozen");
+        assert_eq!(w.min().double_value(&[]), 1.0, "{name}");
+        assert!(
+            !trained[name].equal(&start[name]),
+            "{name}: unfrozen, it trains"
+        );
+    }
+    for (name, x) in &frozen {
+        let is_norm_weight = norm_weights(&frozen).iter().any(|(n, _)| *n == name);
+        let is_buffer = name.ends_with("running_mean") || name.ends_with("running_var");
+        if !is_norm_weight && !is_buffer {
+            assert!(!x.equal(&start[name]), "{name} did not train");
+        }
+    }
+}
+
+#[test]
+fn architecture_sizes_override_the_preset() {
+    let cfg = TrainConfig {
+        blocks: Some(vec![2, 1, 1]),
+        cardinality: Some(4),
+        base_width: Some(16),
+        limit_test: Some(16),
+        ..plain()
+    };
+    let model = cfg.model_config().unwrap();
+    assert_eq!(
+        model.name,
+        "tiny (blocks 2,1,1, cardinality 4, base width 16)"
+    );
+    let tiny = resnext::ResNeXtConfig::tiny(10);
+    assert_eq!(
+        (model.blocks.clone(), model.cardinality, model.base_width),
+        (vec![2, 1, 1], 4, 16)
+    );
+    assert_eq!(
+        (&model.planes, model.stem_channels, model.stem),
+        (&tiny.planes, tiny.stem_channels, tiny.stem)
+    );
+    // The trainer builds that network and records it with the weights.
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = trainer(
+        TrainConfig {
+            epochs: 1,
+            ..cfg.clone()
+        },
+        dir.path(),
+    );
+    let vars = variables(&t);
+    // layer1: planes 16, width floor(16 * 16 / 64) * 4 = 16 in 4 groups of 4 channels.
+    assert_eq!(vars["layer1.1.conv2.weight"].size(), [16, 4, 3, 3]);
+    assert!(!vars.contains_key("layer2.1.conv1.weight"));
+    assert!(matches!(t.fit(&data()).unwrap(), Outcome::Completed(_)));
+    let meta = resnext::weights::read_weights_metadata(&dir.path().join("last.safetensors"))
+        .unwrap()
+        .expect("the trainer writes metadata");
+    assert_eq!(meta.model, model);
+    // JSON names them as the flags do, and a config without them keeps the preset's.
+    let back = TrainConfig::from_json(&cfg.to_json()).unwrap();
+    assert_eq!(back.model_config().unwrap(), model);
+    let plain_model = TrainConfig::from_json(r#"{ "model": "tiny" }"#)
+        .unwrap()
+        .model_config()
+        .unwrap();
+    assert_eq!(plain_model, tiny);
+    // Sizes that make no network are refused by name, before anything is built.
+    type Set = fn(&mut TrainConfig);
+    let bad: [(&str, Set); 4] = [
+        ("blocks/planes", |c| c.blocks = Some(vec![1, 1])),
+        ("blocks", |c| c.blocks = Some(vec![1, 0, 1])),
+        ("cardinality", |c| c.cardinality = Some(0)),
+        ("base_width", |c| c.base_width = Some(-4)),
+    ];
+    for (field, set) in bad {
+        let mut c = plain();
+        set(&mut c);
+        match (c.validate(), Trainer::resnext(c)) {
+            (
+                Err(TrainError::InvalidConfig { field: f, .. }),
+                Err(TrainError::InvalidConfig { field: g, .. }),
+            ) => {
+                assert_eq!((f, g), (field, field))
+            }
+            (a, b) => panic!(
+                "{field}: expected InvalidConfig, got {a:?} / {:?}",
+                b.map(|_| ())
+            ),
+        }
+    }
+}

@@ -28,6 +28,31 @@ pub struct TrainFlags {
     /// Model configuration.
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(MODEL_NAMES), help_heading = "Model")]
     pub model: Option<String>,
+    /// The stages' numbers of blocks instead of the preset's, e.g. 2,2,2 (for ablations).
+    #[arg(
+        long,
+        value_name = "N,N,..",
+        value_delimiter = ',',
+        help_heading = "Model"
+    )]
+    pub blocks: Option<Vec<usize>>,
+    /// The stages' planes instead of the preset's, e.g. 16,64,64.
+    #[arg(
+        long,
+        value_name = "P,P,..",
+        value_delimiter = ',',
+        help_heading = "Model"
+    )]
+    pub planes: Option<Vec<i64>>,
+    /// The number of groups (C) instead of the preset's.
+    #[arg(long, value_name = "C", help_heading = "Model")]
+    pub cardinality: Option<i64>,
+    /// The group width at 64 planes (d) instead of the preset's.
+    #[arg(long, value_name = "D", help_heading = "Model")]
+    pub base_width: Option<i64>,
+    /// Keep the BatchNorm weights at 1, untrained (airbench's BatchNorm); their biases train.
+    #[arg(long, help_heading = "Model")]
+    pub freeze_norm_weights: bool,
     /// Number of epochs [default: 200].
     #[arg(long, help_heading = "Optimisation")]
     pub epochs: Option<usize>,
@@ -110,7 +135,8 @@ pub struct TrainFlags {
         "model_ema_decay", "model_ema_steps", "model_ema_weights", "lookahead",
         "lookahead_steps", "lookahead_decay", "auto_augment",
         "ra_magnitude", "random_erase", "mixup_alpha", "cutmix_alpha", "grad_accum_steps",
-        "crop_padding", "crop_padding_mode", "flip",
+        "crop_padding", "crop_padding_mode", "flip", "blocks", "planes", "cardinality",
+        "base_width", "freeze_norm_weights",
     ],
         help_heading = "Run directory"
     )]
@@ -327,11 +353,18 @@ impl TrainFlags {
         macro_rules! set {
             ($($field:ident),*) => { $( if let Some(v) = &self.$field { cfg.$field = v.clone(); } )* };
         }
-        set!(model, epochs, batch_size, lr, opt, momentum, weight_decay);
         // Optional in the configuration too: a flag given replaces the file's value.
         macro_rules! set_optional {
             ($($field:ident),*) => { $( if self.$field.is_some() { cfg.$field = self.$field; } )* };
         }
+        set!(model, epochs, batch_size, lr, opt, momentum, weight_decay);
+        if self.blocks.is_some() {
+            cfg.blocks = self.blocks.clone();
+        }
+        if self.planes.is_some() {
+            cfg.planes = self.planes.clone();
+        }
+        set_optional!(cardinality, base_width);
         set_optional!(
             norm_weight_decay,
             bias_weight_decay,
@@ -389,6 +422,7 @@ impl TrainFlags {
         }
         cfg.nesterov |= self.nesterov;
         cfg.freeze_backbone |= self.freeze_backbone;
+        cfg.freeze_norm_weights |= self.freeze_norm_weights;
         if let Some(path) = &self.pretrained {
             cfg.pretrained = Some(std::path::absolute(path).unwrap_or_else(|_| path.clone()));
         }

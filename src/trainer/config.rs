@@ -12,7 +12,7 @@ use super::{
 use crate::data::{Augmentation, CropFlip, FlipMode, Normalization, PaddingMode};
 use crate::device::{DeviceError, DeviceSpec, DEVICE_FORMS};
 use crate::inference::Tta;
-use crate::resnext::{ResNeXtConfig, Stem, MODEL_NAMES};
+use crate::resnext::{ModelError, ResNeXtConfig, Stem, MODEL_NAMES};
 
 /// Everything that defines a training run. Saved as `config.json` in the run directory and
 /// inside every checkpoint, so a resumed run continues with exactly this.
@@ -38,6 +38,19 @@ pub struct TrainConfig {
     pub num_classes: i64,
     /// The stem, overriding the preset's ([`Stem::Cifar`]); `null` keeps the preset's.
     pub stem: Option<Stem>,
+    /// The stages' numbers of blocks instead of the preset's, for ablations (`--blocks`);
+    /// `null` keeps the preset's. With [`planes`](Self::planes),
+    /// [`cardinality`](Self::cardinality) and [`base_width`](Self::base_width) the network is
+    /// the preset's layout (stem, downsampling, activation, BN momentum) with these sizes,
+    /// named after the preset and what changed ([`TrainConfig::model_config`]).
+    pub blocks: Option<Vec<usize>>,
+    /// The stages' planes instead of the preset's (`--planes`); `null` keeps the preset's.
+    pub planes: Option<Vec<i64>>,
+    /// The number of groups (C) instead of the preset's (`--cardinality`); `null` keeps it.
+    pub cardinality: Option<i64>,
+    /// The group width at 64 planes (d) instead of the preset's (`--base-width`); `null`
+    /// keeps it.
+    pub base_width: Option<i64>,
     /// Side of the square images the network is trained on (32 for CIFAR-10). The trainer
     /// records it with the weights; the data pipeline makes images of this size.
     pub image_size: i64,
@@ -53,6 +66,10 @@ pub struct TrainConfig {
     /// layers still update their running statistics in training mode, as in PyTorch with
     /// `requires_grad_(False)` on the backbone.
     pub freeze_backbone: bool,
+    /// The BatchNorm weights (scales) keep their initial value, 1, and are not trained; the
+    /// BatchNorm biases train (airbench's `BatchNorm(weight=False)`). Their running statistics
+    /// update as always.
+    pub freeze_norm_weights: bool,
     /// Number of epochs.
     pub epochs: usize,
     /// Images per training batch.
@@ -214,10 +231,15 @@ impl Default for TrainConfig {
             model: "resnext50_32x4d".into(),
             num_classes: 10,
             stem: None,
+            blocks: None,
+            planes: None,
+            cardinality: None,
+            base_width: None,
             image_size: 32,
             normalization: Normalization::default(),
             pretrained: None,
             freeze_backbone: false,
+            freeze_norm_weights: false,
             epochs: 200,
             batch_size: 128,
             lr: 0.1,
@@ -413,11 +435,13 @@ impl TrainConfig {
         serde_json::to_string_pretty(self).unwrap_or_default()
     }
 
-    /// The model architecture: the preset `model` with `num_classes` classes and `stem` when
-    /// set.
+    /// The model architecture: the preset `model` with `num_classes` classes, `stem` when set,
+    /// and the sizes `blocks`, `planes`, `cardinality` and `base_width` override (then named
+    /// after the preset and the changes, e.g. `resnext_fast (blocks 2,2,2)`).
     ///
     /// # Errors
-    /// [`TrainError::InvalidConfig`] listing the valid names for an unknown model.
+    /// [`TrainError::InvalidConfig`] listing the valid names for an unknown model, or naming
+    /// the size that makes no valid network.
     pub fn model_config(&self) -> Result<ResNeXtConfig, TrainError> {
         let config =
             ResNeXtConfig::from_name(&self.model, self.num_classes.max(1)).map_err(|_| {
@@ -427,10 +451,48 @@ impl TrainConfig {
                     format!("one of {}", MODEL_NAMES.join(", ")),
                 )
             })?;
-        Ok(match self.stem {
+        let config = match self.stem {
             Some(stem) => config.with_stem(stem),
             None => config,
-        })
+        };
+        self.with_sizes(config)
+    }
+
+    /// `config` with the sizes this configuration overrides, named after them, checked.
+    fn with_sizes(&self, mut config: ResNeXtConfig) -> Result<ResNeXtConfig, TrainError> {
+        let list = |v: &[String]| v.join(",");
+        let mut changes = Vec::new();
+        if let Some(blocks) = &self.blocks {
+            config.blocks = blocks.clone();
+            let text: Vec<_> = blocks.iter().map(|b| b.to_string()).collect();
+            changes.push(format!("blocks {}", list(&text)));
+        }
+        if let Some(planes) = &self.planes {
+            config.planes = planes.clone();
+            let text: Vec<_> = planes.iter().map(|p| p.to_string()).collect();
+            changes.push(format!("planes {}", list(&text)));
+        }
+        if let Some(c) = self.cardinality {
+            config.cardinality = c;
+            changes.push(format!("cardinality {c}"));
+        }
+        if let Some(d) = self.base_width {
+            config.base_width = d;
+            changes.push(format!("base width {d}"));
+        }
+        if changes.is_empty() {
+            return Ok(config);
+        }
+        config.name = format!("{} ({})", config.name, changes.join(", "));
+        config.validate().map_err(|e| match e {
+            ModelError::InvalidConfig {
+                field,
+                value,
+                expected,
+            } => invalid(field, value, expected),
+            other => invalid("model", &self.model, other.to_string()),
+        })?;
+        Ok(config)
     }
 
     /// The device to train on: `auto` is CUDA when available, else the CPU.

@@ -14,8 +14,8 @@ use super::control::{BatchControl, Control};
 use super::data_parallel::DataParallel;
 use super::run_dir::RunDir;
 use super::{
-    Callbacks, Execution, LossScale, Optimizer, Precision, ProgressMode, Summary, TrainCallback,
-    TrainConfig, TrainError, TrainState, TrainStep,
+    is_norm_parameter, Callbacks, Execution, LossScale, Optimizer, Precision, ProgressMode,
+    Summary, TrainCallback, TrainConfig, TrainError, TrainState, TrainStep,
 };
 use crate::distributed::ProcessGroup;
 use crate::layout::vars_to_channels_last;
@@ -117,6 +117,27 @@ fn freeze_backbone(vs: &nn::VarStore) -> Result<(), TrainError> {
     Ok(())
 }
 
+/// Stops every BatchNorm weight (scale) from requiring gradients: airbench's BatchNorm
+/// without a trained weight.
+fn freeze_norm_weights(vs: &nn::VarStore) -> Result<(), TrainError> {
+    let mut frozen = 0;
+    for (name, var) in vs.variables() {
+        if is_norm_parameter(&name) && name.ends_with(".weight") {
+            let _ = var.set_requires_grad(false);
+            frozen += 1;
+        }
+    }
+    if frozen == 0 {
+        return Err(TrainError::InvalidConfig {
+            field: "freeze_norm_weights",
+            value: "true".into(),
+            expected: "a model with BatchNorm layers named as torchvision's (bn*, downsample.1)"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
 impl<M: ModuleT> Trainer<M> {
     /// A trainer for `model`, whose variables are those of `vs` (on the device training runs
     /// on). No run directory: call [`Trainer::with_run_dir`] to get checkpoints and files.
@@ -125,11 +146,12 @@ impl<M: ModuleT> Trainer<M> {
     /// steps.
     ///
     /// With `config.freeze_backbone`, only the variables named `fc.*` (the classifier) are
-    /// trained: the others stop requiring gradients here.
+    /// trained: the others stop requiring gradients here; with `config.freeze_norm_weights`,
+    /// the BatchNorm weights stop requiring them.
     ///
     /// # Errors
-    /// [`TrainError::InvalidConfig`] for a bad configuration, or `freeze_backbone` with a model
-    /// that has no `fc` classifier.
+    /// [`TrainError::InvalidConfig`] for a bad configuration, `freeze_backbone` with a model
+    /// that has no `fc` classifier, or `freeze_norm_weights` with one without BatchNorm.
     pub fn new(config: TrainConfig, vs: nn::VarStore, model: M) -> Result<Self, TrainError> {
         config.validate()?;
         Self::from_validated(config, vs, model)
@@ -144,6 +166,9 @@ impl<M: ModuleT> Trainer<M> {
     ) -> Result<Self, TrainError> {
         if config.freeze_backbone {
             freeze_backbone(&vs)?;
+        }
+        if config.freeze_norm_weights {
+            freeze_norm_weights(&vs)?;
         }
         let exec = Execution::new(&config, vs.device());
         if exec.channels_last {
