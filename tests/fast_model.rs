@@ -11,7 +11,7 @@ use resnext::data::DataSplits;
 use resnext::export::onnx::{onnx_bytes, OnnxOptions};
 use resnext::inference::InferenceModel;
 use resnext::resnext::{whiten_stem, Activation, Downsample, WHITENING_IMAGES};
-use resnext::trainer::{BatchControl, Outcome, ProgressMode, TrainConfig, Trainer};
+use resnext::trainer::{Outcome, ProgressMode, TrainConfig, Trainer};
 use resnext::{ModelError, ResNeXt, ResNeXtConfig, Stem};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
@@ -374,22 +374,7 @@ fn a_resumed_fast_run_equals_an_uninterrupted_one() {
     let whole = tempfile::tempdir().unwrap();
     let end = run_in(whole.path(), &data);
     let dir = tempfile::tempdir().unwrap();
-    let mut t = seeded(|| Trainer::resnext(fast_config()).unwrap())
-        .with_run_dir(dir.path())
-        .unwrap();
-    t.set_progress(ProgressMode::Silent);
-    t.on_batch(|epoch, batch| match (epoch, batch) == (1, 1) {
-        true => BatchControl::Stop,
-        false => BatchControl::Continue,
-    });
-    assert!(matches!(
-        t.fit(&data).unwrap(),
-        Outcome::Stopped { saved: true, .. }
-    ));
-    drop(t);
-    let mut resumed = seeded(|| Trainer::resume(dir.path(), None)).unwrap();
-    resumed.set_progress(ProgressMode::Silent);
-    assert!(matches!(resumed.fit(&data).unwrap(), Outcome::Completed(_)));
+    let resumed = common::stopped_and_resumed(fast_config(), dir.path(), &data, (1, 1));
     let again = variables(&resumed);
     for (name, t) in &end {
         assert!(t.equal(&again[name]), "{name} differs after resume");
@@ -434,4 +419,97 @@ fn the_fast_recipe_warns_outside_its_preset_and_image_size() {
         }),
         None
     );
+}
+
+/// Records `conv1.bias` after every update.
+struct BiasLog(std::rc::Rc<std::cell::RefCell<Vec<Tensor>>>);
+
+impl resnext::trainer::TrainCallback for BiasLog {
+    fn section(&self) -> &str {
+        "bias_log"
+    }
+    fn after_step(
+        &mut self,
+        ctx: &resnext::trainer::StepContext<'_>,
+    ) -> Result<(), resnext::trainer::TrainError> {
+        self.0
+            .borrow_mut()
+            .push(variable(ctx.vars, "conv1.bias").copy());
+        Ok(())
+    }
+    fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
+    fn load_state(&mut self, _: Vec<(String, Tensor)>) -> Result<(), resnext::trainer::TrainError> {
+        Ok(())
+    }
+}
+
+/// Three epochs of 3 updates with momentum and weight decay, the stem's bias trained in the
+/// first only.
+fn frozen_bias_config() -> TrainConfig {
+    TrainConfig {
+        epochs: 3,
+        stem_bias_epochs: Some(1),
+        weight_decay: 5e-2,
+        ..fast_config()
+    }
+}
+
+/// airbench's `whiten_bias_epochs`: the stem's bias moves with every update of the first epoch
+/// and not once after it (momentum and weight decay would move it if the optimiser still took
+/// it, as PyTorch's SGD skips a parameter whose gradient is `None`); a run stopped after the
+/// freeze and resumed keeps it frozen and ends bit for bit as the uninterrupted one; a model
+/// without a stem bias is refused by name.
+#[test]
+fn the_stem_bias_trains_for_its_epochs_only_and_stays_frozen_on_resume() {
+    let data = data(48);
+    let log = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let whole = tempfile::tempdir().unwrap();
+    let mut t = seeded(|| Trainer::resnext(frozen_bias_config()).unwrap())
+        .with_run_dir(whole.path())
+        .unwrap()
+        .with_callback(BiasLog(std::rc::Rc::clone(&log)))
+        .unwrap();
+    t.set_progress(ProgressMode::Silent);
+    assert!(matches!(t.fit(&data).unwrap(), Outcome::Completed(_)));
+    let end = variables(&t);
+    let biases = log.borrow();
+    assert_eq!(biases.len(), 9, "3 epochs of 3 updates");
+    for s in 1..3 {
+        assert!(
+            !biases[s].equal(&biases[s - 1]),
+            "epoch 1, update {s}: it trains"
+        );
+    }
+    for (s, b) in biases.iter().enumerate().skip(3) {
+        assert!(b.equal(&biases[2]), "update {s}: frozen after epoch 1");
+    }
+    // Stopped in epoch 3, resumed: the checkpoint says frozen.
+    let dir = tempfile::tempdir().unwrap();
+    let resumed = common::stopped_and_resumed(frozen_bias_config(), dir.path(), &data, (2, 1));
+    assert!(!variable(resumed.var_store(), "conv1.bias").requires_grad());
+    let again = variables(&resumed);
+    for (name, t) in &end {
+        assert!(t.equal(&again[name]), "{name} differs after resume");
+    }
+    let tiny = TrainConfig {
+        model: "tiny".into(),
+        ..frozen_bias_config()
+    };
+    for refused in [
+        tiny.validate().map(|_| ()),
+        Trainer::resnext(tiny).map(|_| ()),
+    ] {
+        assert!(
+            matches!(
+                refused,
+                Err(resnext::trainer::TrainError::InvalidConfig {
+                    field: "stem_bias_epochs",
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+    }
 }

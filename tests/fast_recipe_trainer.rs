@@ -11,8 +11,8 @@ use std::rc::Rc;
 use resnext::data::DataSplits;
 use resnext::io::{read_safetensors, write_safetensors};
 use resnext::trainer::{
-    BatchControl, LookaheadCallback, Outcome, ProgressMode, Schedule, StepContext, TrainCallback,
-    TrainConfig, TrainError, Trainer,
+    LookaheadCallback, Outcome, ProgressMode, Schedule, StepContext, TrainCallback, TrainConfig,
+    TrainError, Trainer,
 };
 use resnext::ResNeXt;
 use tch::{nn, Device, Tensor};
@@ -374,19 +374,7 @@ fn a_run_with_triangle_and_lookahead_resumes_bitwise() {
     let data = data();
     let whole = run(fast(), &data);
     let dir = tempfile::tempdir().unwrap();
-    let mut t = trainer(fast(), dir.path());
-    t.on_batch(|epoch, batch| match (epoch, batch) == (2, 2) {
-        true => BatchControl::Stop,
-        false => BatchControl::Continue,
-    });
-    assert!(matches!(
-        t.fit(&data).unwrap(),
-        Outcome::Stopped { saved: true, .. }
-    ));
-    drop(t);
-    let mut resumed = seeded(|| Trainer::resume(dir.path(), None)).unwrap();
-    resumed.set_progress(ProgressMode::Silent);
-    assert!(matches!(resumed.fit(&data).unwrap(), Outcome::Completed(_)));
+    let resumed = common::stopped_and_resumed(fast(), dir.path(), &data, (2, 2));
     let again = variables(&resumed);
     for (name, x) in &whole {
         assert!(x.equal(&again[name]), "{name} differs after resume");

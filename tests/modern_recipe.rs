@@ -8,8 +8,8 @@ use std::path::Path;
 
 use resnext::data::DataSplits;
 use resnext::trainer::{
-    check_same_recipe, recipe_config, recipe_names, BatchControl, Outcome, ProgressMode, Schedule,
-    TrainConfig, Trainer, RECIPES,
+    check_same_recipe, recipe_config, recipe_names, Outcome, ProgressMode, Schedule, TrainConfig,
+    Trainer, RECIPES,
 };
 use resnext::ResNeXt;
 use tch::{Device, Tensor};
@@ -79,19 +79,7 @@ fn a_run_with_every_new_stage_resumes_bitwise_and_each_stage_acts() {
     let data = data();
     let whole = run(everything(), &data);
     let dir = tempfile::tempdir().unwrap();
-    let mut t = trainer(everything(), dir.path());
-    t.on_batch(|epoch, batch| match (epoch, batch) == (2, 2) {
-        true => BatchControl::Stop,
-        false => BatchControl::Continue,
-    });
-    assert!(matches!(
-        t.fit(&data).unwrap(),
-        Outcome::Stopped { saved: true, .. }
-    ));
-    drop(t);
-    let mut resumed = seeded(|| Trainer::resume(dir.path(), None)).unwrap();
-    resumed.set_progress(ProgressMode::Silent);
-    assert!(matches!(resumed.fit(&data).unwrap(), Outcome::Completed(_)));
+    let resumed = common::stopped_and_resumed(everything(), dir.path(), &data, (2, 2));
     let again = variables(&resumed);
     for (name, x) in &whole {
         assert!(x.equal(&again[name]), "{name} differs after resume");

@@ -53,6 +53,10 @@ pub struct TrainFlags {
     /// Keep the BatchNorm weights at 1, untrained (airbench's BatchNorm); their biases train.
     #[arg(long, help_heading = "Model")]
     pub freeze_norm_weights: bool,
+    /// Train the stem's bias (the whitening stem's) for N epochs only, frozen from then on
+    /// (airbench's whiten_bias_epochs).
+    #[arg(long, value_name = "N", help_heading = "Model")]
+    pub stem_bias_epochs: Option<usize>,
     /// Number of epochs [default: 200].
     #[arg(long, help_heading = "Optimisation")]
     pub epochs: Option<usize>,
@@ -136,7 +140,7 @@ pub struct TrainFlags {
         "lookahead_steps", "lookahead_decay", "auto_augment",
         "ra_magnitude", "random_erase", "mixup_alpha", "cutmix_alpha", "grad_accum_steps",
         "crop_padding", "crop_padding_mode", "flip", "blocks", "planes", "cardinality",
-        "base_width", "freeze_norm_weights",
+        "base_width", "freeze_norm_weights", "stem_bias_epochs",
     ],
         help_heading = "Run directory"
     )]
@@ -364,7 +368,7 @@ impl TrainFlags {
         if self.planes.is_some() {
             cfg.planes = self.planes.clone();
         }
-        set_optional!(cardinality, base_width);
+        set_optional!(cardinality, base_width, stem_bias_epochs);
         set_optional!(
             norm_weight_decay,
             bias_weight_decay,

@@ -8,7 +8,9 @@
 //! ([`Trainer::with_callback`](super::Trainer::with_callback)).
 use tch::{nn, Tensor};
 
-use super::{Ema, EmaCallback, EpochMetrics, LookaheadCallback, TrainConfig, TrainError};
+use super::{
+    Ema, EmaCallback, EpochMetrics, LookaheadCallback, StemBiasFreeze, TrainConfig, TrainError,
+};
 
 /// The sections of a checkpoint that belong to the trainer itself, which no callback may take.
 pub(super) const RESERVED_SECTIONS: [&str; 2] = ["model", "optimizer"];
@@ -144,6 +146,7 @@ impl Callbacks {
         // The lookahead first: it changes the weights, which the EMA then averages.
         configured.extend(LookaheadCallback::from_config(config, vs)?.map(boxed));
         configured.extend(EmaCallback::from_config(config, vs, world_size)?.map(boxed));
+        configured.extend(StemBiasFreeze::from_config(config, vs)?.map(boxed));
         Ok(Callbacks {
             configured,
             added: Vec::new(),

@@ -70,6 +70,10 @@ pub struct TrainConfig {
     /// BatchNorm biases train (airbench's `BatchNorm(weight=False)`). Their running statistics
     /// update as always.
     pub freeze_norm_weights: bool,
+    /// Train the stem's bias (`conv1.bias`, the whitening stem's) for this many epochs only,
+    /// frozen from then on (airbench94's `whiten_bias_epochs`, 3; [`StemBiasFreeze`](super::StemBiasFreeze));
+    /// `null`: it trains throughout.
+    pub stem_bias_epochs: Option<usize>,
     /// Number of epochs.
     pub epochs: usize,
     /// Images per training batch.
@@ -240,6 +244,7 @@ impl Default for TrainConfig {
             pretrained: None,
             freeze_backbone: false,
             freeze_norm_weights: false,
+            stem_bias_epochs: None,
             epochs: 200,
             batch_size: 128,
             lr: 0.1,
@@ -616,7 +621,16 @@ impl TrainConfig {
 
     /// The model, the classes and the pictures fed to it.
     fn validate_model_and_data(&self) -> Result<(), TrainError> {
-        self.model_config()?;
+        let model = self.model_config()?;
+        if let Some(epochs) = self.stem_bias_epochs {
+            if model.stem != Stem::Whitening {
+                return Err(invalid(
+                    "stem_bias_epochs",
+                    epochs,
+                    "null for a model without the whitening stem (only its stem has a bias)",
+                ));
+            }
+        }
         if self.num_classes < 1 {
             return Err(invalid("num_classes", self.num_classes, "at least 1"));
         }

@@ -15,7 +15,8 @@
 //! * [`TrainCallback`]: code run after every update and every epoch, with the variables and a
 //!   checkpoint section of its own ([`Trainer::with_callback`]); the EMA of the weights
 //!   ([`EmaCallback`], [`TrainConfig::model_ema`]) is one, airbench's lookahead
-//!   ([`LookaheadCallback`], [`TrainConfig::lookahead`]) another;
+//!   ([`LookaheadCallback`], [`TrainConfig::lookahead`]) another, airbench's frozen whitening
+//!   bias ([`StemBiasFreeze`], [`TrainConfig::stem_bias_epochs`]) a third;
 //! * [`files`], [`epoch_line`], [`curves_svg`]: what a run writes and prints;
 //! * [`Schedule`] with [`TrainConfig::lr_at_step`]: the learning rate of every update (once
 //!   per epoch, or every step for airbench's `triangle`, [`TriangleShape`]);
@@ -31,7 +32,7 @@
 //! | `metrics.jsonl` | one [`EpochMetrics`] per line |
 //! | `curves.svg` | loss and accuracy of train and test against the epoch |
 //! | `summary.json` | a [`Summary`], once training is complete |
-//! | `checkpoint.safetensors` | [`TrainState`] and named sections: `model/`, `optimizer/` (momentum buffers, AdamW's moments), one per callback (`ema/`, `lookahead/`); after every epoch (and on stop) |
+//! | `checkpoint.safetensors` | [`TrainState`] and named sections: `model/`, `optimizer/` (momentum buffers, AdamW's moments), one per callback (`ema/`, `lookahead/`, `stem_bias/`); after every epoch (and on stop) |
 //! | `last.safetensors`, `best.safetensors` | weights with torchvision's names: the trained ones, or the EMA's with [`TrainConfig::model_ema_weights`] `ema` |
 //!
 //! Checkpoints are of format [`CHECKPOINT_FORMAT`] (2): each stateful component writes and
@@ -68,6 +69,7 @@ mod run;
 mod run_dir;
 mod run_eval;
 mod sections;
+mod stem_bias;
 mod step;
 
 pub use accumulate::{EpochAccumulator, RunningMetrics};
@@ -100,4 +102,5 @@ pub use recipe::{
     check_same_recipe, recipe_config, recipe_names, recipe_warning, Recipe, Setting, RECIPES,
 };
 pub use run::{EvalForm, Outcome, Trainer};
+pub use stem_bias::StemBiasFreeze;
 pub use step::{GradientHook, StepBatch, StepOutput, TrainStep};

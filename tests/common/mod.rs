@@ -61,3 +61,35 @@ pub fn random_cifar(seed: i64, train: i64, test: i64) -> resnext::data::DataSpli
     let cifar = Cifar10::from_tensors(tr.0, tr.1, te.0, te.1, classes).unwrap();
     cifar.splits(Device::Cpu).unwrap()
 }
+
+/// Trains `config` in `dir` until just before batch `batch` of epoch `epoch` (0-based), where
+/// the run stops and saves, then resumes it from `dir` and trains to the end: the resumed
+/// trainer, done.
+#[allow(dead_code)]
+pub fn stopped_and_resumed(
+    config: resnext::trainer::TrainConfig,
+    dir: &std::path::Path,
+    data: &resnext::data::DataSplits,
+    (epoch, batch): (usize, usize),
+) -> resnext::trainer::Trainer<resnext::ResNeXt> {
+    use resnext::trainer::{BatchControl, Outcome, ProgressMode, Trainer};
+    let mut t = seeded(|| Trainer::resnext(config).unwrap())
+        .with_run_dir(dir)
+        .unwrap();
+    t.set_progress(ProgressMode::Silent);
+    t.on_batch(move |e, b| match (e, b) == (epoch, batch) {
+        true => BatchControl::Stop,
+        false => BatchControl::Continue,
+    });
+    let stopped = t.fit(data).unwrap();
+    assert!(
+        matches!(stopped, Outcome::Stopped { saved: true, .. }),
+        "{stopped:?}"
+    );
+    drop(t);
+    let mut resumed = seeded(|| Trainer::resume(dir, None)).unwrap();
+    resumed.set_progress(ProgressMode::Silent);
+    let done = resumed.fit(data).unwrap();
+    assert!(matches!(done, Outcome::Completed(_)), "{done:?}");
+    resumed
+}

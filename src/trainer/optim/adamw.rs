@@ -167,7 +167,8 @@ impl AdamW {
         for i in 0..self.params.len() {
             let mut p = self.params[i].1.shallow_clone();
             let grad = p.grad();
-            if !grad.defined() {
+            // A frozen parameter is left alone, as in `torch.optim.AdamW` (gradient `None`).
+            if !grad.defined() || !p.requires_grad() {
                 continue;
             }
             let mut m = match self.state[i].take() {

@@ -152,7 +152,8 @@ impl Sgd {
         super::scale_grads(&self.params, factor)
     }
 
-    /// One update with learning rate `lr`. Parameters without a gradient are left alone.
+    /// One update with learning rate `lr`. Parameters without a gradient, or that no longer
+    /// require one, are left alone.
     ///
     /// # Panics
     /// Where [`Optimizer::step`] returns an error (an `lr` not finite and `>= 0`, a libtorch
@@ -172,7 +173,9 @@ impl Sgd {
         let slots = self.params.iter_mut().zip(&mut self.momentum);
         for (((_, p), buf), setting) in slots.zip(&self.settings) {
             let grad = p.grad();
-            if !grad.defined() {
+            // A parameter that stopped requiring a gradient (a frozen one) is left alone, as
+            // PyTorch's optimisers leave one whose gradient is `None`.
+            if !grad.defined() || !p.requires_grad() {
                 continue;
             }
             let weight_decay = setting.weight_decay;
