@@ -177,6 +177,11 @@ def run_pytorch(a):
     init_like_ours(net, torch)
     net = net.to(memory_format=torch.channels_last)
     init_whitening_conv(net.conv1, train_x[:5000])
+    if cfg.get("freeze_norm_weights"):  # the crate's freeze_norm_weights: BN scales stay 1
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.requires_grad_(False)
+    stem_bias_epochs = cfg.get("stem_bias_epochs")
     optimizer = torch.optim.SGD(param_groups(net, cfg), momentum=cfg["momentum"], nesterov=cfg["nesterov"])
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     lookahead = LookaheadState(net)
@@ -188,6 +193,8 @@ def run_pytorch(a):
     total, step = epochs * per_epoch, 0
     with open(a.out, "w") as out:
         for epoch in range(epochs):
+            if stem_bias_epochs is not None:  # airbench's whiten_bias_epochs
+                net.conv1.bias.requires_grad = epoch < stem_bias_epochs
             images = crops(padded, pad, base_flip, epoch, torch)
             order = torch.randperm(len(images))
             for i in range(per_epoch):

@@ -5,10 +5,12 @@
 //! cargo run --example model_summary -- resnext50_32x4d
 //! cargo run --example model_summary -- resnext50_32x4d --imagenet --classes 1000
 //! cargo run --example model_summary -- resnext_fast --json
+//! cargo run --example model_summary -- resnext_fast --blocks 2,2,2 --cardinality 16
 //! ```
 use anyhow::{Context, Result};
 use clap::Parser;
 use resnext::resnext::MODEL_NAMES;
+use resnext::trainer::TrainConfig;
 use resnext::{ResNeXt, ResNeXtConfig, Stem};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -28,6 +30,18 @@ struct Args {
     /// Input size (square); defaults to 32 for the CIFAR stem and 224 for the ImageNet stem.
     #[arg(long)]
     size: Option<i64>,
+    /// The stages' numbers of blocks instead of the preset's (as train_cifar10's --blocks).
+    #[arg(long, value_name = "N,N,..", value_delimiter = ',')]
+    blocks: Option<Vec<usize>>,
+    /// The stages' planes instead of the preset's.
+    #[arg(long, value_name = "P,P,..", value_delimiter = ',')]
+    planes: Option<Vec<i64>>,
+    /// The number of groups (C) instead of the preset's.
+    #[arg(long, value_name = "C")]
+    cardinality: Option<i64>,
+    /// The group width at 64 planes (d) instead of the preset's.
+    #[arg(long, value_name = "D")]
+    base_width: Option<i64>,
     /// Print the configuration as JSON (as `resnext.model` in a weights file) and exit.
     #[arg(long)]
     json: bool,
@@ -35,7 +49,18 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let mut config = ResNeXtConfig::from_name(&args.model, args.classes)?;
+    // The training configuration's reading of a preset and its size overrides, so that the
+    // summary is of the network train_cifar10 builds from the same flags.
+    let train = TrainConfig {
+        model: args.model.clone(),
+        num_classes: args.classes,
+        blocks: args.blocks.clone(),
+        planes: args.planes.clone(),
+        cardinality: args.cardinality,
+        base_width: args.base_width,
+        ..TrainConfig::default()
+    };
+    let mut config: ResNeXtConfig = train.model_config()?;
     if args.imagenet {
         config.stem = Stem::ImageNet;
     }
@@ -88,8 +113,9 @@ fn main() -> Result<()> {
     }
     println!("parameters: {params}");
     println!(
-        "forward GFLOPs per image: {:.2} (multiply-add = 2 FLOPs)",
-        config.forward_flops(size, size) as f64 / 1e9
+        "forward GFLOPs per image: {:.2} ({:.1} MFLOPs; multiply-add = 2 FLOPs)",
+        config.forward_flops(size, size) as f64 / 1e9,
+        config.forward_flops(size, size) as f64 / 1e6
     );
 
     // Check the analytic shapes against a real forward pass.
