@@ -72,7 +72,9 @@ pub struct TrainConfig {
     pub freeze_norm_weights: bool,
     /// Train the stem's bias (`conv1.bias`, the whitening stem's) for this many epochs only,
     /// frozen from then on (airbench94's `whiten_bias_epochs`, 3; [`StemBiasFreeze`](super::StemBiasFreeze));
-    /// `null`: it trains throughout.
+    /// `null`: it trains throughout. A model whose stem has no bias (every stem but the
+    /// whitening one) has nothing to freeze: the setting does nothing there (the `fast` recipe
+    /// sets it, and runs with other models).
     pub stem_bias_epochs: Option<usize>,
     /// Number of epochs.
     pub epochs: usize,
@@ -621,16 +623,7 @@ impl TrainConfig {
 
     /// The model, the classes and the pictures fed to it.
     fn validate_model_and_data(&self) -> Result<(), TrainError> {
-        let model = self.model_config()?;
-        if let Some(epochs) = self.stem_bias_epochs {
-            if model.stem != Stem::Whitening {
-                return Err(invalid(
-                    "stem_bias_epochs",
-                    epochs,
-                    "null for a model without the whitening stem (only its stem has a bias)",
-                ));
-            }
-        }
+        self.model_config()?;
         if self.num_classes < 1 {
             return Err(invalid("num_classes", self.num_classes, "at least 1"));
         }

@@ -48,7 +48,8 @@ impl StemBiasFreeze {
         Ok(freeze)
     }
 
-    /// The freeze `config` asks for over `vs`; `None` without `stem_bias_epochs`.
+    /// The freeze `config` asks for over `vs`; `None` without `stem_bias_epochs` or when `vs`
+    /// has no stem bias (nothing to freeze, as [`TrainConfig::stem_bias_epochs`] says).
     ///
     /// # Errors
     /// As [`StemBiasFreeze::new`].
@@ -56,10 +57,12 @@ impl StemBiasFreeze {
         config: &TrainConfig,
         vs: &nn::VarStore,
     ) -> Result<Option<Self>, TrainError> {
-        config
-            .stem_bias_epochs
-            .map(|epochs| Self::new(vs, epochs))
-            .transpose()
+        match config.stem_bias_epochs {
+            Some(epochs) if vs.variables().contains_key(STEM_BIAS) => {
+                Self::new(vs, epochs).map(Some)
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Whether the bias is frozen.
