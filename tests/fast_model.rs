@@ -148,7 +148,7 @@ fn the_fast_preset_is_the_network_its_description_gives_in_pytorch() {
         "train-mode logits"
     );
     let ours_mean = variable(&vs, "layer2.0.bn2.running_mean");
-    let theirs_mean = read_f32(&dir.path().join("running_mean.bin"), &[256]);
+    let theirs_mean = read_f32(&dir.path().join("running_mean.bin"), &[ours_mean.size()[0]]);
     assert!(
         max_rel_diff(&ours_mean, &theirs_mean) < 1e-5,
         "BN momentum 0.4: running mean after one step"
