@@ -147,9 +147,12 @@ impl<M: ModuleT> Trainer<M> {
                 1 => String::new(),
                 n => format!(" x {n} processes"),
             };
+            // The network's name: the preset's, with the sizes a configuration overrides.
+            let model = cfg
+                .model_config()
+                .map_or_else(|_| cfg.model.clone(), |m| m.name);
             self.say(&format!(
-                "training {} on {:?}{processes}: {} epochs of {} images ({} batches of {}{processes}), test on {} images",
-                cfg.model,
+                "training {model} on {:?}{processes}: {} epochs of {} images ({} batches of {}{processes}), test on {} images",
                 self.device,
                 cfg.epochs,
                 batch_cfg.used_len(data.train.len()),
