@@ -16,8 +16,10 @@ const STEM_BIAS: &str = "conv1.bias";
 /// ([`TrainConfig::stem_bias_epochs`]): from then on it requires no gradient, and the
 /// optimisers leave a parameter that requires none alone (no weight decay, no momentum), as
 /// PyTorch's optimisers skip a parameter whose gradient is `None` (airbench sets
-/// `requires_grad = False` at the start of each epoch from `whiten_bias_epochs` on). Saved in
-/// the checkpoint, so that a run resumed after the freeze keeps the bias frozen.
+/// `requires_grad = False` at the start of each epoch from `whiten_bias_epochs` on). A
+/// lookahead ([`TrainConfig::lookahead`]) still sets it to its slow copy, as airbench's
+/// lookahead does with every entry of the state dict. Saved in the checkpoint, so that a run
+/// resumed after the freeze keeps the bias frozen.
 #[derive(Debug)]
 pub struct StemBiasFreeze {
     /// Epochs the bias trains.
