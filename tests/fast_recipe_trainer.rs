@@ -579,3 +579,30 @@ fn architecture_sizes_override_the_preset() {
         }
     }
 }
+
+/// `train_cifar10 --print-config` with `args`: (exit code, stdout, stderr).
+fn print_config(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(common::example("train_cifar10"))
+        .args(["--recipe", "fast", "--print-config"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn print_config_prints_only_what_would_train() {
+    // A valid override prints the JSON that `--config` reads back.
+    let (code, stdout, stderr) = print_config(&["--blocks", "2,2,2"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let back = TrainConfig::from_json(&stdout).unwrap();
+    assert_eq!(back.blocks, Some(vec![2, 2, 2]));
+    assert_eq!(back.model, "resnext_fast");
+    // Sizes that make no network (two stages on a three-stage preset) are refused, by field,
+    // and nothing is printed on stdout.
+    let (code, stdout, stderr) = print_config(&["--blocks", "2,2"]);
+    assert_ne!(code, Some(0));
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(stderr.contains("blocks"), "{stderr}");
+}

@@ -458,10 +458,13 @@ impl From<TrainError> for OpenError {
     }
 }
 
-/// `--print-config`: the configuration as JSON on stdout (what `--config` reads back), or the
-/// error that building it gave.
+/// `--print-config`: the configuration as JSON on stdout (what `--config` reads back), once it
+/// has passed the checks a run makes before it starts; or the error that building or checking
+/// it gave, so that what is printed is a configuration that trains.
 pub fn print_config(config: Result<TrainConfig, TrainError>) -> anyhow::Result<ExitCode> {
     let cfg = config.context("building the configuration (--print-config)")?;
+    cfg.validate()
+        .context("checking the configuration (--print-config)")?;
     println!("{}", cfg.to_json());
     Ok(ExitCode::SUCCESS)
 }
