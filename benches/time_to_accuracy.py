@@ -243,7 +243,7 @@ def time_to(run, target):
 def table(a):
     targets = [float(t) for t in a.targets.split(",")]
     runs = runs_of(load_rows(a.runs))
-    head = ["engine", "seed"] + [f"time to {100 * t:.0f}% (s)" for t in targets] + \
+    head = ["engine", "seed"] + [f"time to {100 * t:g}% (s)" for t in targets] + \
         ["final test acc (%)", "total wall time (s)"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
