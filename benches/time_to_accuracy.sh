@@ -17,7 +17,7 @@
 #   benches/time_to_accuracy.sh [--seeds "1 2 3"] [--engines "ours airbench94 pytorch"]
 #                               [--threads T] [--targets 0.90,0.93] [--out DIR]
 #
-# Cost: each run is about an hour on 2 cores; the default 3 seeds x 3 engines is 9 hours.
+# Cost: each run is 40-70 minutes on 2 cores; the default 3 seeds x 3 engines is about 8 hours.
 # Run it on a machine doing nothing else. CARGO_TARGET_DIR is honoured; the archive is
 # extracted once into ${RESNEXT_BENCH_CACHE:-$HOME/.cache/resnext}/cifar10-bench.
 set -euo pipefail
