@@ -7,9 +7,12 @@
 //! pixel centres relative to the image centre, the matrix divided by half the size) and samples
 //! with `grid_sample(mode="nearest", padding_mode="zeros", align_corners=False)`: the source
 //! index is `round_half_even((g + 1) * size / 2 - 0.5)`; a source outside the image gives the
-//! fill value. The same arithmetic is done here, in the same precision and order (including
-//! where libtorch's x86 kernels fuse a multiply and an add), so that sources that fall exactly
-//! half-way between two pixels (a shear of 0.2 does) round the same way.
+//! fill value. The same arithmetic is done here, in the same precision and order, with the
+//! multiply-add that libtorch's AVX-512 kernel fuses fused on every CPU: sources that fall
+//! exactly half-way between two pixels (a shear of 0.2 makes many) round as torchvision's do on
+//! an AVX-512 CPU. On a CPU with AVX2 only, libtorch does not fuse it, and such a tie can round
+//! to the other neighbour there (tests/augment_ops.rs allows exactly those pixels to differ);
+//! ours does not depend on the CPU, so a seed gives the same images on every machine.
 use super::RgbPlanes;
 
 /// torchvision's `_get_inverse_affine_matrix(center, angle, translate, scale, shear)` (angles
@@ -76,7 +79,8 @@ fn source_indices(h: usize, w: usize, matrix: &[f64; 6]) -> Vec<Option<u32>> {
         for col in 0..w {
             let x = col as f32 - (w as f32 - 1.0) * 0.5;
             // libtorch's `bmm` of [x, y, 1] by the 3x2 matrix accumulates in this order, the
-            // second product fused (checked against `_affine_grid` bit for bit).
+            // second product fused as its AVX-512 kernel does (bit for bit against
+            // `_affine_grid` there; its AVX2 kernel rounds that product first).
             let gx = y.mul_add(rx[1], x * rx[0]) + rx[2];
             let gy = y.mul_add(ry[1], x * ry[0]) + ry[2];
             let ix = unnormalize(gx, w);
