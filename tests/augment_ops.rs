@@ -25,7 +25,6 @@ use std::path::{Path, PathBuf};
 use python::run_python;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use resnext::data::ops::geometry::inverse_affine_matrix;
 use resnext::data::ops::{
     cutmix_box, cutmix_with, erase, mixup_with, AugmentationSpace, AutoAugment, AutoAugmentPolicy,
     CutMix, EraseBox, MixUp, Op, OpDraw, Policy, RandAugment, RandomErasing, RgbPlanes,
@@ -214,25 +213,6 @@ fn our_outputs(images: &[RgbPlanes]) -> (Vec<u8>, Vec<Case>, Vec<Value>) {
     (ours, labels, manifest)
 }
 
-/// The inverse matrix of a warp case, as `resnext::data::ops::Op::apply` builds it (`None`
-/// for the ops that are not warps, and for translations: whole pixels, never a tie).
-fn warp_matrix(op: Op, m: f64, h: usize, w: usize) -> Option<[f64; 6]> {
-    let corner = [-(w as f64) * 0.5, -(h as f64) * 0.5];
-    let shear = |s: [f64; 2]| inverse_affine_matrix(corner, 0.0, [0.0, 0.0], 1.0, s);
-    match op {
-        Op::ShearX => Some(shear([m.atan().to_degrees(), 0.0])),
-        Op::ShearY => Some(shear([0.0, m.atan().to_degrees()])),
-        Op::Rotate => Some(inverse_affine_matrix(
-            [0.0, 0.0],
-            -m.rem_euclid(360.0),
-            [0.0, 0.0],
-            1.0,
-            [0.0, 0.0],
-        )),
-        _ => None,
-    }
-}
-
 /// For every output pixel of an `h` x `w` warp through `matrix` (row-major), whether its
 /// source position, computed in `f64` from the `f32` matrix, lies within 1e-4 pixel of a
 /// half-way point along either axis: the ties whose rounding depends on the CPU's kernel.
@@ -269,7 +249,7 @@ fn compare(
         let n = 3 * h * w;
         let (a, b) = (&ours[offset..offset + n], &theirs[offset..offset + n]);
         offset += n;
-        let ties = warp_matrix(op, m, h, w).map(|mat| tie_pixels(&mat, h, w));
+        let ties = op.warp_matrix(m, h, w).map(|mat| tie_pixels(&mat, h, w));
         let e = stats.entry(op).or_default();
         e.0 += n;
         for (i, (&x, &y)) in a.iter().zip(b).enumerate() {

@@ -106,20 +106,27 @@ fn unnormalize(g: f32, size: usize) -> Option<usize> {
 /// center=[0, 0])`: a shear (degrees) about the top-left corner, as auto-augmentation's
 /// ShearX / ShearY use it.
 pub fn shear(image: &RgbPlanes, shear_x: f64, shear_y: f64, fill: [u8; 3]) -> RgbPlanes {
-    // center=[0, 0] in pixels is (-w/2, -h/2) relative to the image centre.
-    let center = [
-        -(image.width() as f64) * 0.5,
-        -(image.height() as f64) * 0.5,
-    ];
-    let m = inverse_affine_matrix(center, 0.0, [0.0, 0.0], 1.0, [shear_x, shear_y]);
+    let m = shear_matrix(image.height(), image.width(), shear_x, shear_y);
     warp_nearest(image, &m, fill)
+}
+
+/// The inverse matrix [`shear`] warps a `height` x `width` image through: the shear (degrees)
+/// about the top-left corner, torchvision's `center=[0, 0]` in pixels, which is `(-w/2, -h/2)`
+/// relative to the image centre.
+pub fn shear_matrix(height: usize, width: usize, shear_x: f64, shear_y: f64) -> [f64; 6] {
+    let center = [-(width as f64) * 0.5, -(height as f64) * 0.5];
+    inverse_affine_matrix(center, 0.0, [0.0, 0.0], 1.0, [shear_x, shear_y])
 }
 
 /// torchvision's `affine(image, angle=0, translate=[dx, dy], scale=1, shear=[0, 0])`: a
 /// translation by whole pixels (positive `dx` moves the content right).
 pub fn translate(image: &RgbPlanes, dx: i64, dy: i64, fill: [u8; 3]) -> RgbPlanes {
-    let m = inverse_affine_matrix([0.0, 0.0], 0.0, [dx as f64, dy as f64], 1.0, [0.0, 0.0]);
-    warp_nearest(image, &m, fill)
+    warp_nearest(image, &translate_matrix(dx, dy), fill)
+}
+
+/// The inverse matrix [`translate`] warps through.
+pub fn translate_matrix(dx: i64, dy: i64) -> [f64; 6] {
+    inverse_affine_matrix([0.0, 0.0], 0.0, [dx as f64, dy as f64], 1.0, [0.0, 0.0])
 }
 
 /// torchvision's `rotate(image, angle, expand=False, center=None)`: a rotation by `angle`
@@ -134,8 +141,20 @@ pub fn rotate(image: &RgbPlanes, angle: f64, fill: [u8; 3]) -> RgbPlanes {
     if angle == 180.0 || (square && (angle == 90.0 || angle == 270.0)) {
         return rot90(image, (angle / 90.0) as u32);
     }
-    let m = inverse_affine_matrix([0.0, 0.0], -angle, [0.0, 0.0], 1.0, [0.0, 0.0]);
-    warp_nearest(image, &m, fill)
+    warp_nearest(image, &rotate_matrix(angle), fill)
+}
+
+/// The inverse matrix [`rotate`] warps through for `angle` degrees counter-clockwise (taken
+/// modulo 360) where it warps, that is except at the exact transpositions: torchvision's
+/// `rotate` passes the negated angle to `_get_inverse_affine_matrix`.
+pub fn rotate_matrix(angle: f64) -> [f64; 6] {
+    inverse_affine_matrix(
+        [0.0, 0.0],
+        -angle.rem_euclid(360.0),
+        [0.0, 0.0],
+        1.0,
+        [0.0, 0.0],
+    )
 }
 
 /// `torch.rot90(image, k, dims=(-2, -1))` for `k` in 1..=3 (counter-clockwise); `k = 1` or `3`

@@ -116,8 +116,8 @@ impl Op {
         let m = magnitude;
         Ok(match self {
             Op::Identity => image.clone(),
-            Op::ShearX => geometry::shear(image, m.atan().to_degrees(), 0.0, fill),
-            Op::ShearY => geometry::shear(image, 0.0, m.atan().to_degrees(), fill),
+            Op::ShearX => geometry::shear(image, shear_degrees(m), 0.0, fill),
+            Op::ShearY => geometry::shear(image, 0.0, shear_degrees(m), fill),
             Op::TranslateX => geometry::translate(image, m as i64, 0, fill),
             Op::TranslateY => geometry::translate(image, 0, m as i64, fill),
             Op::Rotate => geometry::rotate(image, m, fill),
@@ -131,6 +131,23 @@ impl Op {
             Op::Equalize => color::equalize(image),
             Op::Invert => color::invert(image),
         })
+    }
+
+    /// The inverse affine matrix (row-major 2x3, as
+    /// [`geometry::inverse_affine_matrix`] returns it) that [`Op::apply`] warps a `height` x
+    /// `width` image through for `magnitude`; `None` for the ops that do not warp. A rotation
+    /// by 0 or 180 degrees (or 90 and 270 of a square image) is an exact transposition
+    /// instead, which gives the image this matrix maps to.
+    pub fn warp_matrix(self, magnitude: f64, height: usize, width: usize) -> Option<[f64; 6]> {
+        let m = magnitude;
+        match self {
+            Op::ShearX => Some(geometry::shear_matrix(height, width, shear_degrees(m), 0.0)),
+            Op::ShearY => Some(geometry::shear_matrix(height, width, 0.0, shear_degrees(m))),
+            Op::TranslateX => Some(geometry::translate_matrix(m as i64, 0)),
+            Op::TranslateY => Some(geometry::translate_matrix(0, m as i64)),
+            Op::Rotate => Some(geometry::rotate_matrix(m)),
+            _ => None,
+        }
     }
 
     /// Checks `magnitude` against what [`Op::apply`] accepts for this op.
@@ -161,5 +178,50 @@ impl Op {
 impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// ShearX / ShearY's magnitude is the shear factor; torchvision's `affine` takes the angle
+/// `atan(magnitude)` in degrees.
+fn shear_degrees(magnitude: f64) -> f64 {
+    magnitude.atan().to_degrees()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The matrix `warp_matrix` reports is the one `apply` warps through: warping with it
+    /// gives `apply`'s image, and a matrix for another magnitude does not.
+    #[test]
+    fn warp_matrix_is_the_matrix_apply_warps_through() {
+        let (h, w) = (9, 13);
+        let data: Vec<u8> = (0..3 * h * w).map(|v| (v * 7 % 251) as u8).collect();
+        let img = RgbPlanes::new(h, w, data).unwrap();
+        let fill = [5, 6, 7];
+        let cases = [
+            (Op::ShearX, 0.2),
+            (Op::ShearY, -0.3),
+            (Op::TranslateX, 3.0),
+            (Op::TranslateY, -2.0),
+            (Op::Rotate, 30.0),
+            (Op::Rotate, -100.0),
+        ];
+        for (op, m) in cases {
+            let matrix = op.warp_matrix(m, h, w).unwrap();
+            let applied = op.apply(&img, m, fill).unwrap();
+            assert_eq!(
+                geometry::warp_nearest(&img, &matrix, fill),
+                applied,
+                "{op} {m}"
+            );
+            let other = op.warp_matrix(m * 0.5, h, w).unwrap();
+            assert_ne!(
+                geometry::warp_nearest(&img, &other, fill),
+                applied,
+                "{op} {m}"
+            );
+        }
+        assert_eq!(Op::Brightness.warp_matrix(0.5, h, w), None);
     }
 }
