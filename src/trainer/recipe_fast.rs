@@ -39,7 +39,7 @@ pub(super) const FAST: &[Setting] = &[
         "256",
         "a quarter of airbench94's 1024: 4x the updates per epoch at about the same images per \
          second on 2 cores; measured on this network (2 epochs): 73.61% against 68.77% at 1024 \
-         and 72.61% at 512",
+         and 72.61% at 512; 128 leads by 0.5 after 2 epochs and ends level after 15 (88.01%)",
     ),
     set("opt", "\"sgd\"", "airbench94's"),
     set("nesterov", "true", "airbench94's"),
