@@ -136,8 +136,8 @@ impl Op {
     /// The inverse affine matrix (row-major 2x3, as
     /// [`geometry::inverse_affine_matrix`] returns it) that [`Op::apply`] warps a `height` x
     /// `width` image through for `magnitude`; `None` for the ops that do not warp. A rotation
-    /// by 0 or 180 degrees (or 90 and 270 of a square image) is an exact transposition
-    /// instead, which gives the image this matrix maps to.
+    /// by 0 or 180 degrees (or 90 and 270 of a square image) is done as an exact transposition
+    /// rather than through this matrix.
     pub fn warp_matrix(self, magnitude: f64, height: usize, width: usize) -> Option<[f64; 6]> {
         let m = magnitude;
         match self {
