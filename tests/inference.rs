@@ -2,7 +2,8 @@
 //! mode, with randomised BN statistics and affine parameters so that folding is exercised, for
 //! both stems, for every preset of the table and for a configuration outside it; errors
 //! instead of panics for bad inputs; channels-last helpers. Every check runs both sets of
-//! kernels: oneDNN fused (the default on the CPU) and generic.
+//! kernels: oneDNN fused (the default on x86-64 CPUs other than Intel's) and generic (the
+//! default on Intel's).
 use resnext::inference::{InferenceModel, Kernels};
 use resnext::layout::{channels_last, vars_to_channels_last};
 use resnext::resnext::{Layout, PRESETS};
@@ -48,6 +49,28 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
 
 /// Both sets of kernels: oneDNN fused (the torch 2.11 wheel registers its operators) and generic.
 const KERNELS: [Kernels; 2] = [Kernels::OneDnnFused, Kernels::Generic];
+
+/// The kernels `Kernels::Auto` must pick for a float32 network on this CPU: generic on Intel
+/// CPUs, oneDNN fused on other x86-64 ones (the crate asks CPUID; this reads the vendor Linux
+/// reports in /proc/cpuinfo, so a wrong CPUID decoding fails here).
+fn expected_auto_on_cpu() -> Kernels {
+    if !cfg!(target_arch = "x86_64") {
+        return Kernels::Generic;
+    }
+    let info = std::fs::read_to_string("/proc/cpuinfo")
+        .expect("this test reads the CPU vendor from /proc/cpuinfo (Linux only)");
+    let vendor = info
+        .lines()
+        .find_map(|l| l.strip_prefix("vendor_id"))
+        .and_then(|rest| rest.split(':').nth(1))
+        .map(str::trim)
+        .expect("/proc/cpuinfo has no vendor_id line");
+    if vendor == "GenuineIntel" {
+        Kernels::Generic
+    } else {
+        Kernels::OneDnnFused
+    }
+}
 
 /// Builds `cfg` with random BN statistics and checks that its inference form on `kernels` gives
 /// the eval-mode logits for a random batch of two `size x size` images, and that they depend on
@@ -166,7 +189,11 @@ fn inference_form_is_a_snapshot_and_sees_the_bn_statistics() {
     let net = ResNeXt::new(&vs.root(), &ResNeXtConfig::tiny(10));
     randomise_bn(&vs);
     let before = InferenceModel::new(&net).unwrap();
-    assert_eq!(before.kernels(), Kernels::Generic, "the default");
+    assert_eq!(before.kernels(), expected_auto_on_cpu(), "the default");
+    assert_eq!(Kernels::Auto.resolve(&net), before.kernels());
+    for k in KERNELS {
+        assert_eq!(k.resolve(&net), k, "only Auto is resolved");
+    }
     let xs = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
     let old = before.forward(&xs);
     // Shift one running mean: the plain model changes, the old inference form does not, a
@@ -223,7 +250,11 @@ fn bad_inputs_are_errors_not_panics() {
         other => panic!("expected Unsupported, got {other:?}"),
     }
     let auto = InferenceModel::new(&net64).unwrap();
-    assert_eq!(auto.kernels(), Kernels::Generic);
+    assert_eq!(
+        auto.kernels(),
+        Kernels::Generic,
+        "the default for float64, on every CPU"
+    );
     let xs = Tensor::randn([2, 3, 32, 32], (Kind::Double, Device::Cpu));
     assert!(rel_err(&auto.forward(&xs), &net64.forward_t(&xs, false)) <= 1e-10);
 }

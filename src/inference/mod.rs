@@ -7,13 +7,15 @@
 //! pass is left; activations stay channels-last (NHWC); everything runs under
 //! [`tch::no_grad`]. Two sets of kernels do the rest ([`Kernels`]):
 //!
-//! * **generic** (the default; every device and float kind): in channels-last order a 1x1
+//! * **generic** (every device and float kind; the default on Intel CPUs, on GPUs and for
+//!   other float kinds): in channels-last order a 1x1
 //!   convolution is a matrix product `[N·H·W, C_in] × [C_in, C_out]`, so the first and last
 //!   convolutions of every block and the shortcut projection run as `addmm` with the bias and
 //!   the residual addition fused in, writing into buffers reused from one call to the next
 //!   (fresh multi-megabyte tensors cost a page fault per 4 KiB page on first touch); the
 //!   grouped 3x3 convolution is a libtorch convolution; ReLUs run in place.
-//! * **oneDNN fused** (float32 on the CPU, on request): each convolution is one call of
+//! * **oneDNN fused** (float32 on the CPU; the default on x86-64 CPUs other than Intel's): each
+//!   convolution is one call of
 //!   libtorch's oneDNN convolution with its ReLU fused in, on weights reordered once into
 //!   oneDNN's blocked layout, and the last 1x1 convolution of every block accumulates into the
 //!   shortcut in place, so neither the ReLUs nor the residual additions cost a pass over memory
@@ -21,10 +23,11 @@
 //!   torch.compile's CPU backend emits) are looked up in libtorch's dispatcher when the model is
 //!   built. On a 2-core Intel Xeon (AVX-512) it measured as fast as the generic kernels at
 //!   batch 1 and on CIFAR images, and 17% slower at 224x224 batch 32 (MKL's matrix products beat
-//!   oneDNN's 1x1 convolutions there), so it is not the default; it is there for CPUs where
-//!   oneDNN's kernels are the better ones: on a 2-core AMD EPYC (AVX2 only) it measured 1.18x
-//!   the generic kernels at batch 1 and 1.2x at 224x224 batch 32 (docs/deploy.md has the
-//!   figures).
+//!   oneDNN's 1x1 convolutions there: MKL takes its best paths on Intel CPUs only); on a 2-core
+//!   AMD EPYC (AVX2 only) 1.18x the generic kernels at batch 1, 1.2x at 224x224 batch 32 and
+//!   level on CIFAR images (docs/deploy.md has the figures). [`Kernels::Auto`] therefore picks
+//!   them for a float32 network on the CPU unless the CPU is Intel's (CPUID vendor); on other
+//!   architectures it stays with the generic kernels (not measured there).
 //!
 //! [`Tta`] averages the logits over mirrored and shifted copies of the images
 //! (test-time augmentation at airbench's levels), around this model or any other.
@@ -47,6 +50,7 @@
 //! assert!(err <= 1e-4 * reference.abs().max().double_value(&[]).max(1.0));
 //! # Ok::<(), resnext::ModelError>(())
 //! ```
+mod cpu;
 mod ffi;
 mod fold;
 mod fused;
@@ -66,13 +70,35 @@ use crate::resnext::{ModelError, ResNeXt, ResNeXtConfig};
 /// Which kernels an [`InferenceModel`] runs (see the [module](self) docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kernels {
-    /// The kernels measured fastest for the network's device and kind: [`Kernels::Generic`]
-    /// everywhere at present (see the [module](self) docs).
+    /// The kernels measured fastest for the network's device, kind and CPU
+    /// ([`Kernels::resolve`]): [`Kernels::OneDnnFused`] for a float32 network on an x86-64 CPU
+    /// that is not Intel's (when this libtorch has the operators), [`Kernels::Generic`]
+    /// otherwise (see the [module](self) docs).
     Auto,
     /// oneDNN convolutions with fused post-operations on prepacked weights (CPU, float32).
     OneDnnFused,
     /// Matrix products into reused buffers and libtorch convolutions (every device and kind).
     Generic,
+}
+
+impl Kernels {
+    /// The kernels an [`InferenceModel`] of `net` built with `self` runs: `self`, except that
+    /// [`Kernels::Auto`] becomes the choice it stands for on this machine. Asking for
+    /// [`Kernels::OneDnnFused`] where they cannot run is an error of
+    /// [`InferenceModel::with_kernels`], not decided here.
+    pub fn resolve(self, net: &ResNeXt) -> Kernels {
+        match self {
+            Kernels::Auto if FusedNet::supports(net) && cfg!(target_arch = "x86_64") => {
+                if cpu::is_intel() {
+                    Kernels::Generic
+                } else {
+                    Kernels::OneDnnFused
+                }
+            }
+            Kernels::Auto => Kernels::Generic,
+            other => other,
+        }
+    }
 }
 
 /// The network in the form of the kernels chosen.
@@ -135,9 +161,8 @@ impl InferenceModel {
     /// fails.
     pub fn with_kernels(net: &ResNeXt, kernels: Kernels) -> Result<Self, ModelError> {
         net.stem_parts("the inference form")?;
-        let fused = match kernels {
-            Kernels::Auto => false,
-            Kernels::Generic => false,
+        let fused = match kernels.resolve(net) {
+            Kernels::Auto | Kernels::Generic => false,
             Kernels::OneDnnFused if FusedNet::supports(net) => true,
             Kernels::OneDnnFused => {
                 let ws = &net.classifier().ws;

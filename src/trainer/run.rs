@@ -216,7 +216,7 @@ impl<M: ModuleT> Trainer<M> {
     /// Evaluates the test set with the module `form` builds from the trained one at each
     /// evaluation, instead of the trained module in eval mode, when training runs in fp32 (under
     /// bf16 / fp16 autocast the trained module is used). [`Trainer::resnext`] sets
-    /// [`InferenceModel::new`](crate::inference::InferenceModel::new) (BN folded, channels-last, fused 1x1 convolutions: the same
+    /// [`InferenceModel::new`](crate::inference::InferenceModel::new) (BN folded, channels-last, fused kernels: the same
     /// logits up to float rounding, faster).
     pub fn with_eval_form(mut self, form: EvalForm<M>) -> Self {
         self.eval_form = Some(form);
