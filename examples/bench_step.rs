@@ -7,8 +7,8 @@
 //!   (random weights, a random batch `[BATCH, 3, SIZE, SIZE]`; by default the CIFAR stem and
 //!   32x32), runs it once as a warm-up, answers `ok`.
 //!   Eval variants: `inference` ([`InferenceModel`], its default kernels), `inference-fused`
-//!   (with [`Kernels::OneDnnFused`]), `inference-generic` (with [`Kernels::Generic`]), `plain` (`ResNeXt::forward_t(xs, false)`
-//!   under `no_grad`, NCHW), `plain-cl` (the same with channels-last weights and input).
+//!   (with [`Kernels::OneDnnFused`]), `inference-generic` (with [`Kernels::Generic`]),
+//!   `plain` (`ResNeXt::forward_t(xs, false)` under `no_grad`, NCHW), `plain-cl` (the same with channels-last weights and input).
 //!   Train variants (forward, cross-entropy, backward, [`Sgd`] step with momentum 0.9 and
 //!   weight decay 5e-4): `nchw`, `cl` (channels-last weights and input).
 //! * `run ID`: runs the workload once, answers the wall time in seconds;
