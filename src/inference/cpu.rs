@@ -11,7 +11,7 @@ pub(super) fn is_intel() -> bool {
 
 /// The CPUID vendor string (`GenuineIntel`, `AuthenticAMD`, ...), `None` off x86-64.
 #[cfg(target_arch = "x86_64")]
-pub(super) fn vendor() -> Option<String> {
+fn vendor() -> Option<String> {
     // SAFETY: CPUID leaf 0 (the vendor and the highest leaf) exists on every x86-64 CPU.
     #[allow(unused_unsafe)]
     let leaf = unsafe { std::arch::x86_64::__cpuid(0) };
@@ -24,6 +24,6 @@ pub(super) fn vendor() -> Option<String> {
 
 /// The CPUID vendor string, `None` off x86-64.
 #[cfg(not(target_arch = "x86_64"))]
-pub(super) fn vendor() -> Option<String> {
+fn vendor() -> Option<String> {
     None
 }
