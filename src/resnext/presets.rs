@@ -77,7 +77,7 @@ pub const PRESETS: &[Preset] = &[
     Preset { name: "resnext29_32x4d", stem_channels: 64, blocks: &[3, 3, 3], planes: &[64, 128, 256], cardinality: 32, base_width: 4, layout: Layout::TORCHVISION },
     Preset { name: "resnext29_2x64d", stem_channels: 64, blocks: &[3, 3, 3], planes: &[64, 128, 256], cardinality: 2, base_width: 64, layout: Layout::TORCHVISION },
     Preset { name: "tiny", stem_channels: 32, blocks: &[1, 1, 1], planes: &[16, 32, 64], cardinality: 8, base_width: 8, layout: Layout::TORCHVISION },
-    Preset { name: "resnext_fast", stem_channels: 24, blocks: &[1, 1, 1], planes: &[16, 64, 64], cardinality: 4, base_width: 48, layout: Layout::FAST },
+    Preset { name: "resnext_fast", stem_channels: 24, blocks: &[1, 1, 3], planes: &[16, 64, 64], cardinality: 4, base_width: 48, layout: Layout::FAST },
 ];
 
 /// Names accepted by [`ResNeXtConfig::from_name`]: the names of [`PRESETS`], in order.
