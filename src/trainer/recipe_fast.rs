@@ -38,8 +38,9 @@ pub(super) const FAST: &[Setting] = &[
         "batch_size",
         "256",
         "a quarter of airbench94's 1024: 4x the updates per epoch at about the same images per \
-         second on 2 cores; measured on this network (2 epochs): 73.61% against 68.77% at 1024 \
-         and 72.61% at 512; 128 leads by 0.5 after 2 epochs and ends level after 15 (88.01%)",
+         second on 2 cores; measured with one block per stage (2 epochs): 73.61% against \
+         68.77% at 1024 and 72.61% at 512; 128 leads by 0.5 after 2 epochs and ends level after \
+         15 (88.01%)",
     ),
     set("opt", "\"sgd\"", "airbench94's"),
     set("nesterov", "true", "airbench94's"),
@@ -71,8 +72,8 @@ pub(super) const FAST: &[Setting] = &[
     set(
         "freeze_norm_weights",
         "true",
-        "airbench94's BatchNorm without a trained weight; measured on this network (2 epochs): \
-         68.37% against 65.54% with trained BN weights",
+        "airbench94's BatchNorm without a trained weight; measured with one block per stage (2 \
+         epochs): 68.37% against 65.54% with trained BN weights",
     ),
     set(
         "stem_bias_epochs",
