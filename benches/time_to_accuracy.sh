@@ -83,9 +83,9 @@ run() {
         airbench94)
             mkdir -p "$out/airbench-work"
             python3 -W ignore benches/airbench_cpu.py --data-dir "$data" --work "$out/airbench-work" \
-                --seed "$seed" --threads "$threads" --t0 "$t0" --out "$out/airbench-raw-seed$seed.jsonl" \
+                --seed "$seed" --threads "$threads" --t0 "$t0" --out "$out/airbench-work/raw-seed$seed.jsonl" \
                 > "$out/airbench-seed$seed.log" 2>&1
-            python3 - "$out/airbench-raw-seed$seed.jsonl" "$seed" > "$rows" <<'PY'
+            python3 - "$out/airbench-work/raw-seed$seed.jsonl" "$seed" > "$rows" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 for r in rows:
