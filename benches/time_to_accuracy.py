@@ -221,7 +221,14 @@ def run_pytorch(a):
 def load_rows(paths):
     rows = []
     for p in paths:
-        rows.extend(json.loads(line) for line in open(p) if line.strip())
+        for n, line in enumerate(open(p), 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            missing = [k for k in ("engine", "seed", "epoch", "test_acc", "wall_s") if k not in row]
+            if missing:
+                sys.exit(f"{p}:{n}: not a run row (no {', '.join(missing)}): {line.strip()[:120]}")
+            rows.append(row)
     return rows
 
 
