@@ -81,11 +81,13 @@ run() {
             python3 benches/time_to_accuracy.py ours --binary "$bin/train_cifar10" --data-dir "$data" \
                 --seed "$seed" --threads "$threads" --t0 "$t0" --run-dir "$out/ours-seed$seed" --out "$rows" ;;
         airbench94)
+            # airbench's own rows stay in its work folder: OUT/*-seed*.jsonl is per-run rows only.
+            local raw="$out/airbench-work/raw-seed$seed.jsonl"
             mkdir -p "$out/airbench-work"
             python3 -W ignore benches/airbench_cpu.py --data-dir "$data" --work "$out/airbench-work" \
-                --seed "$seed" --threads "$threads" --t0 "$t0" --out "$out/airbench-work/raw-seed$seed.jsonl" \
+                --seed "$seed" --threads "$threads" --t0 "$t0" --out "$raw" \
                 > "$out/airbench-seed$seed.log" 2>&1
-            python3 - "$out/airbench-work/raw-seed$seed.jsonl" "$seed" > "$rows" <<'PY'
+            python3 - "$raw" "$seed" > "$rows" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 for r in rows:
