@@ -6,7 +6,10 @@ to run without CUDA, by replacing torch functions before airbench calls them; ai
 
 * `Tensor.cuda` / `Module.cuda` return the object itself (everything stays on the CPU);
 * `Tensor.half` / `Module.half` become `.float()` (fp16 convolutions on the CPU are slow and
-  not what a CPU user would run: fp32, as ours);
+  not what a CPU user would run: fp32), or with `--precision bf16` `.bfloat16()`: the CPU's
+  16-bit float in place of the GPU's, everywhere airbench asks for fp16 (its BN layers stay
+  fp32, as airbench keeps them; `torch.half` names bf16 too, for airbench's lookahead, which
+  averages the weights of that dtype);
 * `torch.load` maps onto the CPU (airbench passes `map_location=torch.device(0)`, a GPU);
 * `torch.cuda.Event` is a wall-clock timer and `torch.cuda.synchronize` does nothing (CPU work
   is synchronous), so airbench's own timer still measures what it measures on a GPU: training
@@ -19,7 +22,7 @@ every table row airbench prints is recorded with the wall-clock time since `--t0
 launching script's clock before starting this process, so Python's start and imports count).
 
     python3 benches/airbench_cpu.py --data-dir DIR --work DIR --seed S --threads T \
-        --t0 EPOCH_SECONDS --out run.jsonl
+        --t0 EPOCH_SECONDS [--precision fp32|bf16] --out run.jsonl
 
 `--data-dir` holds `cifar-10-batches-bin/` (the official binary layout). Writes one JSON line
 per airbench row: {"epoch": .., "val_acc": .., "tta_val_acc": .., "airbench_time_s": ..,
@@ -43,6 +46,8 @@ def parse_args():
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--t0", type=float, default=None, help="start time (seconds since the epoch)")
     p.add_argument("--epochs", type=float, default=None, help="airbench's train_epochs (default: its 9.9)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="what airbench's .half() becomes: fp32 (default) or bf16")
     p.add_argument("--out", required=True)
     return p.parse_args()
 
@@ -73,12 +78,17 @@ def write_airbench_cache(data_dir, work, torch):
                    os.path.join(work, "cifar10", f"{split}.pt"))
 
 
-def patch_for_cpu(torch):
+def patch_for_cpu(torch, precision):
     """The CUDA-only calls airbench makes, replaced by their CPU meaning."""
     torch.Tensor.cuda = lambda self, *a, **k: self
     torch.nn.Module.cuda = lambda self, *a, **k: self
-    torch.Tensor.half = lambda self, *a, **k: self.float()
-    torch.nn.Module.half = lambda self: self.float()
+    low = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    torch.Tensor.half = lambda self, *a, **k: self.to(low)
+    torch.nn.Module.half = lambda self: self.to(low)
+    if precision == "bf16":
+        # airbench's lookahead averages the weights whose dtype is `torch.half` or
+        # `torch.float` (utils.py, LookaheadState.update): its half weights are bf16 here.
+        torch.half = torch.bfloat16
     load = torch.load
 
     def load_on_cpu(*args, **kwargs):
@@ -132,12 +142,12 @@ def main():
     t0 = args.t0 if args.t0 is not None else T_IMPORT
     import torch
     torch.set_num_threads(args.threads)
-    patch_for_cpu(torch)
+    patch_for_cpu(torch, args.precision)
     write_airbench_cache(args.data_dir, args.work, torch)
     os.chdir(args.work)
     import airbench
     print(f"airbench from {os.path.dirname(airbench.__file__)}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, seed {args.seed}", file=sys.stderr)
+          f"{torch.get_num_threads()} threads, seed {args.seed}, .half() as {args.precision}", file=sys.stderr)
     torch.manual_seed(args.seed)
     with open(args.out, "w") as out:
         sys.stdout = RowRecorder(sys.__stdout__, t0, out)

@@ -136,11 +136,16 @@ def crops(padded, pad, base_flip, epoch, torch):
     return out
 
 
-def evaluate(net, images, labels, tta, torch, F):
+def autocast(cfg, torch):
+    """The recipe's precision as ours runs it on the CPU: bf16 autocast for "bf16", else fp32."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.get("precision") == "bf16")
+
+
+def evaluate(net, images, labels, tta, cfg, torch, F):
     """Test accuracy, batches of 1024, the crate's TTA (flip_translate: airbench's level 2)."""
     net.eval()
     correct = 0
-    with torch.no_grad():
+    with torch.no_grad(), autocast(cfg, torch):
         for i in range(0, len(images), 1024):
             x = images[i:i + 1024].contiguous(memory_format=torch.channels_last)
             mirror = lambda t: 0.5 * (net(t) + net(t.flip(-1)))  # noqa: E731
@@ -202,7 +207,8 @@ def run_pytorch(a):
                 for g, base in zip(optimizer.param_groups, base_lrs):
                     g["lr"] = base * triangle(step, total, cfg)
                 x = images[idx].contiguous(memory_format=torch.channels_last)
-                loss = loss_fn(net(x), train_y[idx])
+                with autocast(cfg, torch):
+                    loss = loss_fn(net(x), train_y[idx])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -213,7 +219,7 @@ def run_pytorch(a):
                     lookahead.update(net, decay=1.0)
             last = epoch + 1 == epochs
             tta = cfg["tta"] if (last or not cfg.get("tta_last_only")) else "none"
-            acc = evaluate(net, test_x, test_y, tta, torch, F)
+            acc = evaluate(net, test_x, test_y, tta, cfg, torch, F)
             record(out, {"engine": "pytorch", "seed": a.seed, "epoch": epoch + 1, "test_acc": acc,
                          "wall_s": round(time.time() - a.t0, 2), "final": last})
 
@@ -275,7 +281,7 @@ def table(a):
 def plot(a):
     """An SVG of test accuracy against wall-clock time, one polyline per run."""
     runs = runs_of(load_rows(a.runs))
-    colours = {"ours": "#1f77b4", "airbench94": "#d62728", "pytorch": "#2ca02c"}
+    colours = {"ours": "#1f77b4", "airbench94": "#d62728", "airbench94-bf16": "#ff7f0e", "pytorch": "#2ca02c"}
     w, h, m = 720, 420, 60
     tmax = max(r["wall_s"] for run in runs.values() for r in run) * 1.05
     amin, amax = 0.5, 1.0

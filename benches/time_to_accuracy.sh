@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Time to accuracy on CIFAR-10 (our copy, ../shared/data/cifar-10-binary.tar.gz), fp32 on the
-# CPU, the same threads for every engine, each run in a fresh process timed from just before
+# Time to accuracy on CIFAR-10 (our copy, ../shared/data/cifar-10-binary.tar.gz) on the CPU,
+# in each engine's precision (ours and pytorch: the fast recipe's), the same threads for every engine, each run in a fresh process timed from just before
 # its start (start-up, data loading, whitening and evaluations count):
 #
 #   ours        train_cifar10 --recipe fast (resnext_fast; TTA flip_translate at the end)
 #   airbench94  airbench 0.1.8 from PyPI, unmodified, on the CPU by benches/airbench_cpu.py
-#               (its own recipe and network; TTA level 2 at the end)
+#               (its own recipe and network; TTA level 2 at the end), its fp16 as fp32
+#   airbench94-bf16  the same with its fp16 as bf16 (for CPUs with native bf16, where ours
+#               runs bf16 autocast: the recipe's precision)
 #   pytorch     our network and recipe as a plain PyTorch loop (benches/time_to_accuracy.py
 #               pytorch: the gap to `ours` is the implementation, ours to airbench94 the recipe)
 #
@@ -71,6 +73,9 @@ print(f"{2 * 2048 ** 3 * n / (time.perf_counter() - t) / 1e9:.0f}")
 PY
 )
 
+bf16=no
+grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo && bf16=yes
+
 run() {
     local engine=$1 seed=$2 rows="$out/$1-seed$2.jsonl" t0
     say "$engine, seed $seed -> $rows"
@@ -80,21 +85,22 @@ run() {
             rm -rf "$out/ours-seed$seed"
             python3 benches/time_to_accuracy.py ours --binary "$bin/train_cifar10" --data-dir "$data" \
                 --seed "$seed" --threads "$threads" --t0 "$t0" --run-dir "$out/ours-seed$seed" --out "$rows" ;;
-        airbench94)
+        airbench94|airbench94-bf16)
             # airbench's own rows stay in its work folder: OUT/*-seed*.jsonl is per-run rows only.
-            local raw="$out/airbench-work/raw-seed$seed.jsonl"
+            local raw="$out/airbench-work/raw-$engine-seed$seed.jsonl" precision=fp32
+            [ "$engine" = airbench94-bf16 ] && precision=bf16
             mkdir -p "$out/airbench-work"
             python3 -W ignore benches/airbench_cpu.py --data-dir "$data" --work "$out/airbench-work" \
-                --seed "$seed" --threads "$threads" --t0 "$t0" --out "$raw" \
-                > "$out/airbench-seed$seed.log" 2>&1
-            python3 - "$raw" "$seed" > "$rows" <<'PY'
+                --seed "$seed" --threads "$threads" --t0 "$t0" --precision "$precision" --out "$raw" \
+                > "$out/$engine-seed$seed.log" 2>&1
+            python3 - "$raw" "$seed" "$engine" > "$rows" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 for r in rows:
     final = r["epoch"] == "eval"
     acc = r["tta_val_acc"] if final else r["val_acc"]
     epoch = len(rows) - 1 if final else int(r["epoch"]) + 1
-    print(json.dumps({"engine": "airbench94", "seed": int(sys.argv[2]), "epoch": epoch,
+    print(json.dumps({"engine": sys.argv[3], "seed": int(sys.argv[2]), "epoch": epoch,
                       "test_acc": acc, "wall_s": r["wall_s"], "final": final}))
 PY
             ;;
@@ -116,10 +122,11 @@ for seed in $seeds; do
     k=$((k + 1))
 done
 
-echo "## Time to accuracy: CIFAR-10 (our JPEG-75 copy), fp32 on the CPU"
+echo "## Time to accuracy: CIFAR-10 (our JPEG-75 copy) on the CPU"
 echo
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | sed 's/^.*: //'), $(nproc) cores, $threads threads for every engine;"
-echo "fp32 FMA peak $peak GFLOP/s; PyTorch sgemm 2048^3 $sgemm GFLOP/s; $(date -u +%Y-%m-%dT%H:%MZ); commit $(git rev-parse --short HEAD)"
+echo "fp32 FMA peak $peak GFLOP/s; PyTorch sgemm 2048^3 $sgemm GFLOP/s; native bf16: $bf16; ours in $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("precision"))' "$out/fast-config.json");"
+echo "$(date -u +%Y-%m-%dT%H:%MZ); commit $(git rev-parse --short HEAD)"
 echo
 python3 benches/time_to_accuracy.py table --targets "$targets" "$out"/*-seed*.jsonl
 python3 benches/time_to_accuracy.py plot --out "$out/curves.svg" "$out"/*-seed*.jsonl

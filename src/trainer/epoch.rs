@@ -163,6 +163,9 @@ impl<M: ModuleT> Trainer<M> {
             if let Some(warning) = super::recipe_warning(cfg) {
                 self.say(&warning);
             }
+            if let Some(warning) = super::cpu_bf16_warning(self.step.execution()) {
+                self.say(&warning);
+            }
             if let (Some(report), Some(path)) = (&self.pretrained, &cfg.pretrained) {
                 self.say(&format!("pretrained weights {}: {report}", path.display()));
             }

@@ -94,7 +94,8 @@ pub use optim::{
 pub use outputs::{epoch_line, files};
 pub use plot::curves_svg;
 #[doc(hidden)]
-pub use precision::{autocast_dtype_code, set_autocast_dtype_code};
+pub use precision::{autocast_dtype_code, cpu_autocast_enabled, set_autocast_dtype_code};
+pub use precision::{cpu_bf16_warning, cpu_has_native_bf16};
 pub use precision::{set_cuda_autocast_dtype, Execution, LossScale, Precision, PRECISION_NAMES};
 pub use process::tune_process_for_training;
 pub use progress::ProgressMode;

@@ -1,5 +1,6 @@
-//! Numeric precision and memory layout of training: bf16 / fp16 autocast on CUDA, dynamic loss
-//! scaling for fp16, and the layout of a training run (see [`crate::layout`]).
+//! Numeric precision and memory layout of training: bf16 / fp16 autocast on CUDA, bf16
+//! autocast on the CPU when asked for, dynamic loss scaling for fp16, and the layout of a
+//! training run (see [`crate::layout`]).
 use serde::{Deserialize, Serialize};
 use tch::{Device, TchError, Tensor};
 
@@ -16,7 +17,9 @@ pub enum Precision {
     Auto,
     /// fp32 throughout.
     Fp32,
-    /// bf16 autocast (CUDA only; the CPU runs fp32).
+    /// bf16 autocast, on CUDA and on the CPU (libtorch's CPU autocast: convolutions and matrix
+    /// products in bf16 through oneDNN; fast on CPUs with native bf16 dot products, such as
+    /// AVX512-BF16 or AMX, and slower than fp32 elsewhere: see [`cpu_has_native_bf16`]).
     Bf16,
     /// fp16 autocast with dynamic loss scaling (CUDA only; the CPU runs fp32).
     Fp16,
@@ -26,9 +29,11 @@ pub enum Precision {
 pub const PRECISION_NAMES: [&str; 4] = ["auto", "fp32", "bf16", "fp16"];
 
 impl Precision {
-    /// What actually runs on `device`: [`Precision::Fp32`] on the CPU, `Auto` → `Bf16` on CUDA.
+    /// What actually runs on `device`: on the CPU `Bf16` and otherwise [`Precision::Fp32`]
+    /// (`Auto` stays fp32 there, fp16 autocast is CUDA's only); on CUDA `Auto` → `Bf16`.
     pub fn resolve(self, device: Device) -> Precision {
         match (self, device) {
+            (Precision::Bf16, Device::Cpu) => Precision::Bf16,
             (_, Device::Cpu) | (_, Device::Mps) | (_, Device::Vulkan) => Precision::Fp32,
             (Precision::Auto, _) => Precision::Bf16,
             (p, _) => p,
@@ -64,6 +69,97 @@ extern "C" {
     fn at_set_autocast_dtype(device: i8, dtype: i8);
     #[link_name = "_ZN2at8autocast18get_autocast_dtypeEN3c1010DeviceTypeE"]
     fn at_get_autocast_dtype(device: i8) -> i8;
+    #[link_name = "_ZN2at8autocast20set_autocast_enabledEN3c1010DeviceTypeEb"]
+    fn at_set_autocast_enabled(device: i8, enabled: bool);
+    #[link_name = "_ZN2at8autocast19is_autocast_enabledEN3c1010DeviceTypeE"]
+    fn at_is_autocast_enabled(device: i8) -> bool;
+    #[link_name = "_ZN2at8autocast17increment_nestingEv"]
+    fn at_autocast_increment_nesting() -> i32;
+    #[link_name = "_ZN2at8autocast17decrement_nestingEv"]
+    fn at_autocast_decrement_nesting() -> i32;
+    #[link_name = "_ZN2at8autocast11clear_cacheEv"]
+    fn at_autocast_clear_cache();
+}
+
+/// Whether this CPU computes bf16 dot products natively (AVX512-BF16 or AMX-BF16, the
+/// instructions oneDNN's bf16 convolutions use); without them bf16 autocast on the CPU is
+/// emulated and slower than fp32.
+pub fn cpu_has_native_bf16() -> bool {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    {
+        if std::arch::is_x86_feature_detected!("avx512bf16") {
+            return true;
+        }
+    }
+    // AMX has no stable runtime check; Linux names it in /proc/cpuinfo.
+    std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|info| {
+        info.lines()
+            .find(|l| l.starts_with("flags"))
+            .is_some_and(|l| l.split_whitespace().any(|f| f == "amx_bf16"))
+    })
+}
+
+/// The warning for bf16 on a CPU without native bf16 dot products, where it runs (slowly)
+/// emulated; `None` elsewhere.
+pub fn cpu_bf16_warning(exec: &Execution) -> Option<String> {
+    (exec.device == Device::Cpu && exec.precision == Precision::Bf16 && !cpu_has_native_bf16())
+        .then(|| {
+            "warning: bf16 autocast on a CPU without AVX512-BF16 or AMX-BF16 runs emulated, \
+             usually slower than fp32 (precision \"fp32\" runs fp32)"
+                .to_string()
+        })
+}
+
+/// Restores the CPU autocast state on drop, also when the closure inside panics.
+struct CpuAutocast {
+    was_enabled: bool,
+    was_dtype: i8,
+}
+
+impl CpuAutocast {
+    /// Turns on bf16 CPU autocast (as `torch.autocast("cpu", torch.bfloat16)` does).
+    fn enter() -> Self {
+        // SAFETY: plain setters and getters of libtorch's thread-local autocast state, called
+        // with valid c10 enum values; the nesting counter pairs with `drop`.
+        unsafe {
+            let guard = CpuAutocast {
+                was_enabled: at_is_autocast_enabled(DEVICE_CPU),
+                was_dtype: at_get_autocast_dtype(DEVICE_CPU),
+            };
+            at_set_autocast_dtype(DEVICE_CPU, SCALAR_BFLOAT16);
+            at_set_autocast_enabled(DEVICE_CPU, true);
+            at_autocast_increment_nesting();
+            guard
+        }
+    }
+}
+
+impl Drop for CpuAutocast {
+    fn drop(&mut self) {
+        // SAFETY: as in `enter`. The cast cache (bf16 copies of the fp32 weights) is cleared
+        // when the outermost autocast region ends, as PyTorch does, so that a step's update is
+        // seen by the next forward pass.
+        unsafe {
+            if at_autocast_decrement_nesting() == 0 {
+                at_autocast_clear_cache();
+            }
+            at_set_autocast_enabled(DEVICE_CPU, self.was_enabled);
+            at_set_autocast_dtype(DEVICE_CPU, self.was_dtype);
+        }
+    }
+}
+
+/// Runs `f` under bf16 CPU autocast.
+fn cpu_autocast<T>(f: impl FnOnce() -> T) -> T {
+    let _guard = CpuAutocast::enter();
+    f()
+}
+
+/// Whether CPU autocast is on in this thread; for tests of the binding above.
+#[doc(hidden)]
+pub fn cpu_autocast_enabled() -> bool {
+    // SAFETY: a plain getter.
+    unsafe { at_is_autocast_enabled(DEVICE_CPU) }
 }
 
 /// Sets the dtype of CUDA autocast (`tch::autocast`) for `precision` (bf16 or fp16); other
@@ -182,6 +278,8 @@ impl Execution {
         if self.device.is_cuda() && matches!(self.precision, Precision::Bf16 | Precision::Fp16) {
             set_cuda_autocast_dtype(self.precision);
             tch::autocast(true, f)
+        } else if self.device == Device::Cpu && self.precision == Precision::Bf16 {
+            cpu_autocast(f)
         } else {
             f()
         }
