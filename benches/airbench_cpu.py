@@ -85,15 +85,15 @@ def patch_for_cpu(torch, precision):
     low = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
     torch.Tensor.half = lambda self, *a, **k: self.to(low)
     torch.nn.Module.half = lambda self: self.to(low)
-    if precision == "bf16":
-        # airbench's lookahead averages the weights whose dtype is `torch.half` or
-        # `torch.float` (utils.py, LookaheadState.update): its half weights are bf16 here.
-        torch.half = torch.bfloat16
     load = torch.load
 
     def load_on_cpu(*args, **kwargs):
         kwargs["map_location"] = "cpu"
-        return load(*args, **kwargs)
+        half, torch.half = torch.half, torch.float16  # the unpickler's own use of the name
+        try:
+            return load(*args, **kwargs)
+        finally:
+            torch.half = half
 
     torch.load = load_on_cpu
 
@@ -109,6 +109,14 @@ def patch_for_cpu(torch, precision):
 
     torch.cuda.Event = WallEvent
     torch.cuda.synchronize = lambda *a, **k: None
+
+
+def half_is_bf16(torch):
+    """airbench's lookahead averages the weights whose dtype is `torch.half` or `torch.float`
+    (utils.py, `LookaheadState.update`): with `--precision bf16` its half weights are bf16, so
+    the name means bf16. Set after our own `torch.save` and undone inside `torch.load`, whose
+    unpickler maps storage names through `torch.half`."""
+    torch.half = torch.bfloat16
 
 
 class RowRecorder(io.TextIOBase):
@@ -144,6 +152,8 @@ def main():
     torch.set_num_threads(args.threads)
     patch_for_cpu(torch, args.precision)
     write_airbench_cache(args.data_dir, args.work, torch)
+    if args.precision == "bf16":
+        half_is_bf16(torch)
     os.chdir(args.work)
     import airbench
     print(f"airbench from {os.path.dirname(airbench.__file__)}, torch {torch.__version__}, "
