@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Time to accuracy on CIFAR-10 (our copy, ../shared/data/cifar-10-binary.tar.gz) on the CPU,
-# in each engine's precision (ours and pytorch: the fast recipe's), the same threads for every engine, each run in a fresh process timed from just before
-# its start (start-up, data loading, whitening and evaluations count):
+# each engine in its precision (ours and pytorch: the fast recipe's), the same threads for
+# every engine, each run in a fresh process timed from just before its start (start-up, data
+# loading, whitening and evaluations count):
 #
 #   ours        train_cifar10 --recipe fast (resnext_fast; TTA flip_translate at the end)
 #   airbench94  airbench 0.1.8 from PyPI, unmodified, on the CPU by benches/airbench_cpu.py

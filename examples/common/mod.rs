@@ -121,7 +121,7 @@ pub struct TrainFlags {
     /// auto, cpu, cuda or cuda:N [default: auto = CUDA when available].
     #[arg(long, help_heading = "Precision and device")]
     pub device: Option<String>,
-    /// Forward/backward precision: auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16, fp16.
+    /// Forward/backward precision: auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16 (autocast on CUDA and CPU), fp16 (CUDA).
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(PRECISION_NAMES), help_heading = "Precision and device")]
     pub precision: Option<String>,
     /// Channels-last weights and inputs: auto (on), on, off.
