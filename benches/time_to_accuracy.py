@@ -1,6 +1,6 @@
 """Time to accuracy on CIFAR-10: the parts of benches/time_to_accuracy.sh written in Python.
 
-    time_to_accuracy.py ours --binary B --data-dir D --seed S --threads T --t0 T0 --run-dir R --out run.jsonl
+    time_to_accuracy.py ours --binary B --data-dir D --seed S --threads T --t0 T0 --run-dir R --out run.jsonl [--device cuda]
     time_to_accuracy.py pytorch --config CONFIG.json --data-dir D --seed S --threads T --t0 T0 --out run.jsonl
     time_to_accuracy.py table --targets 0.90,0.93 RUN.jsonl...
     time_to_accuracy.py plot --out curves.svg RUN.jsonl...
@@ -36,7 +36,7 @@ def run_ours(a):
     """Our binary, its metrics.jsonl lines timed as they appear."""
     metrics = os.path.join(a.run_dir, "metrics.jsonl")
     cmd = [a.binary, "--data-dir", a.data_dir, "--recipe", "fast", "--seed", str(a.seed),
-           "--device", "cpu", "--quiet", "--out", a.run_dir] + a.extra
+           "--device", a.device, "--quiet", "--out", a.run_dir] + a.extra
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
     seen = 0
     with open(a.out, "w") as out, open(os.path.join(a.run_dir + ".log"), "w") as log:
@@ -317,6 +317,7 @@ def main():
     o = sub.add_parser("ours")
     o.add_argument("--binary", required=True)
     o.add_argument("--run-dir", required=True)
+    o.add_argument("--device", default="cpu", help="the binary's --device (the GPU check: cuda)")
     for q in [o]:
         q.add_argument("--data-dir", required=True)
         q.add_argument("--seed", type=int, required=True)
