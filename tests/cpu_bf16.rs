@@ -2,7 +2,6 @@
 //! gradients of a training step against PyTorch's `torch.autocast("cpu", torch.bfloat16)` on the
 //! same network, weights and batch (the same libtorch); the autocast state restored after a
 //! region, also one that panics; a bf16 run that learns and resumes bit for bit.
-use std::collections::BTreeMap;
 
 use resnext::trainer::{
     cpu_autocast_enabled, Execution, Outcome, Precision, ProgressMode, TrainConfig, Trainer,
@@ -12,6 +11,7 @@ use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Reduction, Tensor};
 
 mod common;
+use common::variables;
 #[path = "common/python.rs"]
 mod python;
 use common::seeded;
@@ -166,10 +166,6 @@ fn bf16_config() -> TrainConfig {
         augment: false,
         ..TrainConfig::default()
     }
-}
-
-fn variables(t: &Trainer<ResNeXt>) -> BTreeMap<String, Tensor> {
-    t.var_store().variables().into_iter().collect()
 }
 
 /// A bf16 run on the CPU (the tiny preset, 64 images) lowers its training loss, keeps fp32 weights, and a run stopped in its

@@ -1,6 +1,9 @@
 //! The trainer on a dataset implemented here, outside the crate, as a user with their own data
 //! would: it learns, it resumes bit for bit, and the gradient hook sits between backward and
 //! the update. Also: shards of an epoch cover it in equal parts.
+mod common;
+use common::variables;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -116,10 +119,6 @@ fn trainer(cfg: TrainConfig) -> Trainer<ResNeXt> {
     let mut t = Trainer::new(cfg, vs, net).unwrap();
     t.set_progress(ProgressMode::Silent);
     t
-}
-
-fn variables(t: &Trainer<ResNeXt>) -> BTreeMap<String, Tensor> {
-    t.var_store().variables().into_iter().collect()
 }
 
 #[test]

@@ -17,6 +17,7 @@ use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
 mod common;
+use common::variables;
 #[path = "common/python.rs"]
 mod python;
 use common::seeded;
@@ -297,10 +298,6 @@ fn the_inference_form_and_the_exporters_name_what_they_do_not_cover() {
 
 fn data(train: i64) -> DataSplits {
     common::random_cifar(23, train, 32)
-}
-
-fn variables(t: &Trainer<ResNeXt>) -> BTreeMap<String, Tensor> {
-    t.var_store().variables().into_iter().collect()
 }
 
 fn fast_config() -> TrainConfig {

@@ -18,6 +18,7 @@ use resnext::ResNeXt;
 use tch::{nn, Device, Tensor};
 
 mod common;
+use common::variables;
 #[path = "common/python.rs"]
 mod python;
 use common::seeded;
@@ -199,10 +200,6 @@ fn trainer(cfg: TrainConfig, dir: &Path) -> Trainer<ResNeXt> {
         .unwrap();
     t.set_progress(ProgressMode::Silent);
     t
-}
-
-fn variables(t: &Trainer<ResNeXt>) -> BTreeMap<String, Tensor> {
-    t.var_store().variables().into_iter().collect()
 }
 
 fn run(cfg: TrainConfig, data: &DataSplits) -> BTreeMap<String, Tensor> {
@@ -511,19 +508,21 @@ fn architecture_sizes_override_the_preset() {
         blocks: Some(vec![2, 1, 1]),
         cardinality: Some(4),
         base_width: Some(16),
+        logit_scale: Some(0.5),
         limit_test: Some(16),
         ..plain()
     };
     let model = cfg.model_config().unwrap();
     assert_eq!(
         model.name,
-        "tiny (blocks 2,1,1, cardinality 4, base width 16)"
+        "tiny (blocks 2,1,1, cardinality 4, base width 16, logit scale 0.5)"
     );
     let tiny = resnext::ResNeXtConfig::tiny(10);
     assert_eq!(
         (model.blocks.clone(), model.cardinality, model.base_width),
         (vec![2, 1, 1], 4, 16)
     );
+    assert_eq!((model.logit_scale, tiny.logit_scale), (0.5, 1.0));
     assert_eq!(
         (&model.planes, model.stem_channels, model.stem),
         (&tiny.planes, tiny.stem_channels, tiny.stem)
@@ -556,11 +555,13 @@ fn architecture_sizes_override_the_preset() {
     assert_eq!(plain_model, tiny);
     // Sizes that make no network are refused by name, before anything is built.
     type Set = fn(&mut TrainConfig);
-    let bad: [(&str, Set); 4] = [
+    let bad: [(&str, Set); 6] = [
         ("blocks/planes", |c| c.blocks = Some(vec![1, 1])),
         ("blocks", |c| c.blocks = Some(vec![1, 0, 1])),
         ("cardinality", |c| c.cardinality = Some(0)),
         ("base_width", |c| c.base_width = Some(-4)),
+        ("logit_scale", |c| c.logit_scale = Some(0.0)),
+        ("logit_scale", |c| c.logit_scale = Some(f64::NAN)),
     ];
     for (field, set) in bad {
         let mut c = plain();

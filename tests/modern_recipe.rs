@@ -16,6 +16,7 @@ use tch::{Device, Tensor};
 
 mod common;
 use common::seeded;
+use common::variables;
 
 fn data() -> DataSplits {
     common::random_cifar(21, 96, 32)
@@ -58,10 +59,6 @@ fn trainer(cfg: TrainConfig, dir: &Path) -> Trainer<ResNeXt> {
         .unwrap();
     t.set_progress(ProgressMode::Silent);
     t
-}
-
-fn variables(t: &Trainer<ResNeXt>) -> BTreeMap<String, Tensor> {
-    t.var_store().variables().into_iter().collect()
 }
 
 fn run(cfg: TrainConfig, data: &DataSplits) -> BTreeMap<String, Tensor> {

@@ -14,6 +14,7 @@ use resnext::{ResNeXt, ResNeXtConfig};
 use tch::{nn, Device, Kind, Tensor};
 
 mod common;
+use common::variables;
 
 /// Images whose class is written in their colours: class `c` has a bright square in a
 /// class-dependent corner and channel, on noise. Learnable in a few epochs by a tiny ResNeXt.
@@ -75,10 +76,6 @@ fn resume(dir: &Path) -> Trainer<ResNeXt> {
     let mut t = resumed.unwrap();
     t.set_progress(ProgressMode::Silent);
     t
-}
-
-fn variables(t: &Trainer<ResNeXt>) -> BTreeMap<String, Tensor> {
-    t.var_store().variables().into_iter().collect()
 }
 
 /// Bitwise equality of every variable, naming the first that differs.

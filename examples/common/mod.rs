@@ -50,6 +50,9 @@ pub struct TrainFlags {
     /// The group width at 64 planes (d) instead of the preset's.
     #[arg(long, value_name = "D", help_heading = "Model")]
     pub base_width: Option<i64>,
+    /// The factor on the logits instead of the preset's (airbench's scaling_factor).
+    #[arg(long, value_name = "S", help_heading = "Model")]
+    pub logit_scale: Option<f64>,
     /// Keep the BatchNorm weights at 1, untrained (airbench's BatchNorm); their biases train.
     #[arg(long, help_heading = "Model")]
     pub freeze_norm_weights: bool,
@@ -140,7 +143,7 @@ pub struct TrainFlags {
         "lookahead_steps", "lookahead_decay", "auto_augment",
         "ra_magnitude", "random_erase", "mixup_alpha", "cutmix_alpha", "grad_accum_steps",
         "crop_padding", "crop_padding_mode", "flip", "blocks", "planes", "cardinality",
-        "base_width", "freeze_norm_weights", "stem_bias_epochs",
+        "base_width", "logit_scale", "freeze_norm_weights", "stem_bias_epochs",
     ],
         help_heading = "Run directory"
     )]
@@ -368,7 +371,7 @@ impl TrainFlags {
         if self.planes.is_some() {
             cfg.planes = self.planes.clone();
         }
-        set_optional!(cardinality, base_width, stem_bias_epochs);
+        set_optional!(cardinality, base_width, logit_scale, stem_bias_epochs);
         set_optional!(
             norm_weight_decay,
             bias_weight_decay,

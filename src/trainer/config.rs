@@ -51,6 +51,9 @@ pub struct TrainConfig {
     /// The group width at 64 planes (d) instead of the preset's (`--base-width`); `null`
     /// keeps it.
     pub base_width: Option<i64>,
+    /// The factor on the logits instead of the preset's (`--logit-scale`; airbench's
+    /// `scaling_factor`), a finite number above 0; `null` keeps it.
+    pub logit_scale: Option<f64>,
     /// Side of the square images the network is trained on (32 for CIFAR-10). The trainer
     /// records it with the weights; the data pipeline makes images of this size.
     pub image_size: i64,
@@ -241,6 +244,7 @@ impl Default for TrainConfig {
             planes: None,
             cardinality: None,
             base_width: None,
+            logit_scale: None,
             image_size: 32,
             normalization: Normalization::default(),
             pretrained: None,
@@ -443,8 +447,9 @@ impl TrainConfig {
     }
 
     /// The model architecture: the preset `model` with `num_classes` classes, `stem` when set,
-    /// and the sizes `blocks`, `planes`, `cardinality` and `base_width` override (then named
-    /// after the preset and the changes, e.g. `resnext_fast (blocks 2,2,2)`).
+    /// and the sizes `blocks`, `planes`, `cardinality`, `base_width` and the `logit_scale`
+    /// override (then named after the preset and the changes, e.g. `resnext_fast (blocks
+    /// 2,2,2)`).
     ///
     /// # Errors
     /// [`TrainError::InvalidConfig`] listing the valid names for an unknown model, or naming
@@ -486,6 +491,10 @@ impl TrainConfig {
         if let Some(d) = self.base_width {
             config.base_width = d;
             changes.push(format!("base width {d}"));
+        }
+        if let Some(scale) = self.logit_scale {
+            config.logit_scale = scale;
+            changes.push(format!("logit scale {scale}"));
         }
         if changes.is_empty() {
             return Ok(config);

@@ -163,9 +163,6 @@ impl<M: ModuleT> Trainer<M> {
             if let Some(warning) = super::recipe_warning(cfg) {
                 self.say(&warning);
             }
-            if let Some(warning) = super::cpu_bf16_warning(self.step.execution()) {
-                self.say(&warning);
-            }
             if let (Some(report), Some(path)) = (&self.pretrained, &cfg.pretrained) {
                 self.say(&format!("pretrained weights {}: {report}", path.display()));
             }
@@ -177,6 +174,10 @@ impl<M: ModuleT> Trainer<M> {
                 self.state.epoch + 1,
                 self.state.batch
             ));
+        }
+        // A resumed run computes as slowly as the fresh one did: it is told too.
+        if let Some(warning) = super::cpu_bf16_warning(self.step.execution()) {
+            self.say(&warning);
         }
     }
 

@@ -93,3 +93,12 @@ pub fn stopped_and_resumed(
     assert!(matches!(done, Outcome::Completed(_)), "{done:?}");
     resumed
 }
+
+/// Every variable of `t`'s model by name (parameters and BatchNorm statistics): what two runs
+/// are compared by, bit for bit.
+#[allow(dead_code)]
+pub fn variables(
+    t: &resnext::trainer::Trainer<resnext::ResNeXt>,
+) -> std::collections::BTreeMap<String, tch::Tensor> {
+    t.var_store().variables().into_iter().collect()
+}
