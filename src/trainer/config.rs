@@ -470,7 +470,8 @@ impl TrainConfig {
         self.with_sizes(config)
     }
 
-    /// `config` with the sizes this configuration overrides, named after them, checked.
+    /// `config` with the sizes (and the logit scale) this configuration overrides, named after
+    /// them, checked.
     fn with_sizes(&self, mut config: ResNeXtConfig) -> Result<ResNeXtConfig, TrainError> {
         let list = |v: &[String]| v.join(",");
         let mut changes = Vec::new();
